@@ -1,0 +1,38 @@
+# Quick start: `make demo` and `make test`; each sets up .venv first when needed.
+SHELL := /bin/bash
+# Prefer Python 3.12 (newest jax); a pyenv shim that is present but not selected does not count.
+PYTHON ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 python3; do \
+	"$$p" -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WORKDIR ?= runs/demo
+DEMO_CONFIG ?= configs/demo.py
+
+.PHONY: setup test lint demo bench clean
+
+$(STAMP): pyproject.toml requirements/lock-py3.11.txt requirements/lock-py3.12.txt
+	@test -n "$(PYTHON)" || { echo "No Python >= 3.11 found; install python3.12 or python3.11."; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements/lock-py$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])').txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+setup: $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check mkln_jax configs tests bench
+	$(VENV)/bin/ruff format --check mkln_jax configs tests bench
+
+test: lint
+	$(VENV)/bin/pytest -q tests
+
+demo: setup
+	$(VENV)/bin/mkln demo --config=$(DEMO_CONFIG) --workdir=$(WORKDIR)
+
+bench: setup
+	$(PY) bench/dct_bench.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,71 @@
+"""Orbax checkpoints: the latest N for resuming, and the best one by validation AUC.
+
+Saves are asynchronous; orbax writes into a temporary folder and renames it when complete, so a
+crash mid-save never leaves a checkpoint that looks finished. Each checkpoint holds the train
+state and the config that produced it.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+BEST_METRIC = "val_auc"
+
+
+class Checkpoints:
+    def __init__(self, directory: str | pathlib.Path, keep: int):
+        directory = pathlib.Path(directory).absolute()
+        item_names = ("state", "config")
+        self.latest = ocp.CheckpointManager(
+            directory / "latest",
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            item_names=item_names,
+        )
+        self.best = ocp.CheckpointManager(
+            directory / "best",
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=1, best_fn=lambda m: m[BEST_METRIC], best_mode="max", create=True
+            ),
+            item_names=item_names,
+        )
+
+    @staticmethod
+    def _args(state, config: ml_collections.ConfigDict):
+        return ocp.args.Composite(
+            state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict())
+        )
+
+    def save(self, step: int, state, config, metrics: dict[str, float]) -> None:
+        self.latest.save(step, args=self._args(state, config))
+        self.best.save(step, args=self._args(state, config), metrics=metrics)
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def best_step(self) -> int | None:
+        return self.best.best_step()
+
+    def restore(self, which: str, step: int, abstract_state) -> Any:
+        manager = self.latest if which == "latest" else self.best
+        restored = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        )
+        return restored.state
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.latest.close()
+        self.best.close()
+
+
+def abstract_like(tree, sharding) -> Any:
+    """ShapeDtypeStructs of `tree` with `sharding`, the target for a sharded restore."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)

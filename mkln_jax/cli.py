@@ -1,0 +1,166 @@
+"""`mkln` command line: prepare | train | evaluate | export | predict | demo.
+
+    mkln prepare  --config=configs/demo.py
+    mkln train    --config=configs/demo.py --workdir=runs/demo [--config.distill.temperature=4]
+    mkln evaluate --config=configs/demo.py --workdir=runs/demo [--split=test]
+    mkln export   --config=configs/demo.py --workdir=runs/demo [--artifact=runs/demo/export]
+    mkln predict  PATH [PATH ...] --artifact=runs/demo/export
+    mkln demo     --config=configs/demo.py --workdir=runs/demo   (all of the above in order)
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+COMMANDS = ("prepare", "train", "evaluate", "export", "predict", "demo")
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.py"
+
+FLAGS = flags.FLAGS
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    str(DEFAULT_CONFIG) if DEFAULT_CONFIG.exists() else None,
+    "Config file (a Python file with get_config()); override fields with --config.a.b=value.",
+    lock_config=True,
+)
+flags.DEFINE_string("workdir", "runs/demo", "Run folder: checkpoints, logs, evaluation, export.")
+flags.DEFINE_string("artifact", "", "Export folder (default <workdir>/export).")
+flags.DEFINE_string("split", "", "Split for `evaluate` (default config.eval.split).")
+flags.DEFINE_integer("num_frames", 0, "Frames per video for `predict` (default from artifact).")
+
+
+def _make_configs_importable(argv: list[str]) -> None:
+    """Config variants import `configs.default`: put the folder above `configs/` on sys.path."""
+    for i, arg in enumerate(argv):
+        value = None
+        if arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            value = argv[i + 1]
+        if value:
+            parent = pathlib.Path(value).resolve().parent
+            if (parent / "__init__.py").exists():
+                sys.path.insert(0, str(parent.parent))
+    if DEFAULT_CONFIG.exists():
+        sys.path.insert(0, str(REPO_ROOT))
+
+
+def _artifact_dir() -> str:
+    return FLAGS.artifact or str(pathlib.Path(FLAGS.workdir) / "export")
+
+
+def cmd_prepare(config) -> None:
+    from mkln_jax.input_pipeline import prepare
+
+    for line in prepare.prepare(config):
+        print(line, flush=True)
+
+
+def cmd_train(config) -> None:
+    from mkln_jax import train
+
+    results = train.train_and_evaluate(config, FLAGS.workdir)
+    for stage, result in results.items():
+        print(f"[{stage}] best validation: {result}")
+
+
+def cmd_evaluate(config) -> None:
+    from mkln_jax import evaluate
+
+    _, markdown = evaluate.evaluate_run(config, FLAGS.workdir, FLAGS.split or None)
+    print(markdown)
+    print(f"\nwritten to {pathlib.Path(FLAGS.workdir) / 'eval'}")
+
+
+def cmd_export(config) -> None:
+    from mkln_jax import export
+
+    out = export.export_stage(config, FLAGS.workdir, _artifact_dir())
+    print(f"exported the best student checkpoint to {out}")
+
+
+def cmd_predict(paths: list[str]) -> int:
+    from mkln_jax import export, predict
+
+    if not paths:
+        print("usage: mkln predict PATH [PATH ...] --artifact=DIR", file=sys.stderr)
+        return 2
+    try:
+        artifact = export.Artifact(_artifact_dir())
+    except export.ArtifactError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    num_frames = FLAGS.num_frames or int(artifact.metadata.get("num_frames", 16))
+    scored = 0
+    for path in paths:
+        try:
+            result = predict.predict(artifact, path, num_frames)
+        except predict.PredictError as err:
+            print(f"skipped: {err}", file=sys.stderr)
+            continue
+        scored += 1
+        print("\n".join(result.lines()), flush=True)
+    return 0 if scored else 1
+
+
+def cmd_demo(config) -> None:
+    from mkln_jax.input_pipeline import demo
+
+    timings = []
+    for name, fn in (
+        ("prepare", cmd_prepare),
+        ("train (teacher, then student)", cmd_train),
+        ("evaluate", cmd_evaluate),
+        ("export", cmd_export),
+    ):
+        print(f"\n=== {name} ===", flush=True)
+        t0 = time.time()
+        fn(config)
+        timings.append((name, time.time() - t0))
+    print("\n=== predict ===", flush=True)
+    t0 = time.time()
+    from mkln_jax import config_lib
+
+    sample = demo.predict_sample_path(config_lib.cache_dir(config))
+    cmd_predict([str(sample)])
+    timings.append(("predict", time.time() - t0))
+    print("\n=== wall times ===")
+    for name, seconds in timings:
+        print(f"{name:32s} {seconds:7.1f} s")
+    print(f"{'total':32s} {sum(s for _, s in timings):7.1f} s")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or argv[1] not in COMMANDS:
+        print(__doc__, file=sys.stderr)
+        return 2
+    command, rest = argv[1], argv[2:]
+    if command == "predict":
+        return cmd_predict(rest)
+    if rest:
+        print(f"error: unexpected arguments {rest}", file=sys.stderr)
+        return 2
+    config = _CONFIG.value
+    if config is None:
+        print("error: --config is required (e.g. --config=configs/demo.py)", file=sys.stderr)
+        return 2
+    from mkln_jax import config_lib
+
+    try:
+        config_lib.validate(config)
+    except config_lib.ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate,
+     "export": cmd_export, "demo": cmd_demo}[command](config)
+    return 0
+
+
+def run() -> None:
+    _make_configs_importable(sys.argv)
+    app.run(main)

@@ -1,0 +1,156 @@
+"""The inference artifact: a `jax.export` program (StableHLO) with a symbolic batch dimension,
+its weights as a separate argument, and the metadata inference needs.
+
+Layout of an artifact folder:
+    model.jaxexport   serialized jax.export.Exported: (weights, uint8[b, S, S, 3]) -> P(fake)[b]
+    weights.npz       flat {"params/...": array, "batch_stats/...": array}
+    metadata.json     format version, model, input size, normalisation, threshold, checksums
+Loading needs only jax and numpy, not this project's model code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from mkln_jax import models, sharding
+
+FORMAT_VERSION = 1
+PROGRAM = "model.jaxexport"
+WEIGHTS = "weights.npz"
+METADATA = "metadata.json"
+
+
+class ArtifactError(ValueError):
+    pass
+
+
+def _flatten(tree) -> dict[str, np.ndarray]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(p.key) for p in path): np.asarray(leaf) for path, leaf in leaves}
+
+
+def _unflatten(flat: dict, template):
+    """Rebuilds the nested pure dict of `template` from "/"-joined keys (int keys restored)."""
+    paths = [tuple(p.key for p in path) for path, _ in jax.tree_util.tree_flatten_with_path(
+        template)[0]]
+    out: dict = {}
+    for path in paths:
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = flat["/".join(str(k) for k in path)]
+    return out
+
+
+def _sha256(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def config_hash(config: ml_collections.ConfigDict) -> str:
+    return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]
+
+
+def export_stage(
+    config: ml_collections.ConfigDict, workdir: str, out_dir: str, stage: str = "student"
+) -> pathlib.Path:
+    """Exports the best checkpoint of `stage` to `out_dir`; returns the folder."""
+    from mkln_jax import train
+
+    mesh = sharding.make_mesh(1)
+    model, frozen, best_step = train.load_best(config, workdir, stage, mesh)
+    params = nnx.to_pure_dict(jax.device_get(frozen.params))
+    batch_stats = nnx.to_pure_dict(jax.device_get(frozen.batch_stats))
+    variables = {"params": params, "batch_stats": batch_stats}
+    params_template = jax.device_get(frozen.params)
+    stats_template = jax.device_get(frozen.batch_stats)
+
+    def infer(flat_weights, images):
+        pure = _unflatten(flat_weights, variables)
+        p, s = params_template, stats_template
+        p = jax.tree.map(lambda x: x, p)
+        s = jax.tree.map(lambda x: x, s)
+        nnx.replace_by_pure_dict(p, pure["params"])
+        nnx.replace_by_pure_dict(s, pure["batch_stats"])
+        logits, _ = model.apply(p, s, images.astype(jnp.float32) / 255.0, train=False)
+        return jax.nn.softmax(logits, axis=-1)[:, 1]
+
+    flat = _flatten(variables)
+    size = config.data.image_size
+    (batch,) = jax.export.symbolic_shape("b")
+    weight_specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat.items()}
+    image_spec = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8)
+    exported = jax.export.export(jax.jit(infer))(weight_specs, image_spec)
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PROGRAM).write_bytes(exported.serialize())
+    np.savez(out / WEIGHTS, **flat)
+    spec = models.spec(config[stage].model)
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "model": config[stage].model,
+        "stage": stage,
+        "checkpoint_step": best_step,
+        "config_hash": config_hash(config),
+        "input_size": size,
+        "input": "uint8 RGB face crops [b, S, S, 3]; normalisation is inside the program",
+        "normalisation": {"mean": list(spec.mean), "std": list(spec.std), "scale": 1 / 255},
+        "face_crop": {"detector": "opencv_haar_frontalface", "margin": config.data.margin},
+        "threshold": config.eval.threshold,
+        "num_frames": config.predict.num_frames,
+        "output": "P(fake) per image, float32[b]",
+        "jax_version": jax.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "sha256": {PROGRAM: _sha256(out / PROGRAM), WEIGHTS: _sha256(out / WEIGHTS)},
+    }
+    (out / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+    return out
+
+
+class Artifact:
+    """A loaded, verified artifact: `artifact(images uint8[b, S, S, 3]) -> P(fake) float32[b]`."""
+
+    def __init__(self, directory: str | pathlib.Path):
+        directory = pathlib.Path(directory)
+        meta_path = directory / METADATA
+        if not meta_path.exists():
+            raise ArtifactError(f"{directory}: no {METADATA}; not an mkln export (run `mkln "
+                                "export` to make one)")
+        try:
+            self.metadata = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ArtifactError(f"{meta_path}: unreadable metadata ({err})") from err
+        version = self.metadata.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ArtifactError(f"{directory}: format version {version}, this build reads "
+                                f"{FORMAT_VERSION}; re-export with this version of mkln")
+        for name, expected in self.metadata.get("sha256", {}).items():
+            path = directory / name
+            if not path.exists():
+                raise ArtifactError(f"{path}: missing from the artifact")
+            if _sha256(path) != expected:
+                raise ArtifactError(f"{path}: checksum mismatch (file changed or corrupt); "
+                                    "re-export the artifact")
+        if set(self.metadata.get("sha256", {})) != {PROGRAM, WEIGHTS}:
+            raise ArtifactError(f"{meta_path}: checksums for {PROGRAM} and {WEIGHTS} expected")
+        self.exported = jax.export.deserialize((directory / PROGRAM).read_bytes())
+        with np.load(directory / WEIGHTS) as weights:
+            self.weights = {k: jnp.asarray(weights[k]) for k in weights.files}
+        self.input_size = int(self.metadata["input_size"])
+        self.threshold = float(self.metadata["threshold"])
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images, np.uint8)
+        if images.ndim != 4 or images.shape[1:] != (self.input_size, self.input_size, 3):
+            raise ArtifactError(f"images must be uint8[b, {self.input_size}, {self.input_size}, "
+                                f"3], got {images.shape}")
+        return np.asarray(self.exported.call(self.weights, jnp.asarray(images)))

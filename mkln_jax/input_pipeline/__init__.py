@@ -1,0 +1,1 @@
+"""Input pipeline: videos -> faces -> forgeries -> TFDS ArrayRecord -> grain batches."""

@@ -1,0 +1,1 @@
+"""TFDS builders (ArrayRecord). Importing a builder module registers its dataset name."""

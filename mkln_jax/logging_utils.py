@@ -1,0 +1,68 @@
+"""Training logs: JSON lines + TensorBoard event files, and a progress line with rate and ETA."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import time
+
+import jax
+import numpy as np
+
+
+class MetricLogger:
+    """Writes scalars to <dir>/metrics.jsonl and TensorBoard events (process 0 only)."""
+
+    def __init__(self, directory: str | pathlib.Path):
+        self.enabled = jax.process_index() == 0
+        self.directory = pathlib.Path(directory)
+        if not self.enabled:
+            return
+        from tensorboardX import SummaryWriter
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(self.directory / "metrics.jsonl", "a")
+        self._tb = SummaryWriter(str(self.directory / "tensorboard"))
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        scalars = {k: float(np.asarray(v)) for k, v in scalars.items()}
+        self._jsonl.write(json.dumps({"step": step, "time": time.time(), **scalars}) + "\n")
+        self._jsonl.flush()
+        for name, value in scalars.items():
+            self._tb.add_scalar(name, value, step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()
+
+
+class Progress:
+    """`[stage] step 120/600 | 4.1 steps/s | ETA 1m57s | loss 0.31 ...` on process 0."""
+
+    def __init__(self, name: str, total: int, start: int):
+        self.name, self.total, self.start = name, total, start
+        self.t0 = None
+
+    def line(self, step: int, scalars: dict[str, float]) -> str:
+        now = time.time()
+        if self.t0 is None:  # the first report follows compilation; rate counts from here
+            self.t0, self.s0 = now, step
+            rate = float("nan")
+        else:
+            rate = (step - self.s0) / max(now - self.t0, 1e-9)
+        eta = (self.total - step) / rate if rate == rate and rate > 0 else float("nan")
+        eta_text = "?" if eta != eta else f"{int(eta // 60)}m{int(eta % 60):02d}s"
+        values = " ".join(f"{k} {float(v):.4f}" for k, v in scalars.items())
+        return (
+            f"[{self.name}] step {step}/{self.total} | {rate:.2f} steps/s | ETA {eta_text} | "
+            f"{values}"
+        )
+
+    def report(self, step: int, scalars: dict[str, float]) -> None:
+        if jax.process_index() == 0:
+            print(self.line(step, scalars), file=sys.stdout, flush=True)

@@ -1,0 +1,150 @@
+"""Detection metrics (AUC, EER, AP, ACC) and frame -> video aggregation, in numpy.
+
+Our own implementations (a few lines each, no sklearn at run time); tests check them against
+scikit-learn on random data, ties included.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+
+def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels).astype(np.int64).ravel()
+    scores = np.asarray(scores, np.float64).ravel()
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels {labels.shape} and scores {scores.shape} differ in shape")
+    return labels, scores
+
+
+def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds), one point per distinct score, highest threshold first."""
+    labels, scores = _check(labels, scores)
+    order = np.argsort(-scores, kind="mergesort")
+    scores, labels = scores[order], labels[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
+    tps = np.cumsum(labels)[last_of_tie]
+    fps = (last_of_tie + 1) - tps
+    positives, negatives = labels.sum(), labels.size - labels.sum()
+    tpr = np.r_[0.0, tps / max(positives, 1)]
+    fpr = np.r_[0.0, fps / max(negatives, 1)]
+    return fpr, tpr, np.r_[np.inf, scores[last_of_tie]]
+
+
+def auc(labels, scores) -> float:
+    """Area under the ROC curve (ties count one half); nan when only one class is present."""
+    labels, scores = _check(labels, scores)
+    if labels.min(initial=1) == labels.max(initial=0):
+        return float("nan")
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return float(np.trapezoid(tpr, fpr))
+
+
+def eer(labels, scores) -> float:
+    """Equal error rate: where the false-positive and false-negative rates cross (interpolated)."""
+    labels, scores = _check(labels, scores)
+    if labels.min(initial=1) == labels.max(initial=0):
+        return float("nan")
+    fpr, tpr, _ = roc_curve(labels, scores)
+    fnr = 1.0 - tpr
+    diff = fnr - fpr  # decreasing from 1 to -1 along the curve
+    i = int(np.flatnonzero(diff <= 0)[0])
+    if i == 0 or diff[i] == 0:
+        return float(fpr[i])
+    t = diff[i - 1] / (diff[i - 1] - diff[i])
+    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
+
+
+def average_precision(labels, scores) -> float:
+    """AP = sum_n (R_n - R_{n-1}) P_n over distinct thresholds (sklearn's definition)."""
+    labels, scores = _check(labels, scores)
+    positives = labels.sum()
+    if positives == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="mergesort")
+    scores, labels = scores[order], labels[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
+    tps = np.cumsum(labels)[last_of_tie]
+    precision = tps / (last_of_tie + 1)
+    recall = tps / positives
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def accuracy(labels, scores, threshold: float = 0.5) -> float:
+    labels, scores = _check(labels, scores)
+    return float(np.mean((scores >= threshold).astype(np.int64) == labels))
+
+
+def summary(labels, scores, threshold: float = 0.5) -> dict[str, float]:
+    labels, scores = _check(labels, scores)
+    return {
+        "auc": auc(labels, scores),
+        "eer": eer(labels, scores),
+        "ap": average_precision(labels, scores),
+        "acc": accuracy(labels, scores, threshold),
+        "n": int(labels.size),
+        "n_fake": int(labels.sum()),
+    }
+
+
+def video_level(
+    video_ids, labels, scores
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean frame score per video. Returns (ids, labels, scores); a video's frames must agree on
+    the label, since ids are keyed by method and name (two fakes never share an id)."""
+    labels, scores = _check(labels, scores)
+    grouped: dict[str, list[int]] = defaultdict(list)
+    for i, vid in enumerate(video_ids):
+        grouped[str(vid)].append(i)
+    ids = sorted(grouped)
+    out_labels, out_scores = [], []
+    for vid in ids:
+        idx = grouped[vid]
+        video_labels = set(labels[idx].tolist())
+        if len(video_labels) != 1:
+            raise ValueError(f"video {vid!r} has frames with different labels {video_labels}")
+        out_labels.append(video_labels.pop())
+        out_scores.append(float(scores[idx].mean()))
+    return np.asarray(ids), np.asarray(out_labels), np.asarray(out_scores)
+
+
+def report(
+    labels, scores, methods, video_ids, threshold: float = 0.5
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Frame- and video-level metrics overall and per forgery method (its fakes + all reals).
+
+    Returns {"all" | method: {"frame": {...}, "video": {...}}}.
+    """
+    labels, scores = _check(labels, scores)
+    methods = np.asarray([str(m) for m in methods])
+    video_ids = np.asarray([str(v) for v in video_ids])
+    groups = {"all": np.ones(labels.size, bool)}
+    for method in sorted(set(methods.tolist()) - {"real"}):
+        groups[method] = (methods == method) | (labels == 0)
+    out = {}
+    for name, keep in groups.items():
+        _, v_labels, v_scores = video_level(video_ids[keep], labels[keep], scores[keep])
+        out[name] = {
+            "frame": summary(labels[keep], scores[keep], threshold),
+            "video": summary(v_labels, v_scores, threshold),
+        }
+    return out
+
+
+def markdown_table(results: dict[str, dict[str, dict[str, float]]], notes: dict[str, str]) -> str:
+    """One row per group: frame AUC / EER / AP / ACC and video AUC / ACC."""
+    lines = [
+        "| fakes | frame AUC | frame EER | frame AP | frame ACC | video AUC | video ACC | frames "
+        "| videos |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        f, v = result["frame"], result["video"]
+        label = f"{name} ({notes[name]})" if name in notes else name
+        lines.append(
+            f"| {label} | {f['auc']:.4f} | {f['eer']:.4f} | {f['ap']:.4f} | {f['acc']:.4f} "
+            f"| {v['auc']:.4f} | {v['acc']:.4f} | {f['n']} | {v['n']} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,57 @@
+"""A small plain CNN: the default student. Cheap on every backend (no depthwise convolutions)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class ConvBNReLU(nnx.Module):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, *, dtype: Any, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(
+            in_ch, out_ch, (3, 3), strides=stride, use_bias=False, dtype=dtype, rngs=rngs
+        )
+        self.bn = nnx.BatchNorm(out_ch, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        return jax.nn.relu(self.bn(self.conv(x), use_running_average=not train))
+
+
+class SmallCNN(nnx.Module):
+    """Stem at full resolution (forgery traces are high-frequency), then stages that halve.
+
+    images: float[B, H, W, C] (normalised) -> logits float32[B, K].
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 2,
+        *,
+        in_channels: int = 3,
+        widths: tuple[int, ...] = (32, 64, 128, 256),
+        dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.stem = ConvBNReLU(in_channels, widths[0] // 2, 1, dtype=dtype, rngs=rngs)
+        layers = []
+        in_ch = widths[0] // 2
+        for width in widths:
+            layers.append(ConvBNReLU(in_ch, width, 2, dtype=dtype, rngs=rngs))
+            layers.append(ConvBNReLU(width, width, 1, dtype=dtype, rngs=rngs))
+            in_ch = width
+        self.layers = nnx.List(layers)
+        self.feature_dim = in_ch
+        self.classifier = nnx.Linear(in_ch, num_classes, dtype=dtype, rngs=rngs)
+
+    def features(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Pooled features: float[B, widths[-1]]."""
+        x = self.stem(x, train)
+        for layer in self.layers:
+            x = layer(x, train)
+        return jnp.mean(x, axis=(1, 2))
+
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        return self.classifier(self.features(x, train)).astype(jnp.float32)
