@@ -1,11 +1,11 @@
 """`mkln` command line: prepare | train | evaluate | export | predict | demo.
 
-    mkln prepare  --config=configs/demo.py
-    mkln train    --config=configs/demo.py --workdir=runs/demo [--config.distill.temperature=4]
-    mkln evaluate --config=configs/demo.py --workdir=runs/demo [--split=test]
-    mkln export   --config=configs/demo.py --workdir=runs/demo [--artifact=runs/demo/export]
-    mkln predict  PATH [PATH ...] --artifact=runs/demo/export
-    mkln demo     --config=configs/demo.py --workdir=runs/demo   (all of the above in order)
+mkln prepare  --config=configs/demo.py
+mkln train    --config=configs/demo.py --workdir=runs/demo [--config.distill.temperature=4]
+mkln evaluate --config=configs/demo.py --workdir=runs/demo [--split=test]
+mkln export   --config=configs/demo.py --workdir=runs/demo [--artifact=runs/demo/export]
+mkln predict  PATH [PATH ...] --artifact=runs/demo/export
+mkln demo     --config=configs/demo.py --workdir=runs/demo   (all of the above in order)
 """
 
 from __future__ import annotations
@@ -156,11 +156,38 @@ def main(argv: list[str]) -> int:
     except config_lib.ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate,
-     "export": cmd_export, "demo": cmd_demo}[command](config)
+    {
+        "prepare": cmd_prepare,
+        "train": cmd_train,
+        "evaluate": cmd_evaluate,
+        "export": cmd_export,
+        "demo": cmd_demo,
+    }[command](config)
     return 0
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing, with config errors (unknown key, wrong type) as one clear line."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as err:
+        # config_flags wraps the KeyError's repr; unescape it into one readable line.
+        message = str(err)
+        if len(message) > 1 and message[0] in "'\"" and message[-1] == message[0]:
+            message = message[1:-1]
+        message = message.replace("\\n", " ").replace("\\'", "'").replace("\n", " ")
+        print(
+            f"error: bad flag or config override: {message}\nRun `mkln` without arguments for usage; config fields are "
+            "defined in configs/default.py.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
 
 
 def run() -> None:
     _make_configs_importable(sys.argv)
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    run()

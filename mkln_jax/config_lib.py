@@ -26,8 +26,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     num_devices = num_devices or jax.device_count()
     unknown_stages = set(config.stages) - {"teacher", "student"}
     if unknown_stages or not config.stages:
-        errors.append(f"stages must be a non-empty subset of (teacher, student), got "
-                      f"{tuple(config.stages)}")
+        errors.append(
+            f"stages must be a non-empty subset of (teacher, student), got {tuple(config.stages)}"
+        )
     methods = tuple(config.data.methods)
     for method in methods:
         if method not in forgeries.METHODS:
@@ -50,22 +51,30 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     for stage in ("teacher", "student"):
         section = config[stage]
         if section.model not in models.REGISTRY:
-            errors.append(f"{stage}.model: unknown model {section.model!r}; known: "
-                          f"{', '.join(sorted(models.REGISTRY))}")
+            errors.append(
+                f"{stage}.model: unknown model {section.model!r}; known: "
+                f"{', '.join(sorted(models.REGISTRY))}"
+            )
         elif section.pretrained and section.pretrained not in models.spec(section.model).pretrained:
-            errors.append(f"{stage}.pretrained={section.pretrained!r}: {section.model} has "
-                          f"{models.spec(section.model).pretrained or 'no pretrained weights'}")
+            errors.append(
+                f"{stage}.pretrained={section.pretrained!r}: {section.model} has "
+                f"{models.spec(section.model).pretrained or 'no pretrained weights'}"
+            )
         _positive_int(section.steps, f"{stage}.steps", errors)
         _positive_int(section.batch_size, f"{stage}.batch_size", errors)
         if isinstance(section.batch_size, int) and devices_used > 0:
             if section.batch_size % (devices_used * jax.process_count()) and devices_used:
-                errors.append(f"{stage}.batch_size={section.batch_size} is not divisible by the "
-                              f"{devices_used} devices of the mesh")
+                errors.append(
+                    f"{stage}.batch_size={section.batch_size} is not divisible by the "
+                    f"{devices_used} devices of the mesh"
+                )
         if section.learning_rate <= 0:
             errors.append(f"{stage}.learning_rate must be > 0, got {section.learning_rate}")
     if config.train.compute_dtype not in models.DTYPES:
-        errors.append(f"train.compute_dtype must be one of {tuple(models.DTYPES)}, got "
-                      f"{config.train.compute_dtype!r}")
+        errors.append(
+            f"train.compute_dtype must be one of {tuple(models.DTYPES)}, got "
+            f"{config.train.compute_dtype!r}"
+        )
     if config.distill.temperature <= 0:
         errors.append(f"distill.temperature must be > 0, got {config.distill.temperature}")
     if not 0.0 <= config.distill.alpha <= 1.0:
@@ -85,8 +94,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
 
 
 def cache_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
-    return pathlib.Path(config.cache_dir).expanduser() if config.cache_dir else (
-        fetch.default_cache_dir())
+    return (
+        pathlib.Path(config.cache_dir).expanduser()
+        if config.cache_dir
+        else (fetch.default_cache_dir())
+    )
 
 
 def data_dir(config: ml_collections.ConfigDict) -> pathlib.Path:

@@ -29,7 +29,9 @@ def kd_kl(
     temperature = jnp.asarray(temperature, jnp.float32)
     teacher_logits = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
     teacher_log_probs = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
-    student_log_probs = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+    student_log_probs = jax.nn.log_softmax(
+        student_logits.astype(jnp.float32) / temperature, axis=-1
+    )
     kl = jnp.sum(jnp.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs), axis=-1)
     return temperature**2 * kl.mean()
 

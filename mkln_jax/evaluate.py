@@ -68,7 +68,11 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
     for stage in config.stages:
         model, frozen, best_step = train.load_best(config, workdir, stage, mesh)
         probs = predict_source(
-            jit_eval_step(model, mesh), frozen.params, frozen.batch_stats, source, mesh,
+            jit_eval_step(model, mesh),
+            frozen.params,
+            frozen.batch_stats,
+            source,
+            mesh,
             config.eval.batch_size,
         )
         report = metrics.report(
@@ -76,7 +80,10 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
         )
         seen = np.isin(index.methods, ["real", *trained])
         report["seen methods"] = metrics.report(
-            index.labels[seen], probs[seen], index.methods[seen], index.video_ids[seen],
+            index.labels[seen],
+            probs[seen],
+            index.methods[seen],
+            index.video_ids[seen],
             config.eval.threshold,
         )["all"]
         notes["seen methods"] = "reals + " + ", ".join(sorted(trained))

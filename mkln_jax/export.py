@@ -40,8 +40,9 @@ def _flatten(tree) -> dict[str, np.ndarray]:
 
 def _unflatten(flat: dict, template):
     """Rebuilds the nested pure dict of `template` from "/"-joined keys (int keys restored)."""
-    paths = [tuple(p.key for p in path) for path, _ in jax.tree_util.tree_flatten_with_path(
-        template)[0]]
+    paths = [
+        tuple(p.key for p in path) for path, _ in jax.tree_util.tree_flatten_with_path(template)[0]
+    ]
     out: dict = {}
     for path in paths:
         node = out
@@ -123,23 +124,27 @@ class Artifact:
         directory = pathlib.Path(directory)
         meta_path = directory / METADATA
         if not meta_path.exists():
-            raise ArtifactError(f"{directory}: no {METADATA}; not an mkln export (run `mkln "
-                                "export` to make one)")
+            raise ArtifactError(
+                f"{directory}: no {METADATA}; not an mkln export (run `mkln export` to make one)"
+            )
         try:
             self.metadata = json.loads(meta_path.read_text())
         except json.JSONDecodeError as err:
             raise ArtifactError(f"{meta_path}: unreadable metadata ({err})") from err
         version = self.metadata.get("format_version")
         if version != FORMAT_VERSION:
-            raise ArtifactError(f"{directory}: format version {version}, this build reads "
-                                f"{FORMAT_VERSION}; re-export with this version of mkln")
+            raise ArtifactError(
+                f"{directory}: format version {version}, this build reads "
+                f"{FORMAT_VERSION}; re-export with this version of mkln"
+            )
         for name, expected in self.metadata.get("sha256", {}).items():
             path = directory / name
             if not path.exists():
                 raise ArtifactError(f"{path}: missing from the artifact")
             if _sha256(path) != expected:
-                raise ArtifactError(f"{path}: checksum mismatch (file changed or corrupt); "
-                                    "re-export the artifact")
+                raise ArtifactError(
+                    f"{path}: checksum mismatch (file changed or corrupt); re-export the artifact"
+                )
         if set(self.metadata.get("sha256", {})) != {PROGRAM, WEIGHTS}:
             raise ArtifactError(f"{meta_path}: checksums for {PROGRAM} and {WEIGHTS} expected")
         self.exported = jax.export.deserialize((directory / PROGRAM).read_bytes())
@@ -151,6 +156,8 @@ class Artifact:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images, np.uint8)
         if images.ndim != 4 or images.shape[1:] != (self.input_size, self.input_size, 3):
-            raise ArtifactError(f"images must be uint8[b, {self.input_size}, {self.input_size}, "
-                                f"3], got {images.shape}")
+            raise ArtifactError(
+                f"images must be uint8[b, {self.input_size}, {self.input_size}, "
+                f"3], got {images.shape}"
+            )
         return np.asarray(self.exported.call(self.weights, jnp.asarray(images)))

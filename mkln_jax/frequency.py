@@ -103,6 +103,9 @@ def frequency_augment(
     x: float[B, N, N, C] -> float32[B, N, N, C]. Deterministic given `key`.
     """
     batch = x.shape[0]
+    prob = jnp.asarray(prob, jnp.float32)
+    band_drop_prob = jnp.asarray(band_drop_prob, jnp.float32)
+    jitter = jnp.asarray(jitter, jnp.float32)
     k_apply, k_gain, k_drop = jax.random.split(key, 3)
     gains = jax.random.uniform(
         k_gain, (batch, 3), minval=1.0 - jitter, maxval=1.0 + jitter, dtype=jnp.float32

@@ -89,9 +89,7 @@ def summary(labels, scores, threshold: float = 0.5) -> dict[str, float]:
     }
 
 
-def video_level(
-    video_ids, labels, scores
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def video_level(video_ids, labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean frame score per video. Returns (ids, labels, scores); a video's frames must agree on
     the label, since ids are keyed by method and name (two fakes never share an id)."""
     labels, scores = _check(labels, scores)

@@ -54,6 +54,8 @@ class ModelFn:
 
     def apply(self, params, batch_stats, images01: jax.Array, train: bool):
         """Returns (logits float32[B, K], updated batch_stats)."""
+        # Fresh Variable objects in the current trace (merge would reuse the caller's).
+        params, batch_stats = jax.tree.map(lambda x: x, (params, batch_stats))
         model = nnx.merge(self.graphdef, params, batch_stats)
         logits = model(self.normalise(images01), train=train)
         return logits.astype(jnp.float32), nnx.state(model, nnx.BatchStat)
@@ -140,7 +142,7 @@ def make_train_step(
         metrics = {
             "loss": loss,
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             **parts,
         }
         if teacher_logits is not None:

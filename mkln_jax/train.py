@@ -36,8 +36,8 @@ def make_optimizer(section: ml_collections.ConfigDict) -> optax.GradientTransfor
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=section.learning_rate,
-        warmup_steps=min(section.warmup_steps, section.steps),
-        decay_steps=section.steps,
+        warmup_steps=min(section.warmup_steps, section.steps // 2),
+        decay_steps=max(section.steps, 1),
         end_value=section.learning_rate * 0.01,
     )
     return optax.adamw(schedule, weight_decay=section.weight_decay)
@@ -69,7 +69,9 @@ def build_model(config, stage: str, *, with_weights: bool = True) -> nnx.Module:
 
 def model_fn(config, stage: str, graphdef) -> step_lib.ModelFn:
     spec = models.spec(config[stage].model)
-    return step_lib.ModelFn(graphdef, spec.mean, spec.std, models.DTYPES[config.train.compute_dtype])
+    return step_lib.ModelFn(
+        graphdef, spec.mean, spec.std, models.DTYPES[config.train.compute_dtype]
+    )
 
 
 def stage_dir(workdir: str | pathlib.Path, stage: str) -> pathlib.Path:
@@ -193,13 +195,21 @@ def train_stage(config, workdir, stage: str, mesh) -> dict[str, float]:
                 progress.report(done, values)
             if done % config.train.eval_every == 0 or done == section.steps:
                 probs = evaluate.predict_source(
-                    eval_step, state.params, state.batch_stats, val_source, mesh,
-                    config.eval.batch_size, keep=val_keep,
+                    eval_step,
+                    state.params,
+                    state.batch_stats,
+                    val_source,
+                    mesh,
+                    config.eval.batch_size,
+                    keep=val_keep,
                 )
                 val = evaluate.quick_metrics(val_index, val_keep, probs, config.eval.threshold)
                 logger.write(done, {f"val/{k}": v for k, v in val.items()})
-                print(f"[{stage}] step {done} validation: " +
-                      " ".join(f"{k} {v:.4f}" for k, v in val.items()), flush=True)
+                print(
+                    f"[{stage}] step {done} validation: "
+                    + " ".join(f"{k} {v:.4f}" for k, v in val.items()),
+                    flush=True,
+                )
                 ckpts.save(done, state, config, {checkpoint.BEST_METRIC: val["auc"]})
                 if not best or val["auc"] > best["val_auc"]:
                     best = {"val_auc": val["auc"], "best_step": done}

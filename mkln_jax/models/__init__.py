@@ -14,7 +14,6 @@ from mkln_jax.models.efficientnet import EfficientNetLite0
 from mkln_jax.models.layers import IMAGENET_MEAN, IMAGENET_STD
 from mkln_jax.models.small_cnn import SmallCNN
 
-
 LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
 

@@ -93,8 +93,9 @@ def load_into(
             continue
         value = transform(np.asarray(state_dict[name]))
         if value.shape != variable.value.shape:
-            problems.append(f"{name}: shape {value.shape} after conversion, model wants "
-                            f"{variable.value.shape}")
+            problems.append(
+                f"{name}: shape {value.shape} after conversion, model wants {variable.value.shape}"
+            )
             continue
         converted.append((variable, value))
     if problems:

@@ -27,9 +27,7 @@ BN_MOMENTUM = 0.99
 
 
 def _bn(features: int, dtype: Any, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    return nnx.BatchNorm(
-        features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, rngs=rngs
-    )
+    return nnx.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, rngs=rngs)
 
 
 class MBConv(nnx.Module):

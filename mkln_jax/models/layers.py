@@ -44,7 +44,9 @@ def shifted_depthwise_conv(
     kh, kw, one, out_channels = rhs.shape
     if one != 1 or feature_group_count != channels or out_channels != channels:
         raise ValueError("shifted_depthwise_conv handles depthwise convolutions only")
-    if any(d != 1 for d in (lhs_dilation or (1, 1))) or any(d != 1 for d in (rhs_dilation or (1, 1))):
+    if any(d != 1 for d in (lhs_dilation or (1, 1))) or any(
+        d != 1 for d in (rhs_dilation or (1, 1))
+    ):
         raise ValueError("shifted_depthwise_conv does not support dilation")
     sh, sw = window_strides
     height, width = lhs.shape[1], lhs.shape[2]

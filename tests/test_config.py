@@ -1,0 +1,76 @@
+"""Bad configs fail with a clear message before anything compiles."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from configs import demo
+from mkln_jax import config_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _mkln(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mkln_jax.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_demo_config_is_valid():
+    config_lib.validate(demo.get_config(), num_devices=8)
+
+
+def test_validate_lists_every_problem_at_once():
+    config = demo.get_config()
+    config.distill.alpha = 1.5
+    config.teacher.model = "resnet9000"
+    config.data.train_methods = ("self_blend", "morphing")
+    config.student.batch_size = 12
+    with pytest.raises(config_lib.ConfigError) as err:
+        config_lib.validate(config, num_devices=8)
+    message = str(err.value)
+    assert "distill.alpha" in message
+    assert "resnet9000" in message
+    assert "morphing" in message
+    assert "student.batch_size=12" in message
+
+
+def test_unknown_config_key_fails_naming_the_key():
+    result = _mkln(
+        "train",
+        "--config=configs/demo.py",
+        "--config.distill.temprature=3",
+        "--workdir=/nonexistent/never-created",
+    )
+    assert result.returncode != 0
+    assert "temprature" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_ill_typed_config_value_fails_naming_the_field():
+    result = _mkln(
+        "train",
+        "--config=configs/demo.py",
+        "--config.teacher.steps=many",
+        "--workdir=/nonexistent/never-created",
+    )
+    assert result.returncode != 0
+    assert "teacher.steps" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_value_fails_before_any_work():
+    result = _mkln(
+        "train",
+        "--config=configs/demo.py",
+        "--config.distill.temperature=-1",
+        "--workdir=/nonexistent/never-created",
+    )
+    assert result.returncode == 2
+    assert "distill.temperature must be > 0" in result.stderr

@@ -1,0 +1,134 @@
+"""The whole path on the tiny config: prepare -> teacher -> student -> evaluate -> export ->
+predict, through the `mkln` command line, plus the artifact's guarantees."""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _mkln(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mkln_jax.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ),
+    )
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, cache_dir):
+    workdir = tmp_path_factory.mktemp("run")
+    result = _mkln("demo", "--config=configs/tiny.py", f"--workdir={workdir}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir, result.stdout
+
+
+def test_demo_runs_every_stage_and_prints_the_results_table(demo_run):
+    workdir, out = demo_run
+    for marker in (
+        "=== prepare ===",
+        "[teacher] step",
+        "[student] step",
+        "frame AUC",
+        "NOT seen in training",
+        "verdict:",
+        "=== wall times ===",
+    ):
+        assert marker in out
+    results = json.loads((workdir / "eval" / "test.json").read_text())
+    assert set(results) == {"teacher", "student"}
+    metrics = results["student"]["metrics"]
+    assert {"all", "seen methods", "self_blend", "upsampler", "face_swap"} <= set(metrics)
+    assert 0.0 <= metrics["all"]["frame"]["auc"] <= 1.0
+    assert (workdir / "student" / "logs" / "metrics.jsonl").exists()
+    assert list((workdir / "student" / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_training_again_resumes_and_skips_finished_stages(demo_run):
+    workdir, _ = demo_run
+    result = _mkln("train", "--config=configs/tiny.py", f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "[teacher] already trained" in result.stdout
+    assert "[student] already trained" in result.stdout
+
+
+def test_exported_artifact_matches_the_training_code_path(demo_run):
+    import jax
+
+    from configs import tiny
+    from mkln_jax import config_lib, evaluate, export, sharding, train
+    from mkln_jax.input_pipeline import loader
+
+    workdir, _ = demo_run
+    config = tiny.get_config()
+    artifact = export.Artifact(workdir / "export")
+    source = loader.open_split(config.data, config_lib.data_dir(config), "test")
+    mesh = sharding.make_mesh(1)
+    model, frozen, _ = train.load_best(config, workdir, "student", mesh)
+    expected = evaluate.predict_source(
+        evaluate.jit_eval_step(model, mesh), frozen.params, frozen.batch_stats, source, mesh, 16
+    )
+    images = np.stack([source[i]["image"] for i in range(len(source))])
+    for batch in (1, 5, len(images)):  # the batch dimension is symbolic
+        np.testing.assert_allclose(artifact(images[:batch]), expected[:batch], atol=1e-5)
+    assert artifact.metadata["model"] == config.student.model
+    assert artifact.metadata["input_size"] == config.data.image_size
+    assert jax.device_count() == 8
+
+
+def test_tampered_or_mismatched_artifacts_are_refused(demo_run, tmp_path):
+    from mkln_jax import export
+
+    workdir, _ = demo_run
+    copy = tmp_path / "artifact"
+    shutil.copytree(workdir / "export", copy)
+    weights = copy / export.WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(export.ArtifactError, match="checksum mismatch"):
+        export.Artifact(copy)
+    meta = json.loads((workdir / "export" / export.METADATA).read_text())
+    meta["format_version"] = 99
+    shutil.copy(workdir / "export" / export.WEIGHTS, weights)
+    (copy / export.METADATA).write_text(json.dumps(meta))
+    with pytest.raises(export.ArtifactError, match="format version 99"):
+        export.Artifact(copy)
+
+
+def test_predict_gives_one_line_reasons_for_unusable_inputs(demo_run, tmp_path):
+    workdir, _ = demo_run
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    blank = tmp_path / "blank.png"
+    import cv2
+
+    cv2.imwrite(str(blank), np.full((64, 64, 3), 127, np.uint8))
+    result = _mkln(
+        "predict",
+        str(text),
+        str(empty),
+        str(blank),
+        str(tmp_path / "missing.mp4"),
+        f"--artifact={workdir / 'export'}",
+        timeout=120,
+    )
+    assert result.returncode == 1  # nothing was scored
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("skipped:")]
+    assert len(lines) == 4
+    assert any("empty" in line for line in lines)
+    assert any("no face" in line for line in lines)
+    assert any("not found" in line for line in lines)

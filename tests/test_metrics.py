@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from mkln_jax import metrics
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_metrics_equal_sklearn_on_random_scores_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(rng.uniform(size=300) * 0.6 + labels * 0.3, 2)  # rounding makes ties
+    assert metrics.auc(labels, scores) == pytest.approx(skm.roc_auc_score(labels, scores))
+    assert metrics.average_precision(labels, scores) == pytest.approx(
+        skm.average_precision_score(labels, scores)
+    )
+    assert metrics.accuracy(labels, scores, 0.5) == pytest.approx(
+        skm.accuracy_score(labels, scores >= 0.5)
+    )
+    fpr, tpr, _ = skm.roc_curve(labels, scores, drop_intermediate=False)
+    ours_fpr, ours_tpr, _ = metrics.roc_curve(labels, scores)
+    np.testing.assert_allclose(ours_fpr, fpr)
+    np.testing.assert_allclose(ours_tpr, tpr)
+    # EER: where FPR and FNR cross; sklearn's curve bounds it between neighbouring points.
+    fnr = 1 - tpr
+    i = np.flatnonzero(fnr - fpr <= 0)[0]
+    low, high = sorted((fpr[i - 1], fpr[i]))
+    assert low - 1e-12 <= metrics.eer(labels, scores) <= high + 1e-12
+
+
+def test_eer_of_perfect_and_inverted_scores():
+    labels = np.array([0, 0, 1, 1])
+    assert metrics.eer(labels, np.array([0.1, 0.2, 0.8, 0.9])) == 0.0
+    assert metrics.eer(labels, np.array([0.9, 0.8, 0.2, 0.1])) == 1.0
+
+
+def test_single_class_gives_nan_auc():
+    assert np.isnan(metrics.auc(np.ones(4), np.linspace(0, 1, 4)))
+
+
+def test_video_ids_keep_methods_apart():
+    # Two fakes share a file name under different methods: they must stay two videos.
+    ids = ["self_blend/000_003", "self_blend/000_003", "upsampler/000_003", "real/000"]
+    labels = [1, 1, 1, 0]
+    scores = [0.9, 0.7, 0.2, 0.1]
+    vids, v_labels, v_scores = metrics.video_level(ids, labels, scores)
+    assert list(vids) == ["real/000", "self_blend/000_003", "upsampler/000_003"]
+    np.testing.assert_allclose(v_scores, [0.1, 0.8, 0.2])
+    np.testing.assert_array_equal(v_labels, [0, 1, 1])
+
+
+def test_video_with_mixed_labels_is_an_error():
+    with pytest.raises(ValueError, match="different labels"):
+        metrics.video_level(["a", "a"], [0, 1], [0.1, 0.2])
+
+
+def test_report_per_method_uses_that_methods_fakes_and_all_reals():
+    methods = np.array(["real", "real", "m1", "m1", "m2", "m2"])
+    labels = np.array([0, 0, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.9, 0.8, 0.15, 0.05])
+    ids = np.array(["real/a", "real/b", "m1/a", "m1/b", "m2/a", "m2/b"])
+    out = metrics.report(labels, scores, methods, ids)
+    assert out["m1"]["frame"]["auc"] == 1.0
+    assert out["m2"]["frame"]["auc"] == pytest.approx(
+        skm.roc_auc_score([0, 0, 1, 1], [0.1, 0.2, 0.15, 0.05])
+    )
+    assert out["all"]["frame"]["n"] == 6 and out["m1"]["frame"]["n"] == 4

@@ -1,0 +1,214 @@
+import collections
+import io
+import pickle
+import sys
+import types
+import zipfile
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import skimage.data
+from flax import nnx
+
+from mkln_jax import models
+from mkln_jax.models import convert, layers, torch_state
+from mkln_jax.models.efficientnet import EfficientNetLite0
+
+# ImageNet classes: 281-285 are domestic cats; 504 coffee mug, 967 espresso, 968 cup.
+CAT_CLASSES = set(range(281, 286))
+CUP_CLASSES = {504, 967, 968}
+
+
+@pytest.mark.parametrize("kernel,stride,size", [(3, 1, 9), (3, 2, 9), (5, 2, 10), (5, 1, 7)])
+def test_shifted_depthwise_conv_equals_xla_conv_and_its_gradients(kernel, stride, size):
+    rng = np.random.default_rng(kernel * 10 + stride)
+    x = jnp.asarray(rng.normal(size=(2, size, size, 6)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, 1, 6)), jnp.float32)
+
+    def run(fn):
+        return fn(
+            x,
+            w,
+            (stride, stride),
+            "SAME",
+            feature_group_count=6,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+
+    expected = run(jax.lax.conv_general_dilated)
+    got = run(layers.shifted_depthwise_conv)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+    def loss(fn, xx, ww):
+        return jnp.sum(
+            jnp.sin(
+                fn(
+                    xx,
+                    ww,
+                    (stride, stride),
+                    "SAME",
+                    feature_group_count=6,
+                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                )
+            )
+        )
+
+    g_ref = jax.grad(lambda a, b: loss(jax.lax.conv_general_dilated, a, b), (0, 1))(x, w)
+    g_new = jax.grad(lambda a, b: loss(layers.shifted_depthwise_conv, a, b), (0, 1))(x, w)
+    for a, b in zip(g_new, g_ref):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_efficientnet_depthwise_formulations_give_equal_logits():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)
+    a = EfficientNetLite0(10, depthwise_impl="shifted", rngs=nnx.Rngs(0))
+    b = EfficientNetLite0(10, depthwise_impl="xla", rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(a(x), b(x), atol=1e-4, rtol=1e-4)
+
+
+def _imagenet_top1(model, image: np.ndarray) -> int:
+    spec = models.spec("efficientnet_lite0")
+    x = cv2.resize(image, (224, 224), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    x = (x - np.asarray(spec.mean)) / np.asarray(spec.std)
+    return int(jnp.argmax(model(jnp.asarray(x[None], jnp.float32))[0]))
+
+
+def test_converted_efficientnet_lite0_recognises_a_cat_and_a_coffee(cache_dir):
+    model = models.build("efficientnet_lite0", 1000, pretrained="imagenet", cache_dir=cache_dir)
+    assert _imagenet_top1(model, skimage.data.chelsea()) in CAT_CLASSES
+    assert _imagenet_top1(model, skimage.data.coffee()) in CUP_CLASSES
+
+
+def _lite0_state_dict(model) -> dict[str, np.ndarray]:
+    """A state dict in the PyTorch layout, made from our own model's variables."""
+    out = {}
+    for name, variable, transform in convert.efficientnet_lite0_entries(model, True):
+        value = np.asarray(variable.value)
+        if transform is convert._conv:
+            value = np.transpose(value, (3, 2, 0, 1))
+        elif transform is convert._linear:
+            value = value.T
+        out[name] = value
+    return out
+
+
+def test_weight_load_round_trips_and_names_missing_and_extra_tensors():
+    source = EfficientNetLite0(1000, rngs=nnx.Rngs(1))
+    state = _lite0_state_dict(source)
+    target = EfficientNetLite0(1000, rngs=nnx.Rngs(2))
+    before = np.asarray(target.stem_conv.kernel.value).copy()
+
+    broken = dict(state)
+    del broken["_blocks.3._bn1.running_var"]
+    broken["_blocks.99._depthwise_conv.weight"] = np.zeros((1,), np.float32)
+    with pytest.raises(convert.WeightMismatchError) as err:
+        convert.load_efficientnet_lite0(target, broken)
+    assert "_blocks.3._bn1.running_var" in str(err.value)
+    assert "_blocks.99._depthwise_conv.weight" in str(err.value)
+    np.testing.assert_array_equal(target.stem_conv.kernel.value, before)  # nothing written
+
+    misshaped = dict(state)
+    misshaped["_conv_head.weight"] = np.zeros((1280, 321, 1, 1), np.float32)
+    with pytest.raises(convert.WeightMismatchError, match="_conv_head.weight"):
+        convert.load_efficientnet_lite0(target, misshaped)
+
+    convert.load_efficientnet_lite0(target, state)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 32, 32, 3)), jnp.float32)
+    np.testing.assert_allclose(target(x), source(x), atol=1e-5)
+
+
+def _write_zip_pth(path, tensors: dict[str, np.ndarray]) -> None:
+    """Writes a state dict in torch's zip format without torch (fake `torch` globals)."""
+    fake_torch = types.ModuleType("torch")
+    fake_utils = types.ModuleType("torch._utils")
+
+    class FloatStorage:
+        pass
+
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("only pickled, never called")
+
+    FloatStorage.__module__, FloatStorage.__qualname__ = "torch", "FloatStorage"
+    _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = (
+        "torch._utils",
+        ("_rebuild_tensor_v2"),
+    )
+    fake_torch.FloatStorage, fake_utils._rebuild_tensor_v2 = FloatStorage, _rebuild_tensor_v2
+    fake_torch._utils = fake_utils
+
+    class Tensor:
+        def __init__(self, key, array):
+            self.key, self.array = key, array
+
+        def __reduce__(self):
+            strides = tuple(s // self.array.itemsize for s in self.array.strides)
+            return (
+                _rebuild_tensor_v2,
+                (
+                    Storage(self.key, self.array.size),
+                    0,
+                    self.array.shape,
+                    strides,
+                    False,
+                    collections.OrderedDict(),
+                ),
+            )
+
+    class Storage:
+        def __init__(self, key, numel):
+            self.key, self.numel = key, numel
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, Storage):
+                return ("storage", FloatStorage, obj.key, "cpu", obj.numel)
+            return None
+
+    saved = {k: sys.modules.get(k) for k in ("torch", "torch._utils")}
+    sys.modules["torch"], sys.modules["torch._utils"] = fake_torch, fake_utils
+    try:
+        buffer = io.BytesIO()
+        payload = collections.OrderedDict(
+            (name, Tensor(str(i), np.ascontiguousarray(a, np.float32)))
+            for i, (name, a) in enumerate(tensors.items())
+        )
+        Pickler(buffer, protocol=2).dump(payload)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", buffer.getvalue())
+        for i, array in enumerate(tensors.values()):
+            archive.writestr(f"archive/data/{i}", np.ascontiguousarray(array, "<f4").tobytes())
+
+
+def test_zip_format_state_dict_is_read_without_torch(tmp_path):
+    tensors = {
+        "a.weight": np.arange(24, dtype=np.float32).reshape(2, 3, 4),
+        "b.bias": np.array([1.5, -2.0], np.float32),
+    }
+    path = tmp_path / "tiny.pth"
+    _write_zip_pth(path, tensors)
+    loaded = torch_state.load_state_dict(path)
+    assert set(loaded) == set(tensors)
+    for name, array in tensors.items():
+        np.testing.assert_array_equal(loaded[name], array)
+
+
+def test_state_dict_reader_refuses_arbitrary_code(tmp_path):
+    path = tmp_path / "evil.pth"
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({"x": Evil()}, protocol=2))
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        torch_state.load_state_dict(path)

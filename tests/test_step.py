@@ -1,0 +1,109 @@
+"""The jitted, sharded train step: 8 devices reproduce 1 device; the teacher never changes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from mkln_jax import sharding
+from mkln_jax import step as step_lib
+from mkln_jax.models.small_cnn import SmallCNN
+
+HPARAMS = {"temperature": 4.0, "alpha": 0.7, "freq_prob": 1.0, "band_drop_prob": 0.3, "jitter": 0.5}
+
+
+def _setup():
+    student = SmallCNN(2, widths=(8, 16), rngs=nnx.Rngs(0))
+    teacher = SmallCNN(2, widths=(8, 8), rngs=nnx.Rngs(1))
+    tx = optax.adamw(1e-2)
+    s_graph, _, _ = step_lib.split_model(student)
+    t_graph, t_params, t_stats = step_lib.split_model(teacher)
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    fn = step_lib.make_train_step(
+        step_lib.ModelFn(s_graph, mean, std),
+        tx,
+        teacher=step_lib.ModelFn(t_graph, mean, std),
+        frequency_augment=True,
+    )
+    state = step_lib.init_state(student, tx, seed=0)
+    frozen = step_lib.Frozen(t_params, t_stats)
+    return fn, state, frozen
+
+
+def _batches(count, batch=16, size=16):
+    rng = np.random.default_rng(0)
+    return [
+        {
+            "image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
+            "label": rng.integers(0, 2, batch).astype(np.int32),
+        }
+        for _ in range(count)
+    ]
+
+
+def _run(num_devices: int, steps: int = 3):
+    fn, state, frozen = _setup()
+    mesh = sharding.make_mesh(num_devices)
+    repl = sharding.replicated(mesh)
+    jitted = jax.jit(
+        fn,
+        in_shardings=(repl, repl, sharding.batch_sharding(mesh), repl),
+        out_shardings=(repl, repl),
+        donate_argnums=0,
+    )
+    state = jax.device_put(state, repl)
+    frozen = jax.device_put(frozen, repl)
+    teacher_before = jax.tree.map(lambda x: np.array(x), frozen)
+    hparams = jax.device_put({k: jnp.float32(v) for k, v in HPARAMS.items()}, repl)
+    losses = []
+    for batch in _batches(steps):
+        state, metrics = jitted(state, frozen, sharding.host_to_global(batch, mesh), hparams)
+        losses.append(float(metrics["loss"]))
+    return losses, jax.device_get(state), teacher_before, jax.device_get(frozen), jitted
+
+
+def test_eight_devices_reproduce_one_device_and_the_teacher_never_changes():
+    assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
+    losses_1, state_1, _, _, _ = _run(1)
+    losses_8, state_8, teacher_before, teacher_after, jitted = _run(8)
+    np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(state_8.params), jax.tree.leaves(state_1.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(state_8.batch_stats), jax.tree.leaves(state_1.batch_stats)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # The teacher's variables are bit-identical after training steps.
+    for a, b in zip(jax.tree.leaves(teacher_before), jax.tree.leaves(teacher_after)):
+        np.testing.assert_array_equal(a, b)
+    assert losses_8[-1] != losses_8[0]  # the student did train
+    # The batch really was split over 8 devices.
+    assert len(state_8.params["classifier"]["kernel"].value.shape) == 2
+
+
+def test_changing_distillation_hyperparameters_does_not_recompile():
+    fn, state, frozen = _setup()
+    jitted = jax.jit(fn)
+    batch = _batches(1)[0]
+    losses = []
+    for temperature in (1.0, 2.0, 8.0):
+        hp = {k: jnp.float32(v) for k, v in {**HPARAMS, "temperature": temperature}.items()}
+        _, metrics = jitted(state, frozen, batch, hp)
+        losses.append(float(metrics["kd"]))
+    assert jitted._cache_size() == 1
+    assert len(set(losses)) == 3  # the value did reach the loss
+
+
+def test_without_teacher_the_step_is_cross_entropy_only():
+    student = SmallCNN(2, widths=(8,), rngs=nnx.Rngs(0))
+    tx = optax.sgd(0.0)
+    graph, _, _ = step_lib.split_model(student)
+    fn = step_lib.make_train_step(
+        step_lib.ModelFn(graph, (0.5,) * 3, (0.25,) * 3), tx, teacher=None, frequency_augment=False
+    )
+    state = step_lib.init_state(student, tx, seed=0)
+    _, metrics = jax.jit(fn)(
+        state, None, _batches(1)[0], {k: jnp.float32(v) for k, v in HPARAMS.items()}
+    )
+    assert "kd" not in metrics
+    assert float(metrics["loss"]) == pytest.approx(float(metrics["ce"]))
