@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml requirements/lock-py3.11.txt requirements/lock-py3.12.t
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements/lock-py$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])').txt
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
 	@touch $@
 
 setup: $(STAMP)

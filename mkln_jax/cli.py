@@ -177,8 +177,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
             message = message[1:-1]
         message = message.replace("\\n", " ").replace("\\'", "'").replace("\n", " ")
         print(
-            f"error: bad flag or config override: {message}\nRun `mkln` without arguments for usage; config fields are "
-            "defined in configs/default.py.",
+            f"error: bad flag or config override: {message}\n"
+            "Run `mkln` without arguments for usage; config fields are in configs/default.py.",
             file=sys.stderr,
         )
         sys.exit(2)

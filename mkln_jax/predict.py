@@ -39,7 +39,8 @@ class Prediction:
 
     def lines(self) -> list[str]:
         out = [f"{self.path}"]
-        out += [f"  frame {i:5d}  P(fake) {s:.4f}" for i, s in zip(self.frame_indices, self.scores)]
+        pairs = zip(self.frame_indices, self.scores, strict=True)
+        out += [f"  frame {i:5d}  P(fake) {s:.4f}" for i, s in pairs]
         if self.frames_without_face:
             out.append(f"  frames without a face (not scored): {self.frames_without_face}")
         out.append(
@@ -71,7 +72,7 @@ def predict(artifact: export.Artifact, path: str | pathlib.Path, num_frames: int
     frames, indices = _load_frames(path, num_frames)
     margin = float(artifact.metadata["face_crop"]["margin"])
     crops, kept, missing = [], [], []
-    for frame, index in zip(frames, indices):
+    for frame, index in zip(frames, indices, strict=True):
         box = faces.detect_largest_face(frame)
         if box is None:
             missing.append(index)

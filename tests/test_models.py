@@ -58,7 +58,7 @@ def test_shifted_depthwise_conv_equals_xla_conv_and_its_gradients(kernel, stride
 
     g_ref = jax.grad(lambda a, b: loss(jax.lax.conv_general_dilated, a, b), (0, 1))(x, w)
     g_new = jax.grad(lambda a, b: loss(layers.shifted_depthwise_conv, a, b), (0, 1))(x, w)
-    for a, b in zip(g_new, g_ref):
+    for a, b in zip(g_new, g_ref, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
@@ -86,7 +86,7 @@ def _lite0_state_dict(model) -> dict[str, np.ndarray]:
     """A state dict in the PyTorch layout, made from our own model's variables."""
     out = {}
     for name, variable, transform in convert.efficientnet_lite0_entries(model, True):
-        value = np.asarray(variable.value)
+        value = np.asarray(variable.get_value())
         if transform is convert._conv:
             value = np.transpose(value, (3, 2, 0, 1))
         elif transform is convert._linear:
@@ -99,7 +99,7 @@ def test_weight_load_round_trips_and_names_missing_and_extra_tensors():
     source = EfficientNetLite0(1000, rngs=nnx.Rngs(1))
     state = _lite0_state_dict(source)
     target = EfficientNetLite0(1000, rngs=nnx.Rngs(2))
-    before = np.asarray(target.stem_conv.kernel.value).copy()
+    before = np.asarray(target.stem_conv.kernel.get_value()).copy()
 
     broken = dict(state)
     del broken["_blocks.3._bn1.running_var"]
@@ -108,11 +108,11 @@ def test_weight_load_round_trips_and_names_missing_and_extra_tensors():
         convert.load_efficientnet_lite0(target, broken)
     assert "_blocks.3._bn1.running_var" in str(err.value)
     assert "_blocks.99._depthwise_conv.weight" in str(err.value)
-    np.testing.assert_array_equal(target.stem_conv.kernel.value, before)  # nothing written
+    np.testing.assert_array_equal(target.stem_conv.kernel.get_value(), before)  # nothing written
 
     misshaped = dict(state)
     misshaped["_conv_head.weight"] = np.zeros((1280, 321, 1, 1), np.float32)
-    with pytest.raises(convert.WeightMismatchError, match="_conv_head.weight"):
+    with pytest.raises(convert.WeightMismatchError, match=r"_conv_head\.weight"):
         convert.load_efficientnet_lite0(target, misshaped)
 
     convert.load_efficientnet_lite0(target, state)

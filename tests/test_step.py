@@ -61,24 +61,24 @@ def _run(num_devices: int, steps: int = 3):
     for batch in _batches(steps):
         state, metrics = jitted(state, frozen, sharding.host_to_global(batch, mesh), hparams)
         losses.append(float(metrics["loss"]))
-    return losses, jax.device_get(state), teacher_before, jax.device_get(frozen), jitted
+    return losses, jax.device_get(state), teacher_before, jax.device_get(frozen)
 
 
 def test_eight_devices_reproduce_one_device_and_the_teacher_never_changes():
     assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
-    losses_1, state_1, _, _, _ = _run(1)
-    losses_8, state_8, teacher_before, teacher_after, jitted = _run(8)
+    losses_1, state_1, _, _ = _run(1)
+    losses_8, state_8, teacher_before, teacher_after = _run(8)
     np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(state_8.params), jax.tree.leaves(state_1.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    for a, b in zip(jax.tree.leaves(state_8.batch_stats), jax.tree.leaves(state_1.batch_stats)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for tree_8, tree_1 in (
+        (state_8.params, state_1.params),
+        (state_8.batch_stats, state_1.batch_stats),
+    ):
+        for a, b in zip(jax.tree.leaves(tree_8), jax.tree.leaves(tree_1), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     # The teacher's variables are bit-identical after training steps.
-    for a, b in zip(jax.tree.leaves(teacher_before), jax.tree.leaves(teacher_after)):
+    for a, b in zip(jax.tree.leaves(teacher_before), jax.tree.leaves(teacher_after), strict=True):
         np.testing.assert_array_equal(a, b)
     assert losses_8[-1] != losses_8[0]  # the student did train
-    # The batch really was split over 8 devices.
-    assert len(state_8.params["classifier"]["kernel"].value.shape) == 2
 
 
 def test_changing_distillation_hyperparameters_does_not_recompile():

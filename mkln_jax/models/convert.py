@@ -92,16 +92,17 @@ def load_into(
         if name not in state_dict:
             continue
         value = transform(np.asarray(state_dict[name]))
-        if value.shape != variable.value.shape:
+        if value.shape != variable.get_value().shape:
             problems.append(
-                f"{name}: shape {value.shape} after conversion, model wants {variable.value.shape}"
+                f"{name}: shape {value.shape} after conversion, "
+                f"model wants {variable.get_value().shape}"
             )
             continue
         converted.append((variable, value))
     if problems:
         raise WeightMismatchError(f"{source}: " + "; ".join(problems))
     for variable, value in converted:
-        variable.value = np.asarray(value, dtype=variable.value.dtype)
+        variable.set_value(np.asarray(value, dtype=variable.get_value().dtype))
 
 
 def load_efficientnet_lite0(
@@ -112,7 +113,7 @@ def load_efficientnet_lite0(
     The 1000-way ImageNet head is loaded only when the model has 1000 classes; otherwise the new
     head keeps its fresh initialisation.
     """
-    include_head = model.classifier.kernel.value.shape[-1] == 1000
+    include_head = model.classifier.kernel.get_value().shape[-1] == 1000
     load_into(
         efficientnet_lite0_entries(model, include_head),
         state_dict,

