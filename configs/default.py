@@ -19,7 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.data_dir = ""  # TFDS data dir; "" = <cache_dir>/tfds
     config.data.image_size = 96  # face crop side in pixels (what the models see)
     config.data.clip_frames = 24  # consecutive video frames per clip (the unit of the splits)
-    config.data.frames_per_clip = 8  # frames sampled evenly from each clip
+    config.data.frames_per_clip = 12  # frames sampled evenly from each clip
     config.data.margin = 1.3  # crop side / detected face side
     config.data.methods = ("self_blend", "upsampler", "face_swap")  # fakes written by prepare
     config.data.train_methods = ("self_blend", "upsampler")  # fakes used for training; the
@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.teacher = ml_collections.ConfigDict()
     config.teacher.model = "efficientnet_lite0"
     config.teacher.pretrained = "imagenet"  # "" = random init
-    config.teacher.steps = 300
+    config.teacher.steps = 200
     config.teacher.batch_size = 32  # global batch, split over all devices
     config.teacher.learning_rate = 1e-3
     config.teacher.warmup_steps = 20
