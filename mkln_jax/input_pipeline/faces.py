@@ -52,12 +52,17 @@ def detect_largest_face(image: np.ndarray, max_side: int = 480) -> Box | None:
     return max(boxes, key=lambda b: b.area)
 
 
+def crop_region(box: Box, margin: float) -> tuple[int, int, int]:
+    """(x0, y0, side) of the square of side margin * max(w, h) centred on the box."""
+    side = round(margin * max(box.w, box.h))
+    cx, cy = box.x + box.w / 2, box.y + box.h / 2
+    return round(cx - side / 2), round(cy - side / 2), side
+
+
 def square_crop(image: np.ndarray, box: Box, margin: float, size: int) -> np.ndarray:
     """Square crop of side margin * max(w, h) around the box centre, resized to size x size."""
-    side = margin * max(box.w, box.h)
-    cx, cy = box.x + box.w / 2, box.y + box.h / 2
-    x0, y0 = round(cx - side / 2), round(cy - side / 2)
-    x1, y1 = x0 + round(side), y0 + round(side)
+    x0, y0, side = crop_region(box, margin)
+    x1, y1 = x0 + side, y0 + side
     height, width = image.shape[:2]
     pad = max(0, -x0, -y0, x1 - width, y1 - height)
     if pad:
