@@ -7,6 +7,7 @@ state and the config that produced it.
 
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Any
 
@@ -57,6 +58,10 @@ class Checkpoints:
         )
         return restored.state
 
+    def saved_config(self, step: int) -> dict:
+        restored = self.latest.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        return restored.config
+
     def wait(self) -> None:
         self.latest.wait_until_finished()
         self.best.wait_until_finished()
@@ -64,6 +69,20 @@ class Checkpoints:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+    """Dotted names of the fields where `config` differs from a checkpoint's saved config."""
+    current = json.loads(config.to_json())
+
+    def walk(a, b, prefix: str):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                yield from walk(a.get(key), b.get(key), f"{prefix}{key}.")
+        elif a != b:
+            yield f"{prefix[:-1]} ({a!r} -> {b!r})"
+
+    return list(walk(saved, current, ""))
 
 
 def abstract_like(tree, sharding) -> Any:

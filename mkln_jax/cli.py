@@ -152,18 +152,19 @@ def main(argv: list[str]) -> int:
         return 2
     from mkln_jax import config_lib
 
-    try:
-        config_lib.validate(config)
-    except config_lib.ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    {
+    commands = {
         "prepare": cmd_prepare,
         "train": cmd_train,
         "evaluate": cmd_evaluate,
         "export": cmd_export,
         "demo": cmd_demo,
-    }[command](config)
+    }
+    try:
+        config_lib.validate(config)
+        commands[command](config)
+    except (config_lib.ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

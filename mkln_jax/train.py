@@ -131,6 +131,13 @@ def train_stage(config, workdir, stage: str, mesh) -> dict[str, float]:
     graphdef, abstract = abstract_train_state(config, stage)
     start = ckpts.latest_step()
     if start is not None:
+        changed = checkpoint.config_differences(ckpts.saved_config(start), config)
+        if changed:
+            ckpts.close()
+            raise config_lib.ConfigError(
+                f"{out_dir} holds a run with a different config ({'; '.join(changed)}). Fix: "
+                "use a new --workdir, or the config that run was started with."
+            )
         state = ckpts.restore("latest", start, checkpoint.abstract_like(abstract, repl))
         print(f"[{stage}] resumed from step {start}")
     else:

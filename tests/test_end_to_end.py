@@ -62,6 +62,16 @@ def test_training_again_resumes_and_skips_finished_stages(demo_run):
     assert "[student] already trained" in result.stdout
 
 
+def test_resuming_with_a_different_config_is_refused(demo_run):
+    workdir, _ = demo_run
+    result = _mkln(
+        "train", "--config=configs/tiny.py", f"--workdir={workdir}", "--config.distill.alpha=0.5"
+    )
+    assert result.returncode == 2
+    assert "different config" in result.stderr and "distill.alpha" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_exported_artifact_matches_the_training_code_path(demo_run):
     import jax
 
