@@ -9,7 +9,13 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
 DEMO_CONFIG ?= configs/demo.py
 
-.PHONY: setup test lint demo bench clean
+# PyTorch reference for the parity tests, in its own environment: torch wheels here exist for
+# Python 3.11 only, and `make test` must not pull a multi-GB build into the project's .venv.
+TORCH_PYTHON ?= $(shell for p in python3.11 $$HOME/.pyenv/versions/3.11*/bin/python3.11; do \
+	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 11)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
+TORCH_VENV := .venv-torch
+
+.PHONY: setup test lint demo bench parity clean
 
 $(STAMP): pyproject.toml requirements/lock-py3.11.txt requirements/lock-py3.12.txt
 	@test -n "$(PYTHON)" || { echo "No Python >= 3.11 found; install python3.12 or python3.11."; exit 1; }
@@ -31,8 +37,18 @@ test: lint
 demo: setup
 	$(VENV)/bin/mkln demo --config=$(DEMO_CONFIG) --workdir=$(WORKDIR)
 
+$(TORCH_VENV)/.installed: tests/torch_reference/requirements.txt
+	@test -n "$(TORCH_PYTHON)" || { echo "parity needs Python 3.11 (torch wheels)"; exit 1; }
+	@test -x $(TORCH_VENV)/bin/python || $(TORCH_PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1 numpy
+	$(TORCH_VENV)/bin/pip install -q --no-deps -r tests/torch_reference/requirements.txt
+	@touch $@
+
+parity: setup $(TORCH_VENV)/.installed
+	MKLN_TORCH_PYTHON=$(abspath $(TORCH_VENV))/bin/python $(VENV)/bin/pytest -q tests/test_torch_parity.py
+
 bench: setup
 	$(PY) bench/dct_bench.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TORCH_VENV) runs .pytest_cache .ruff_cache

@@ -55,11 +55,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                 f"{stage}.model: unknown model {section.model!r}; known: "
                 f"{', '.join(sorted(models.REGISTRY))}"
             )
-        elif section.pretrained and section.pretrained not in models.spec(section.model).pretrained:
-            errors.append(
-                f"{stage}.pretrained={section.pretrained!r}: {section.model} has "
-                f"{models.spec(section.model).pretrained or 'no pretrained weights'}"
-            )
+        elif problem := models.check_pretrained(section.model, section.pretrained):
+            errors.append(f"{stage}.pretrained: {problem}")
         _positive_int(section.steps, f"{stage}.steps", errors)
         _positive_int(section.batch_size, f"{stage}.batch_size", errors)
         if isinstance(section.batch_size, int) and devices_used > 0:

@@ -32,6 +32,8 @@ def test_validate_lists_every_problem_at_once():
     config.teacher.model = "resnet9000"
     config.data.train_methods = ("self_blend", "morphing")
     config.student.batch_size = 12
+    config.student.model = "resnet18"
+    config.student.pretrained = "imagenet"  # no ResNet weights ship in a package
     with pytest.raises(config_lib.ConfigError) as err:
         config_lib.validate(config, num_devices=8)
     message = str(err.value)
@@ -39,6 +41,7 @@ def test_validate_lists_every_problem_at_once():
     assert "resnet9000" in message
     assert "morphing" in message
     assert "student.batch_size=12" in message
+    assert "student.pretrained: resnet18 has no ImageNet weights" in message
 
 
 def test_unknown_config_key_fails_naming_the_key():

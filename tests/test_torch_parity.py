@@ -20,8 +20,18 @@ from mkln_jax.models import convert, torch_state
 
 TORCH_PYTHON = os.environ.get("MKLN_TORCH_PYTHON", "")
 SCRIPT = pathlib.Path(__file__).parent / "torch_reference" / "make_reference.py"
-NAMES = ["resnet18", "resnet34", "resnet50", "mobilenet_v2", "efficientnet_b0",
-         "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4", "xception"]
+NAMES = [
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "mobilenet_v2",
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "efficientnet_b3",
+    "efficientnet_b4",
+    "xception",
+]
 
 pytestmark = pytest.mark.skipif(
     not TORCH_PYTHON,
