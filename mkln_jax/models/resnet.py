@@ -83,8 +83,10 @@ class ResNet(nnx.Module):
         variant: str = "resnet18",
         in_channels: int = 3,
         dtype: Any = jnp.float32,
+        depthwise_impl: str = "auto",  # accepted for a uniform zoo signature; no depthwise convs
         rngs: nnx.Rngs,
     ):
+        del depthwise_impl
         block_cls = Bottleneck if variant == "resnet50" else BasicBlock
         self.variant = variant
         self.conv1 = layers.conv(in_channels, 64, 7, 2, dtype=dtype, rngs=rngs)
