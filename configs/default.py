@@ -64,9 +64,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.train = ml_collections.ConfigDict()
     config.train.compute_dtype = "float32"  # or "bfloat16" (params stay float32)
     config.train.log_every = 25
-    config.train.eval_every = 100  # validation + checkpoint
+    config.train.eval_every = 100  # validation (and a checkpoint, ranked for `best`)
+    config.train.checkpoint_every = 100  # checkpoint for resuming
     config.train.keep_checkpoints = 2  # latest checkpoints kept for resume
-    config.train.mesh_data = -1  # devices on the `data` axis; -1 = all
+    config.train.grad_accum_steps = 1  # batches averaged per optimizer update (steps count
+    # batches; schedules count updates)
+    config.train.mesh_data = -1  # devices on the `data` axis; -1 = all (after fsdp)
+    config.train.mesh_fsdp = 1  # devices on the `fsdp` axis (parameter sharding)
+    config.train.fsdp_min_size = 16384  # leaves with fewer elements stay replicated
 
     config.eval = ml_collections.ConfigDict()
     config.eval.split = "test"

@@ -42,8 +42,10 @@ class Checkpoints:
         )
 
     def save(self, step: int, state, config, metrics: dict[str, float]) -> None:
+        """Always into `latest`; into `best` when validation metrics come with the save."""
         self.latest.save(step, args=self._args(state, config))
-        self.best.save(step, args=self._args(state, config), metrics=metrics)
+        if metrics:
+            self.best.save(step, args=self._args(state, config), metrics=metrics)
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
@@ -71,9 +73,14 @@ class Checkpoints:
         self.best.close()
 
 
-def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
-    """Dotted names of the fields where `config` differs from a checkpoint's saved config."""
+def config_differences(
+    saved: dict, config: ml_collections.ConfigDict, ignore: tuple[str, ...] = ()
+) -> list[str]:
+    """Dotted names of the fields where `config` differs from a checkpoint's saved config,
+    except top-level sections in `ignore`."""
     current = json.loads(config.to_json())
+    saved = {k: v for k, v in saved.items() if k not in ignore}
+    current = {k: v for k, v in current.items() if k not in ignore}
 
     def walk(a, b, prefix: str):
         if isinstance(a, dict) and isinstance(b, dict):
@@ -85,6 +92,11 @@ def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
     return list(walk(saved, current, ""))
 
 
-def abstract_like(tree, sharding) -> Any:
-    """ShapeDtypeStructs of `tree` with `sharding`, the target for a sharded restore."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+def abstract_like(tree, shardings) -> Any:
+    """ShapeDtypeStructs of `tree` with `shardings` (one for all, or a matching pytree), the
+    target for a sharded restore."""
+    if not isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+        )
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=shardings), tree)

@@ -42,6 +42,14 @@ flags.DEFINE_string("artifact", "", "Export folder (default <workdir>/export).")
 flags.DEFINE_string("split", "", "Split for `evaluate` (default config.eval.split).")
 flags.DEFINE_integer("num_frames", 0, "Frames per video for `predict` (default from artifact).")
 flags.DEFINE_string("model", "", "Zoo model name for `convert-weights`.")
+flags.DEFINE_string(
+    "coordinator",
+    "",
+    "host:port of process 0, for multi-host runs (else Slurm / "
+    "TPU pods are detected, or a single process runs).",
+)
+flags.DEFINE_integer("num_processes", 0, "Processes in the run, with --coordinator.")
+flags.DEFINE_integer("process_id", -1, "This process's index, with --coordinator.")
 flags.DEFINE_string("out", "", "Output folder for `convert-weights`.")
 
 
@@ -189,8 +197,9 @@ def main(argv: list[str]) -> int:
     if config is None:
         print("error: --config is required (e.g. --config=configs/demo.py)", file=sys.stderr)
         return 2
-    from mkln_jax import config_lib
+    from mkln_jax import config_lib, distributed, train
 
+    distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
     commands = {
         "prepare": cmd_prepare,
         "train": cmd_train,
@@ -204,6 +213,9 @@ def main(argv: list[str]) -> int:
     except (config_lib.ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except train.NonFiniteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -44,10 +44,20 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _positive_int(config.data.clip_frames, "data.clip_frames", errors)
     if config.data.margin < 1.0:
         errors.append(f"data.margin must be >= 1.0, got {config.data.margin}")
-    mesh_data = config.train.mesh_data
-    devices_used = num_devices if mesh_data == -1 else mesh_data
-    if mesh_data != -1 and not 0 < mesh_data <= num_devices:
-        errors.append(f"train.mesh_data={mesh_data}, but only {num_devices} devices exist")
+    mesh_data, mesh_fsdp = config.train.mesh_data, config.train.mesh_fsdp
+    if not isinstance(mesh_fsdp, int) or mesh_fsdp < 1 or num_devices % mesh_fsdp:
+        errors.append(
+            f"train.mesh_fsdp={mesh_fsdp} must be >= 1 and divide the {num_devices} devices"
+        )
+        mesh_fsdp = 1
+    devices_used = num_devices if mesh_data == -1 else mesh_data * mesh_fsdp
+    if mesh_data != -1 and not 0 < mesh_data * mesh_fsdp <= num_devices:
+        errors.append(
+            f"train.mesh_data x mesh_fsdp = {mesh_data} x {mesh_fsdp}, but only "
+            f"{num_devices} devices exist"
+        )
+    _positive_int(config.train.grad_accum_steps, "train.grad_accum_steps", errors)
+    _positive_int(config.train.checkpoint_every, "train.checkpoint_every", errors)
     for stage in ("teacher", "student"):
         section = config[stage]
         if section.model not in models.REGISTRY:
@@ -60,7 +70,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         _positive_int(section.steps, f"{stage}.steps", errors)
         _positive_int(section.batch_size, f"{stage}.batch_size", errors)
         if isinstance(section.batch_size, int) and devices_used > 0:
-            if section.batch_size % (devices_used * jax.process_count()) and devices_used:
+            if section.batch_size % devices_used:
                 errors.append(
                     f"{stage}.batch_size={section.batch_size} is not divisible by the "
                     f"{devices_used} devices of the mesh"

@@ -57,7 +57,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
 
     config_lib.validate(config)
     split = split or config.eval.split
-    mesh = sharding.make_mesh(config.train.mesh_data)
+    mesh = train.make_mesh(config)
     source = loader.open_split(config.data, config_lib.data_dir(config), split)
     index = loader.read_index(source)
     trained = set(config.data.train_methods)

@@ -28,6 +28,7 @@ class TrainState:
     batch_stats: Any  # nnx.State of nnx.BatchStat
     opt_state: Any
     rng: jax.Array  # uint32[2] raw key, split once per step
+    nonfinite: jax.Array  # int32: steps whose loss or gradients were not finite (not applied)
 
 
 @flax.struct.dataclass
@@ -75,6 +76,7 @@ def init_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int) -
         batch_stats=batch_stats,
         opt_state=tx.init(params),
         rng=jax.random.key_data(jax.random.key(seed)),
+        nonfinite=jnp.zeros((), jnp.int32),
     )
 
 
@@ -139,10 +141,19 @@ def make_train_step(
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        grad_norm = optax.tree.norm(grads)
+        # NaN/Inf guard: a non-finite step changes nothing but the counters, so the state (and
+        # every checkpoint of it) stays good; the loop stops on the count.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        params, opt_state, batch_stats = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old),
+            (params, opt_state, batch_stats),
+            (state.params, state.opt_state, state.batch_stats),
+        )
         metrics = {
             "loss": loss,
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": grad_norm,
             **parts,
         }
         if teacher_logits is not None:
@@ -153,6 +164,7 @@ def make_train_step(
             batch_stats=batch_stats,
             opt_state=opt_state,
             rng=jax.random.key_data(rng),
+            nonfinite=state.nonfinite + jnp.where(finite, 0, 1).astype(jnp.int32),
         )
         return new_state, metrics
 
