@@ -22,15 +22,29 @@ class Checkpoints:
     def __init__(self, directory: str | pathlib.Path, keep: int):
         directory = pathlib.Path(directory).absolute()
         item_names = ("state", "config")
+        # Both managers may save the same step at once; with several processes their barriers
+        # must not share names, hence a key prefix each.
         self.latest = ocp.CheckpointManager(
             directory / "latest",
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                create=True,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix="latest"
+                ),
+            ),
             item_names=item_names,
         )
         self.best = ocp.CheckpointManager(
             directory / "best",
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=1, best_fn=lambda m: m[BEST_METRIC], best_mode="max", create=True
+                max_to_keep=1,
+                best_fn=lambda m: m[BEST_METRIC],
+                best_mode="max",
+                create=True,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix="best"
+                ),
             ),
             item_names=item_names,
         )

@@ -145,7 +145,7 @@ IGNORED_ON_RESUME = {
 }
 
 
-def train_stage(config, workdir, stage: str, mesh) -> dict[str, float]:
+def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str, float]:
     section = config[stage]
     out_dir = stage_dir(workdir, stage)
     data_dir = config_lib.data_dir(config)
@@ -226,7 +226,7 @@ def train_stage(config, workdir, stage: str, mesh) -> dict[str, float]:
     accumulated = None
     best = {}
     batch = first
-    preemption = PreemptionWatch()
+    preemption = preemption or PreemptionWatch()
     last_saved = start
     try:
         with mesh_context(mesh):
@@ -277,7 +277,6 @@ def train_stage(config, workdir, stage: str, mesh) -> dict[str, float]:
                         "saved; rerun the same command to resume"
                     )
     finally:
-        preemption.restore()
         ckpts.wait()
         ckpts.close()
         logger.close()
@@ -374,6 +373,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     config_lib.validate(config)
     mesh = make_mesh(config)
     results = {}
-    for stage in config.stages:
-        results[stage] = train_stage(config, workdir, stage, mesh)
+    # Watch for SIGTERM from the start, so a preemption during set-up or compilation is
+    # honoured at the first step.
+    preemption = PreemptionWatch()
+    try:
+        for stage in config.stages:
+            results[stage] = train_stage(config, workdir, stage, mesh, preemption)
+    finally:
+        preemption.restore()
     return results

@@ -1,0 +1,303 @@
+"""Scale-out and survival: fsdp meshes, two processes, exact resume after SIGKILL, SIGTERM."""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from mkln_jax import sharding
+from mkln_jax import step as step_lib
+from mkln_jax.models.small_cnn import SmallCNN
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+HPARAMS = {"temperature": 4.0, "alpha": 0.7, "freq_prob": 1.0, "band_drop_prob": 0.3, "jitter": 0.5}
+# A fast two-stage run: small CNNs for both teacher and student, 32x32 crops.
+FAST = [
+    "--config=configs/tiny.py",
+    "--config.teacher.model=small_cnn",
+    "--config.teacher.pretrained=",
+    "--config.teacher.steps=6",
+    "--config.student.steps=24",
+    "--config.train.log_every=1",
+    "--config.train.eval_every=12",
+    "--config.train.checkpoint_every=4",
+]
+
+
+def _env(devices: int) -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def _mkln(*args, devices=1, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "mkln_jax.cli", *args],
+        cwd=REPO,
+        env=_env(devices),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def _run(*args, devices=1, timeout=600) -> subprocess.CompletedProcess:
+    process = _mkln(*args, devices=devices)
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, out[-2000:] + err[-3000:]
+    return subprocess.CompletedProcess(args, process.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def prepared(cache_dir):
+    _run("prepare", "--config=configs/tiny.py")
+
+
+def _losses(workdir: pathlib.Path, stage: str) -> list[float]:
+    rows = [json.loads(line) for line in (workdir / stage / "logs" / "metrics.jsonl").open()]
+    return [r["train/loss"] for r in rows if "train/loss" in r]
+
+
+def _latest_params(workdir: pathlib.Path, stage: str) -> list[np.ndarray]:
+    import orbax.checkpoint as ocp
+
+    latest = workdir / stage / "checkpoints" / "latest"
+    step = max(int(p.name) for p in latest.iterdir() if p.name.isdigit())
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        restored = checkpointer.restore(latest / str(step) / "state")
+    return [np.asarray(x) for x in jax.tree.leaves(restored["params"])]
+
+
+# --- meshes -------------------------------------------------------------------------------
+
+
+def _sharded_run(num_data: int, num_fsdp: int, steps: int = 3):
+    student = SmallCNN(2, widths=(8, 16), rngs=nnx.Rngs(0))
+    teacher = SmallCNN(2, widths=(8, 8), rngs=nnx.Rngs(1))
+    tx = optax.adamw(1e-2)
+    s_graph, _, _ = step_lib.split_model(student)
+    t_graph, t_params, t_stats = step_lib.split_model(teacher)
+    norm = ((0.5,) * 3, (0.25,) * 3)
+    fn = step_lib.make_train_step(
+        step_lib.ModelFn(s_graph, *norm),
+        tx,
+        teacher=step_lib.ModelFn(t_graph, *norm),
+        frequency_augment=True,
+    )
+    mesh = sharding.make_mesh(num_data, num_fsdp)
+    state = step_lib.init_state(student, tx, seed=0)
+    frozen = step_lib.Frozen(t_params, t_stats)
+    state_sh = sharding.state_shardings(state, mesh, min_size=64)  # shard even small kernels
+    frozen_sh = sharding.state_shardings(frozen, mesh, min_size=64)
+    repl = sharding.replicated(mesh)
+    jitted = jax.jit(
+        fn,
+        in_shardings=(state_sh, frozen_sh, sharding.batch_sharding(mesh), repl),
+        out_shardings=(state_sh, repl),
+        donate_argnums=0,
+    )
+    state = sharding.place(jax.device_get(state), state_sh)
+    frozen = sharding.place(jax.device_get(frozen), frozen_sh)
+    hparams = sharding.place(
+        {k: np.float32(v) for k, v in HPARAMS.items()}, dict.fromkeys(HPARAMS, repl)
+    )
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(steps):
+        batch = {
+            "image": rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
+            "label": rng.integers(0, 2, 16).astype(np.int32),
+        }
+        state, metrics = jitted(state, frozen, sharding.host_to_global(batch, mesh), hparams)
+        losses.append(float(metrics["loss"]))
+    sharded = [x for x in jax.tree.leaves(state.params) if not x.sharding.is_fully_replicated]
+    return losses, jax.device_get(state), len(sharded)
+
+
+@pytest.mark.parametrize("num_data,num_fsdp", [(4, 2), (2, 4), (1, 8)])
+def test_data_x_fsdp_meshes_match_one_device(num_data, num_fsdp):
+    losses_1, state_1, _ = _sharded_run(1, 1)
+    losses_n, state_n, num_sharded = _sharded_run(num_data, num_fsdp)
+    assert num_sharded > 0, "some parameters must really be sharded over fsdp"
+    np.testing.assert_allclose(losses_n, losses_1, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(state_n.params), jax.tree.leaves(state_1.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_partition_rule_shards_the_largest_divisible_dimension():
+    assert sharding.leaf_spec((3, 3, 64, 128), 4, 1000) == jax.sharding.PartitionSpec(
+        None, None, None, "fsdp"
+    )
+    assert sharding.leaf_spec((10, 7), 4, 1) == jax.sharding.PartitionSpec()  # nothing divides
+    assert sharding.leaf_spec((128,), 4, 1000) == jax.sharding.PartitionSpec()  # too small
+    assert sharding.leaf_spec((4096,), 1, 1) == jax.sharding.PartitionSpec()  # no fsdp axis
+
+
+# --- the step's guards ----------------------------------------------------------------------
+
+
+def test_non_finite_loss_leaves_the_state_unchanged_and_is_counted():
+    student = SmallCNN(2, widths=(8,), rngs=nnx.Rngs(0))
+    tx = optax.adamw(1e-2)
+    graph, _, _ = step_lib.split_model(student)
+    fn = jax.jit(
+        step_lib.make_train_step(
+            step_lib.ModelFn(graph, (0.5,) * 3, (0.25,) * 3),
+            tx,
+            teacher=None,
+            frequency_augment=True,
+        )
+    )
+    state = step_lib.init_state(student, tx, seed=0)
+    batch = {"image": np.zeros((4, 16, 16, 3), np.uint8), "label": np.zeros(4, np.int32)}
+    bad = {k: jnp.float32(v) for k, v in {**HPARAMS, "jitter": np.nan}.items()}
+    new_state, metrics = fn(state, None, batch, bad)
+    assert not np.isfinite(float(metrics["loss"]))
+    assert int(new_state.nonfinite) == 1 and int(new_state.step) == 1
+    for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(state.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_gradient_accumulation_updates_every_k_batches():
+    from configs import tiny
+    from mkln_jax import train
+
+    config = tiny.get_config()
+    config.train.grad_accum_steps = 2
+    config.student.warmup_steps = 0  # so the first update has a non-zero learning rate
+    tx = train.make_optimizer(config, "student")
+    params = {"w": jnp.ones(3)}
+    opt_state = tx.init(params)
+    grads = {"w": jnp.ones(3)}
+    updates, opt_state = tx.update(grads, opt_state, params)
+    assert float(jnp.abs(updates["w"]).max()) == 0.0  # first batch: accumulated only
+    updates, opt_state = tx.update(grads, opt_state, params)
+    assert float(jnp.abs(updates["w"]).max()) > 0.0  # second batch: one update
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_statistics():
+    student = SmallCNN(2, widths=(8,), dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    tx = optax.sgd(0.1)
+    graph, _, _ = step_lib.split_model(student)
+    fn = jax.jit(
+        step_lib.make_train_step(
+            step_lib.ModelFn(graph, (0.5,) * 3, (0.25,) * 3, jnp.bfloat16),
+            tx,
+            teacher=None,
+            frequency_augment=True,
+        )
+    )
+    state = step_lib.init_state(student, tx, seed=0)
+    batch = {"image": np.full((4, 16, 16, 3), 100, np.uint8), "label": np.ones(4, np.int32)}
+    state, metrics = fn(state, None, batch, {k: jnp.float32(v) for k, v in HPARAMS.items()})
+    assert np.isfinite(float(metrics["loss"]))
+    for leaf in jax.tree.leaves((state.params, state.batch_stats)):
+        assert leaf.dtype == jnp.float32
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_with_four_devices(prepared, tmp_path):
+    single = tmp_path / "single"
+    _run("train", *FAST, f"--workdir={single}", devices=4)
+    multi = tmp_path / "multi"
+    port = _free_port()
+    procs = [
+        _mkln(
+            "train",
+            *FAST,
+            f"--workdir={multi}",
+            f"--coordinator=localhost:{port}",
+            "--num_processes=2",
+            f"--process_id={i}",
+            devices=2,
+        )
+        for i in range(2)
+    ]
+    for process in procs:
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, out[-2000:] + err[-3000:]
+    for stage in ("teacher", "student"):
+        np.testing.assert_allclose(
+            _losses(multi, stage), _losses(single, stage), rtol=1e-5, atol=1e-6
+        )
+        for a, b in zip(_latest_params(multi, stage), _latest_params(single, stage), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _wait_for_checkpoint(workdir: pathlib.Path, stage: str, min_step: int, process, limit=300):
+    latest = workdir / stage / "checkpoints" / "latest"
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        if latest.exists() and any(
+            p.name.isdigit() and int(p.name) >= min_step for p in latest.iterdir()
+        ):
+            return
+        assert process.poll() is None, "training ended before it could be interrupted"
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_sigkill_and_restart_end_bit_identical_to_an_uninterrupted_run(prepared, tmp_path):
+    reference = tmp_path / "reference"
+    _run("train", *FAST, "--config.student.steps=80", f"--workdir={reference}")
+    interrupted = tmp_path / "interrupted"
+    process = _mkln("train", *FAST, "--config.student.steps=80", f"--workdir={interrupted}")
+    _wait_for_checkpoint(interrupted, "student", 8, process)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    result = _run("train", *FAST, "--config.student.steps=80", f"--workdir={interrupted}")
+    assert "[student] resumed from step" in result.stdout
+    for a, b in zip(
+        _latest_params(interrupted, "student"), _latest_params(reference, "student"), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sigterm_saves_a_checkpoint_at_the_current_step_and_exits_cleanly(prepared, tmp_path):
+    workdir = tmp_path / "run"
+    process = _mkln(
+        "train",
+        *FAST,
+        "--config.student.steps=400",
+        "--config.train.checkpoint_every=1000",
+        f"--workdir={workdir}",
+    )
+    log = workdir / "student" / "logs" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (log.exists() and log.stat().st_size > 0):  # the student loop is running
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 143, out[-2000:] + err[-2000:]
+    assert "Traceback" not in err
+    line = next(x for x in out.splitlines() if "preempted (SIGTERM) at step" in x)
+    step = int(line.split("at step ")[1].split(":")[0])
+    saved = [
+        int(p.name)
+        for p in (workdir / "student" / "checkpoints" / "latest").iterdir()
+        if p.name.isdigit()
+    ]
+    assert max(saved) == step
