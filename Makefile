@@ -28,8 +28,8 @@ $(STAMP): pyproject.toml requirements/lock-py3.11.txt requirements/lock-py3.12.t
 setup: $(STAMP)
 
 lint: setup
-	$(VENV)/bin/ruff check mkln_jax configs tests bench
-	$(VENV)/bin/ruff format --check mkln_jax configs tests bench
+	$(VENV)/bin/ruff check mkln_jax configs tests bench launch
+	$(VENV)/bin/ruff format --check mkln_jax configs tests bench launch
 
 test: lint
 	$(VENV)/bin/pytest -q tests

@@ -1,0 +1,147 @@
+"""Launchers: the commands their dry runs print, and a real local sweep on the tiny config."""
+
+import json
+import pathlib
+
+import pytest
+
+from launch import slurm, sweep, tpu_pod
+
+
+def test_tpu_pod_dry_run_copies_to_and_starts_on_every_worker(capsys):
+    code = tpu_pod.main(
+        [
+            "--tpu=pod-a",
+            "--zone=us-west4-a",
+            "--config=configs/demo.py",
+            "--workdir=/mnt/runs/x",
+            "--override",
+            "distill.temperature=4",
+            "--dry_run",
+        ]
+    )
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("[dry-run] gcloud compute tpus tpu-vm scp --recurse . pod-a:")
+    assert "--worker=all" in lines[0]
+    assert lines[1].startswith(
+        "[dry-run] gcloud compute tpus tpu-vm ssh pod-a --zone=us-west4-a --worker=all"
+    )
+    assert (
+        "make setup && .venv/bin/mkln train --config=configs/demo.py "
+        "--workdir=/mnt/runs/x --config.distill.temperature=4"
+    ) in lines[1]
+
+
+def test_slurm_dry_run_prints_a_requeueable_multi_node_script(capsys):
+    code = slurm.main(
+        [
+            "--nodes=4",
+            "--gpus_per_node=8",
+            "--config=configs/demo.py",
+            "--workdir=/shared/run",
+            "--partition=gpu",
+            "--dry_run",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    for expected in (
+        "#SBATCH --nodes=4",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --signal=TERM@120",
+        "#SBATCH --requeue",
+        "#SBATCH --partition=gpu",
+        "srun .venv/bin/mkln train --config=configs/demo.py --workdir=/shared/run",
+        "[dry-run] sbatch /shared/run/mkln.sbatch",
+    ):
+        assert expected in out
+    assert not pathlib.Path("/shared/run").exists()
+
+
+def test_sweep_grid_is_the_cartesian_product():
+    grid = sweep.parse_grid(["distill.temperature=1,4,8", "distill.alpha=0.5,0.95"])
+    points = sweep.points(grid)
+    assert len(points) == 6
+    assert {"distill.temperature": "4", "distill.alpha": "0.95"} in points
+    assert sweep.point_name(points[0]) == "distill.temperature-1_distill.alpha-0.5"
+    with pytest.raises(ValueError, match="field=v1,v2"):
+        sweep.parse_grid(["distill.temperature"])
+
+
+def test_sweep_dry_run_prints_train_and_evaluate_per_point(capsys, tmp_path):
+    code = sweep.main(
+        [
+            "--config=configs/demo.py",
+            f"--workdir={tmp_path}/sw",
+            "--grid=distill.temperature=1,4,8",
+            "--set=student.steps=50",
+            "--reuse_teacher=runs/demo",
+            "--dry_run",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    for t in ("1", "4", "8"):
+        point = f"{tmp_path}/sw/distill.temperature-{t}"
+        assert (
+            f"[dry-run] mkln train --config=configs/demo.py --workdir={point} "
+            f"--config.student.steps=50 --config.distill.temperature={t}"
+        ) in out
+        assert f"[dry-run] mkln evaluate --config=configs/demo.py --workdir={point}" in out
+        assert f"copy runs/demo/teacher -> {point}/teacher" in out
+    assert not (tmp_path / "sw").exists()
+
+
+def test_sweep_dry_run_on_slurm_prints_one_job_per_point(capsys, tmp_path):
+    code = sweep.main(
+        [
+            "--config=configs/demo.py",
+            f"--workdir={tmp_path}/sw",
+            "--grid=distill.alpha=0.5,0.95",
+            "--runner=slurm",
+            "--dry_run",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.count("[dry-run] sbatch") == 2
+    assert "--config.distill.alpha=0.95" in out
+
+
+def test_local_sweep_of_three_temperatures_writes_the_aggregated_table(tmp_path, cache_dir):
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, "-m", "mkln_jax.cli", "prepare", "--config=configs/tiny.py"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    workdir = tmp_path / "sweep"
+    fast = [
+        "teacher.model=small_cnn",
+        "teacher.pretrained=",
+        "teacher.steps=4",
+        "student.steps=4",
+        "train.eval_every=4",
+        "train.log_every=2",
+    ]
+    code = sweep.main(
+        [
+            "--config=configs/tiny.py",
+            f"--workdir={workdir}",
+            "--grid=distill.temperature=1,4,8",
+            *(f"--set={o}" for o in fast),
+            f"--mkln={pathlib.Path(sys.executable).parent / 'mkln'}",
+        ]
+    )
+    assert code == 0
+    rows = json.loads((workdir / "results.json").read_text())
+    assert [r["distill.temperature"] for r in rows] == ["1", "4", "8"]
+    assert all(0.0 <= r["test_auc_all"] <= 1.0 for r in rows)
+    assert "test_auc_face_swap" in rows[0]  # the held-out method has its own column
+    assert (workdir / "results.md").read_text().count("\n") == 5
+    assert (workdir / "results.png").stat().st_size > 1000
