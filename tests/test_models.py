@@ -153,7 +153,14 @@ def _jit_apply(model, x):
     return jax.jit(lambda st, v: nnx.merge(graphdef, st)(v))(state, x)
 
 
-@pytest.mark.parametrize("name", sorted(set(models.REGISTRY) - {"small_cnn"}))
+# B2..B4 share B0/B1's name table (only widths and depths differ) and are covered by the
+# parameter counts and `make parity`; leaving them out here saves a minute of eager init.
+ROUND_TRIP = sorted(
+    set(models.REGISTRY) - {"small_cnn", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4"}
+)
+
+
+@pytest.mark.parametrize("name", ROUND_TRIP)
 def test_every_zoo_model_round_trips_through_its_pytorch_layout(name):
     """Every variable is reached by exactly one PyTorch name and comes back unchanged."""
     source = nnx.eval_shape(lambda: models.build(name, 10, seed=1))
