@@ -179,7 +179,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], help="override for every point")
     p.add_argument("--reuse_teacher", default="", help="workdir with a finished teacher stage")
     p.add_argument("--runner", choices=("local", "slurm", "print"), default="local")
-    p.add_argument("--mkln", default="mkln", help="the mkln executable")
+    beside = pathlib.Path(sys.executable).parent / "mkln"  # this environment's entry point
+    p.add_argument(
+        "--mkln", default=str(beside) if beside.exists() else "mkln", help="the mkln executable"
+    )
     p.add_argument("--dry_run", action="store_true", help="print what would run")
     p.add_argument("--aggregate_only", action="store_true")
     return p
