@@ -78,6 +78,7 @@ def test_sweep_dry_run_prints_train_and_evaluate_per_point(capsys, tmp_path):
             "--grid=distill.temperature=1,4,8",
             "--set=student.steps=50",
             "--reuse_teacher=runs/demo",
+            "--mkln=mkln",
             "--dry_run",
         ]
     )
