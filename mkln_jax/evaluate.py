@@ -29,7 +29,7 @@ def predict_source(
 ) -> np.ndarray:
     """P(fake) for every example of `source` (or those at `keep`), in order: float32[N]."""
     if keep is not None:
-        source = loader._Subset(source, keep)
+        source = loader.Subset(source, keep)
     # Global batch must split evenly over devices and processes.
     multiple = mesh.devices.size
     batch_size = -(-batch_size // multiple) * multiple

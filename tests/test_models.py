@@ -15,7 +15,7 @@ from flax import nnx
 
 from mkln_jax import models
 from mkln_jax.models import convert, layers, torch_state
-from mkln_jax.models.efficientnet import EfficientNetLite0
+from mkln_jax.models.efficientnet import EfficientNet
 
 # ImageNet classes: 281-285 are domestic cats; 504 coffee mug, 967 espresso, 968 cup.
 CAT_CLASSES = set(range(281, 286))
@@ -64,8 +64,8 @@ def test_shifted_depthwise_conv_equals_xla_conv_and_its_gradients(kernel, stride
 
 def test_efficientnet_depthwise_formulations_give_equal_logits():
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)
-    a = EfficientNetLite0(10, depthwise_impl="shifted", rngs=nnx.Rngs(0))
-    b = EfficientNetLite0(10, depthwise_impl="xla", rngs=nnx.Rngs(0))
+    a = EfficientNet(10, variant="efficientnet_lite0", depthwise_impl="shifted", rngs=nnx.Rngs(0))
+    b = EfficientNet(10, variant="efficientnet_lite0", depthwise_impl="xla", rngs=nnx.Rngs(0))
     np.testing.assert_allclose(_jit_apply(a, x), _jit_apply(b, x), atol=1e-4, rtol=1e-4)
 
 
@@ -123,9 +123,9 @@ def _torch_layout(model, include_head=True) -> dict[str, np.ndarray]:
 
 
 def test_weight_load_round_trips_and_names_missing_and_extra_tensors():
-    source = EfficientNetLite0(1000, rngs=nnx.Rngs(1))
+    source = EfficientNet(1000, variant="efficientnet_lite0", rngs=nnx.Rngs(1))
     state = _torch_layout(source)
-    target = EfficientNetLite0(1000, rngs=nnx.Rngs(2))
+    target = EfficientNet(1000, variant="efficientnet_lite0", rngs=nnx.Rngs(2))
     before = np.asarray(target.stem_conv.kernel.get_value()).copy()
 
     broken = dict(state)

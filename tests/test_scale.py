@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 
+import distill_setup
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +23,6 @@ from mkln_jax import step as step_lib
 from mkln_jax.models.small_cnn import SmallCNN
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-HPARAMS = {"temperature": 4.0, "alpha": 0.7, "freq_prob": 1.0, "band_drop_prob": 0.3, "jitter": 0.5}
 # A fast two-stage run: small CNNs for both teacher and student, 32x32 crops.
 FAST = [
     "--config=configs/tiny.py",
@@ -101,47 +101,12 @@ def _latest_params(workdir: pathlib.Path, stage: str) -> list[np.ndarray]:
 # --- meshes -------------------------------------------------------------------------------
 
 
-def _sharded_run(num_data: int, num_fsdp: int, steps: int = 3):
-    student = SmallCNN(2, widths=(8, 16), rngs=nnx.Rngs(0))
-    teacher = SmallCNN(2, widths=(8, 8), rngs=nnx.Rngs(1))
-    tx = optax.adamw(1e-2)
-    s_graph, _, _ = step_lib.split_model(student)
-    t_graph, t_params, t_stats = step_lib.split_model(teacher)
-    norm = ((0.5,) * 3, (0.25,) * 3)
-    fn = step_lib.make_train_step(
-        step_lib.ModelFn(s_graph, *norm),
-        tx,
-        teacher=step_lib.ModelFn(t_graph, *norm),
-        frequency_augment=True,
+def _sharded_run(num_data: int, num_fsdp: int):
+    # min size 64: shard even small kernels, so the fsdp path is really taken
+    losses, state, _, _, num_sharded = distill_setup.run(
+        sharding.make_mesh(num_data, num_fsdp), fsdp_min_size=64
     )
-    mesh = sharding.make_mesh(num_data, num_fsdp)
-    state = step_lib.init_state(student, tx, seed=0)
-    frozen = step_lib.Frozen(t_params, t_stats)
-    state_sh = sharding.state_shardings(state, mesh, min_size=64)  # shard even small kernels
-    frozen_sh = sharding.state_shardings(frozen, mesh, min_size=64)
-    repl = sharding.replicated(mesh)
-    jitted = jax.jit(
-        fn,
-        in_shardings=(state_sh, frozen_sh, sharding.batch_sharding(mesh), repl),
-        out_shardings=(state_sh, repl),
-        donate_argnums=0,
-    )
-    state = sharding.place(jax.device_get(state), state_sh)
-    frozen = sharding.place(jax.device_get(frozen), frozen_sh)
-    hparams = sharding.place(
-        {k: np.float32(v) for k, v in HPARAMS.items()}, dict.fromkeys(HPARAMS, repl)
-    )
-    rng = np.random.default_rng(0)
-    losses = []
-    for _ in range(steps):
-        batch = {
-            "image": rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
-            "label": rng.integers(0, 2, 16).astype(np.int32),
-        }
-        state, metrics = jitted(state, frozen, sharding.host_to_global(batch, mesh), hparams)
-        losses.append(float(metrics["loss"]))
-    sharded = [x for x in jax.tree.leaves(state.params) if not x.sharding.is_fully_replicated]
-    return losses, jax.device_get(state), len(sharded)
+    return losses, state, num_sharded
 
 
 @pytest.mark.parametrize("num_data,num_fsdp", [(4, 2), (2, 4), (1, 8)])
@@ -180,7 +145,7 @@ def test_non_finite_loss_leaves_the_state_unchanged_and_is_counted():
     )
     state = step_lib.init_state(student, tx, seed=0)
     batch = {"image": np.zeros((4, 16, 16, 3), np.uint8), "label": np.zeros(4, np.int32)}
-    bad = {k: jnp.float32(v) for k, v in {**HPARAMS, "jitter": np.nan}.items()}
+    bad = {k: jnp.float32(v) for k, v in {**distill_setup.HPARAMS, "jitter": np.nan}.items()}
     new_state, metrics = fn(state, None, batch, bad)
     assert not np.isfinite(float(metrics["loss"]))
     assert int(new_state.nonfinite) == 1 and int(new_state.step) == 1
@@ -219,7 +184,9 @@ def test_bfloat16_compute_keeps_float32_parameters_and_statistics():
     )
     state = step_lib.init_state(student, tx, seed=0)
     batch = {"image": np.full((4, 16, 16, 3), 100, np.uint8), "label": np.ones(4, np.int32)}
-    state, metrics = fn(state, None, batch, {k: jnp.float32(v) for k, v in HPARAMS.items()})
+    state, metrics = fn(
+        state, None, batch, {k: jnp.float32(v) for k, v in distill_setup.HPARAMS.items()}
+    )
     assert np.isfinite(float(metrics["loss"]))
     for leaf in jax.tree.leaves((state.params, state.batch_stats)):
         assert leaf.dtype == jnp.float32

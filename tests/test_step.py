@@ -1,5 +1,6 @@
 """The jitted, sharded train step: 8 devices reproduce 1 device; the teacher never changes."""
 
+import distill_setup
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,57 +12,12 @@ from mkln_jax import sharding
 from mkln_jax import step as step_lib
 from mkln_jax.models.small_cnn import SmallCNN
 
-HPARAMS = {"temperature": 4.0, "alpha": 0.7, "freq_prob": 1.0, "band_drop_prob": 0.3, "jitter": 0.5}
 
-
-def _setup():
-    student = SmallCNN(2, widths=(8, 16), rngs=nnx.Rngs(0))
-    teacher = SmallCNN(2, widths=(8, 8), rngs=nnx.Rngs(1))
-    tx = optax.adamw(1e-2)
-    s_graph, _, _ = step_lib.split_model(student)
-    t_graph, t_params, t_stats = step_lib.split_model(teacher)
-    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    fn = step_lib.make_train_step(
-        step_lib.ModelFn(s_graph, mean, std),
-        tx,
-        teacher=step_lib.ModelFn(t_graph, mean, std),
-        frequency_augment=True,
+def _run(num_devices: int):
+    losses, state, teacher_before, teacher_after, _ = distill_setup.run(
+        sharding.make_mesh(num_devices)
     )
-    state = step_lib.init_state(student, tx, seed=0)
-    frozen = step_lib.Frozen(t_params, t_stats)
-    return fn, state, frozen
-
-
-def _batches(count, batch=16, size=16):
-    rng = np.random.default_rng(0)
-    return [
-        {
-            "image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
-            "label": rng.integers(0, 2, batch).astype(np.int32),
-        }
-        for _ in range(count)
-    ]
-
-
-def _run(num_devices: int, steps: int = 3):
-    fn, state, frozen = _setup()
-    mesh = sharding.make_mesh(num_devices)
-    repl = sharding.replicated(mesh)
-    jitted = jax.jit(
-        fn,
-        in_shardings=(repl, repl, sharding.batch_sharding(mesh), repl),
-        out_shardings=(repl, repl),
-        donate_argnums=0,
-    )
-    state = jax.device_put(state, repl)
-    frozen = jax.device_put(frozen, repl)
-    teacher_before = jax.tree.map(lambda x: np.array(x), frozen)
-    hparams = jax.device_put({k: jnp.float32(v) for k, v in HPARAMS.items()}, repl)
-    losses = []
-    for batch in _batches(steps):
-        state, metrics = jitted(state, frozen, sharding.host_to_global(batch, mesh), hparams)
-        losses.append(float(metrics["loss"]))
-    return losses, jax.device_get(state), teacher_before, jax.device_get(frozen)
+    return losses, state, teacher_before, teacher_after
 
 
 def test_eight_devices_reproduce_one_device_and_the_teacher_never_changes():
@@ -82,12 +38,15 @@ def test_eight_devices_reproduce_one_device_and_the_teacher_never_changes():
 
 
 def test_changing_distillation_hyperparameters_does_not_recompile():
-    fn, state, frozen = _setup()
+    fn, state, frozen = distill_setup.setup()
     jitted = jax.jit(fn)
-    batch = _batches(1)[0]
+    batch = distill_setup.batches(1)[0]
     losses = []
     for temperature in (1.0, 2.0, 8.0):
-        hp = {k: jnp.float32(v) for k, v in {**HPARAMS, "temperature": temperature}.items()}
+        hp = {
+            k: jnp.float32(v)
+            for k, v in {**distill_setup.HPARAMS, "temperature": temperature}.items()
+        }
         _, metrics = jitted(state, frozen, batch, hp)
         losses.append(float(metrics["kd"]))
     assert jitted._cache_size() == 1
@@ -103,7 +62,10 @@ def test_without_teacher_the_step_is_cross_entropy_only():
     )
     state = step_lib.init_state(student, tx, seed=0)
     _, metrics = jax.jit(fn)(
-        state, None, _batches(1)[0], {k: jnp.float32(v) for k, v in HPARAMS.items()}
+        state,
+        None,
+        distill_setup.batches(1)[0],
+        {k: jnp.float32(v) for k, v in distill_setup.HPARAMS.items()},
     )
     assert "kd" not in metrics
     assert float(metrics["loss"]) == pytest.approx(float(metrics["ce"]))

