@@ -30,7 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Stage 1: fine-tune the teacher from ImageNet weights (cross-entropy only).
     config.teacher = ml_collections.ConfigDict()
-    config.teacher.model = "efficientnet_lite0"
+    config.teacher.model = "efficientnet_lite0"  # any zoo backbone (`mkln models`)
+    config.teacher.stream = "rgb"  # "rgb", "frequency" (F3-Net FAD input) or "two_stream"
     config.teacher.pretrained = "imagenet"  # "" = random init
     config.teacher.steps = 200
     config.teacher.batch_size = 32  # global batch, split over all devices
@@ -42,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Stage 2: the student learns from labels and the frozen, fine-tuned teacher.
     config.student = ml_collections.ConfigDict()
     config.student.model = "small_cnn"
+    config.student.stream = "rgb"  # as teacher.stream
     config.student.pretrained = ""
     config.student.steps = 600
     config.student.batch_size = 32
@@ -50,16 +52,47 @@ def get_config() -> ml_collections.ConfigDict:
     config.student.weight_decay = 1e-4
     config.student.frequency_augment = True  # student's view is frequency-augmented
 
-    # Frequency-texture augmentation (F3-Net bands, see mkln_jax/frequency.py); traced scalars.
+    # Frequency-texture augmentation (F3-Net bands, see mkln_jax/frequency.py); traced scalars
+    # except `block`. Every operation has a probability and a strength; 0 turns it off.
     config.freq_aug = ml_collections.ConfigDict()
     config.freq_aug.prob = 0.8  # chance that an image is augmented at all
-    config.freq_aug.band_drop_prob = 0.25  # chance to zero the middle / high band
-    config.freq_aug.jitter = 0.5  # band gains drawn from [1 - jitter, 1 + jitter]
+    config.freq_aug.block = 0  # 0 = full-image spectrum; 8 = JPEG's 8x8 block spectra
+    config.freq_aug.jitter_prob = 1.0  # band amplitude jitter: gains drawn from
+    config.freq_aug.jitter = 0.5  # [1 - jitter, 1 + jitter]
+    config.freq_aug.band_drop_prob = 0.25  # random band drop (middle / high band)
+    config.freq_aug.drop_strength = 1.0  # fraction of a dropped band removed
+    config.freq_aug.noise_prob = 0.0  # high-frequency noise injection
+    config.freq_aug.noise_std = 0.02  # std of the noise on high-band DCT coefficients
+    config.freq_aug.mix_prob = 0.0  # low/high-pass mixing with another same-label image
+    config.freq_aug.mix_strength = 0.5  # weight of the partner's middle + high bands
 
-    # Hinton KD: alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE; traced scalars.
+    # Distillation in the student stage; numbers are traced scalars.
     config.distill = ml_collections.ConfigDict()
+    # Teachers: "teacher" (this run's teacher stage), "run:<workdir>/<stage>" (another run's
+    # best checkpoint) or "weights:<model>:<path>" (converted 2-class weights); () = no KD.
+    config.distill.teachers = ("teacher",)
+    config.distill.teacher_weights = ()  # one per teacher; () = equal
+    config.distill.teacher_input = "clean"  # or "view": teachers see the student's augmented
+    # view ("consistent teaching", Beyer et al. 2022)
+    # Hinton KD: alpha * T^2 * KL(teachers || student) + (1 - alpha) * CE.
     config.distill.temperature = 6.0
     config.distill.alpha = 0.95
+    config.distill.schedule = "constant"  # "linear" / "cosine": start -> end over the stage
+    config.distill.temperature_end = -1.0  # -1 = same as temperature
+    config.distill.alpha_end = -1.0  # -1 = same as alpha
+    config.distill.feature_loss = ""  # "cosine" or "l2": match projected pooled features
+    config.distill.feature_weight = 1.0
+
+    # Mutual learning (Deep Mutual Learning): the student is a pair of peers, by default an RGB
+    # one (student.model / student.stream) and a frequency one, trained together; each also
+    # learns from the teachers. `deploy` picks what evaluation and export use.
+    config.mutual = ml_collections.ConfigDict()
+    config.mutual.enabled = False
+    config.mutual.peer_model = "small_cnn"
+    config.mutual.peer_stream = "frequency"
+    config.mutual.peer_pretrained = ""
+    config.mutual.weight = 1.0  # weight of each peer's KL to the other
+    config.mutual.deploy = "rgb"  # "rgb" (first peer), "frequency" (second) or "ensemble"
 
     config.train = ml_collections.ConfigDict()
     config.train.compute_dtype = "float32"  # or "bfloat16" (params stay float32)

@@ -82,15 +82,25 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             f"train.compute_dtype must be one of {tuple(models.DTYPES)}, got "
             f"{config.train.compute_dtype!r}"
         )
+    _check_method(config, errors)
     if config.distill.temperature <= 0:
         errors.append(f"distill.temperature must be > 0, got {config.distill.temperature}")
     if not 0.0 <= config.distill.alpha <= 1.0:
         errors.append(f"distill.alpha must be in [0, 1], got {config.distill.alpha}")
-    for key in ("prob", "band_drop_prob"):
+    for key in ("prob", "jitter_prob", "jitter", "band_drop_prob", "drop_strength"):
         if not 0.0 <= config.freq_aug[key] <= 1.0:
             errors.append(f"freq_aug.{key} must be in [0, 1], got {config.freq_aug[key]}")
-    if not 0.0 <= config.freq_aug.jitter <= 1.0:
-        errors.append(f"freq_aug.jitter must be in [0, 1], got {config.freq_aug.jitter}")
+    for key in ("noise_prob", "mix_prob", "mix_strength"):
+        if not 0.0 <= config.freq_aug[key] <= 1.0:
+            errors.append(f"freq_aug.{key} must be in [0, 1], got {config.freq_aug[key]}")
+    if config.freq_aug.noise_std < 0:
+        errors.append(f"freq_aug.noise_std must be >= 0, got {config.freq_aug.noise_std}")
+    block = config.freq_aug.block
+    if block not in (0, 4, 8, 16) or (block and config.data.image_size % block):
+        errors.append(
+            f"freq_aug.block must be 0 (full image) or 4/8/16 dividing data.image_size "
+            f"({config.data.image_size}), got {block}"
+        )
     if config.eval.split not in ("train", "val", "test"):
         errors.append(f"eval.split must be train, val or test, got {config.eval.split!r}")
     _positive_int(config.eval.batch_size, "eval.batch_size", errors)
@@ -98,6 +108,93 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _positive_int(config.train.log_every, "train.log_every", errors)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _check_method(config: ml_collections.ConfigDict, errors: list[str]) -> None:
+    """Streams, teachers, schedules, mutual learning and feature distillation."""
+    from mkln_jax import distill, train
+    from mkln_jax.models import detectors
+
+    for stage in ("teacher", "student"):
+        if config[stage].stream not in detectors.STREAMS:
+            errors.append(
+                f"{stage}.stream must be one of {detectors.STREAMS}, got {config[stage].stream!r}"
+            )
+    dist = config.distill
+    sources = []
+    for spec in dist.teachers:
+        try:
+            sources.append(train.parse_teacher(spec))
+        except ValueError as e:
+            errors.append(str(e))
+    for source in sources:
+        if source.kind == "stage" and "teacher" not in config.stages:
+            pass  # a teacher stage finished earlier in this workdir is fine; checked at load
+        elif source.kind == "run" and not pathlib.Path(source.path, "checkpoints").is_dir():
+            errors.append(
+                f"distill.teachers {source.spec!r}: no checkpoints under {source.path}. Fix: "
+                "give a finished run's stage folder, e.g. run:runs/demo/teacher"
+            )
+        elif source.kind == "weights":
+            if source.model not in models.REGISTRY:
+                errors.append(f"distill.teachers {source.spec!r}: unknown model {source.model!r}")
+            elif not pathlib.Path(source.path).expanduser().exists():
+                errors.append(f"distill.teachers {source.spec!r}: {source.path} not found")
+    weights = tuple(dist.teacher_weights)
+    if weights and (len(weights) != len(dist.teachers) or min(weights) < 0 or sum(weights) <= 0):
+        errors.append(
+            f"distill.teacher_weights {weights} must give one non-negative weight per teacher "
+            f"({len(dist.teachers)}), not all zero"
+        )
+    if dist.teacher_input not in ("clean", "view"):
+        errors.append(
+            f"distill.teacher_input must be 'clean' or 'view', got {dist.teacher_input!r}"
+        )
+    if dist.schedule not in distill.SCHEDULES:
+        errors.append(f"distill.schedule must be one of {distill.SCHEDULES}, got {dist.schedule!r}")
+    if dist.temperature_end != -1.0 and dist.temperature_end <= 0:
+        errors.append(f"distill.temperature_end must be > 0 (or -1), got {dist.temperature_end}")
+    if dist.alpha_end != -1.0 and not 0.0 <= dist.alpha_end <= 1.0:
+        errors.append(f"distill.alpha_end must be in [0, 1] (or -1), got {dist.alpha_end}")
+    if dist.feature_loss not in ("", "cosine", "l2"):
+        errors.append(
+            f"distill.feature_loss must be '', 'cosine' or 'l2', got {dist.feature_loss!r}"
+        )
+    if dist.feature_loss and (not dist.teachers or config.mutual.enabled):
+        errors.append("distill.feature_loss needs teachers and mutual.enabled = False")
+    peer = config.mutual
+    if peer.enabled:
+        if peer.peer_model not in models.REGISTRY:
+            errors.append(f"mutual.peer_model: unknown model {peer.peer_model!r}")
+        elif problem := models.check_pretrained(peer.peer_model, peer.peer_pretrained):
+            errors.append(f"mutual.peer_pretrained: {problem}")
+        if peer.peer_stream not in detectors.STREAMS:
+            errors.append(f"mutual.peer_stream must be one of {detectors.STREAMS}")
+        if peer.deploy not in detectors.DEPLOY:
+            errors.append(f"mutual.deploy must be one of {detectors.DEPLOY}, got {peer.deploy!r}")
+    if peer.weight < 0:
+        errors.append(f"mutual.weight must be >= 0, got {peer.weight}")
+
+
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+    """A config saved with a checkpoint, on top of today's defaults (fields added since then
+    keep their defaults; fields since removed are dropped)."""
+    from configs import default
+
+    config = default.get_config()
+
+    def merge(target: ml_collections.ConfigDict, values: dict) -> None:
+        for key, value in values.items():
+            if key not in target:
+                continue
+            if isinstance(target[key], ml_collections.ConfigDict) and isinstance(value, dict):
+                merge(target[key], value)
+            else:
+                target[key] = tuple(value) if isinstance(value, list) else value
+
+    with config.unlocked():
+        merge(config, saved)
+    return config
 
 
 def cache_dir(config: ml_collections.ConfigDict) -> pathlib.Path:

@@ -94,8 +94,8 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
             "metrics": report,
         }
         sections.append(
-            f"### {stage}: {config[stage].model} (best validation checkpoint, step {best_step}), "
-            f"{split} split\n\n" + metrics.markdown_table(report, notes)
+            f"### {stage}: {train.describe_model(config, stage)} (best validation checkpoint, "
+            f"step {best_step}), {split} split\n\n" + metrics.markdown_table(report, notes)
         )
     markdown = "\n\n".join(sections)
     out_dir = pathlib.Path(workdir) / "eval"

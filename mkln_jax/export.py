@@ -99,6 +99,7 @@ def export_stage(
     metadata = {
         "format_version": FORMAT_VERSION,
         "model": config[stage].model,
+        "architecture": train.describe_model(config, stage),
         "stage": stage,
         "checkpoint_step": best_step,
         "config_hash": config_hash(config),

@@ -7,6 +7,9 @@ GPUs); it is computed in float32 whatever the compute dtype of the models.
 Band split follows F3-Net (Qian et al., ECCV 2020): on the index sum ``i + j`` of an N x N spectrum,
 low = [0, N/2.82], middle = (N/2.82, N/2], high = (N/2, 2N]. The three bands partition the spectrum,
 so their inverse transforms add up to the image ("all").
+
+Two transform domains: the full image (one N x N spectrum) and 8 x 8 blocks (JPEG's grid; each
+block's spectrum in place of its pixels, so block-domain masks are the 8 x 8 masks tiled).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 BAND_NAMES = ("low", "middle", "high")
 
@@ -86,34 +90,139 @@ def fad_features(x: jax.Array) -> jax.Array:
     return jnp.moveaxis(stacked, 1, -2).reshape(*x.shape[:-1], 4 * x.shape[-1])
 
 
+def block_dct2(x: jax.Array, block: int = 8) -> jax.Array:
+    """Orthonormal DCT-II of each `block` x `block` tile, coefficients stored in place of the
+    tile's pixels (the layout of JPEG's DCT). x: float[..., H, W, C], H and W multiples of
+    `block` -> float32[..., H, W, C]."""
+    return _blockwise(dct2, x, block)
+
+
+def block_idct2(y: jax.Array, block: int = 8) -> jax.Array:
+    """Inverse of `block_dct2`."""
+    return _blockwise(idct2, y, block)
+
+
+def _blockwise(transform, x: jax.Array, block: int) -> jax.Array:
+    *lead, h, w, c = x.shape
+    if h % block or w % block:
+        raise ValueError(f"block DCT needs H and W divisible by {block}, got {h}x{w}")
+    tiles = x.reshape(*lead, h // block, block, w // block, block, c)
+    tiles = jnp.swapaxes(tiles, -4, -3)  # [..., H/b, W/b, b, b, C]
+    out = transform(tiles)
+    return jnp.swapaxes(out, -4, -3).reshape(*lead, h, w, c)
+
+
+def spectrum_masks(height: int, width: int, block: int = 0) -> np.ndarray:
+    """Band masks over a whole spectrum: float32[3, H, W] (low, middle, high).
+
+    block = 0: F3-Net's masks of the full H x W spectrum (H must equal W); block = b: the b x b
+    masks tiled over the image, matching `block_dct2`'s layout.
+    """
+    if block:
+        if height % block or width % block:
+            raise ValueError(f"{height}x{width} is not a multiple of the {block}-pixel block")
+        return np.tile(band_masks(block), (1, height // block, width // block))
+    if height != width:
+        raise ValueError(f"full-image bands need square images, got {height}x{width}")
+    return band_masks(height)
+
+
+AUGMENT_DEFAULTS = {
+    "prob": 0.0,  # chance that an image is augmented at all (the gate of everything below)
+    "jitter_prob": 1.0,  # band amplitude jitter: chance, and gains in [1 - jitter, 1 + jitter]
+    "jitter": 0.0,
+    "band_drop_prob": 0.0,  # random band drop: chance per middle / high band, and how much of
+    "drop_strength": 1.0,  # the band goes (1 = zeroed)
+    "noise_prob": 0.0,  # high-frequency noise injection: chance, and the std of Gaussian noise
+    "noise_std": 0.0,  # added to each high-band coefficient (in [0, 1] pixel units)
+    "mix_prob": 0.0,  # low/high-pass mixing: chance, and the weight of another same-label
+    "mix_strength": 0.0,  # image's middle + high bands blended into this one's
+}
+
+
 def frequency_augment(
     key: jax.Array,
     x: jax.Array,
     *,
-    prob: float | jax.Array,
-    band_drop_prob: float | jax.Array,
-    jitter: float | jax.Array,
+    labels: jax.Array | None = None,
+    block: int = 0,
+    **strengths: float | jax.Array,
 ) -> jax.Array:
-    """Frequency-texture augmentation: re-weight F3-Net bands per sample, sometimes drop one.
+    """Frequency-texture augmentation: four operations on the F3-Net bands, one transform pair.
 
-    For each image (with probability `prob`), each band gets a gain in [1 - jitter, 1 + jitter];
-    the middle and high bands are each zeroed with probability `band_drop_prob` (the low band
-    carries the face itself and is never dropped). Since the bands partition the spectrum, the
-    re-weighted sum is one inverse DCT of the spectrum times a per-image gain map.
-    x: float[B, N, N, C] -> float32[B, N, N, C]. Deterministic given `key`.
+    Each image is augmented with probability `prob`; then, each with its own probability:
+      - band amplitude jitter: every band's gain drawn from [1 - jitter, 1 + jitter];
+      - random band drop: the middle and high bands each lose `drop_strength` of their amplitude
+        with probability `band_drop_prob` (the low band carries the face and is never dropped);
+      - high-frequency noise injection: Gaussian noise of std `noise_std` on the high band;
+      - low/high-pass mixing: the middle and high bands become (1 - s) own + s partner, where the
+        partner is another image of the batch with the same label (`labels`; without labels, or
+        when the drawn partner's label differs, the image is left unmixed), s = `mix_strength`.
+    Strength 0 (or probability 0) makes an operation the identity. Keyword names and defaults:
+    AUGMENT_DEFAULTS; all may be traced scalars. `block` = 0 works on the full-image spectrum,
+    8 on JPEG's 8 x 8 block spectra. x: float[B, H, W, C] -> float32[B, H, W, C], computed in
+    float32 whatever x's dtype. Deterministic given `key`.
     """
-    batch = x.shape[0]
-    prob = jnp.asarray(prob, jnp.float32)
-    band_drop_prob = jnp.asarray(band_drop_prob, jnp.float32)
-    jitter = jnp.asarray(jitter, jnp.float32)
-    k_apply, k_gain, k_drop = jax.random.split(key, 3)
-    gains = jax.random.uniform(
-        k_gain, (batch, 3), minval=1.0 - jitter, maxval=1.0 + jitter, dtype=jnp.float32
+    unknown = set(strengths) - set(AUGMENT_DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown augmentation settings {sorted(unknown)}")
+    hp = {k: jnp.asarray(strengths.get(k, v), jnp.float32) for k, v in AUGMENT_DEFAULTS.items()}
+    batch, height, width = x.shape[0], x.shape[-3], x.shape[-2]
+    keys = jax.random.split(key, 8)
+    masks = jnp.asarray(spectrum_masks(height, width, block))  # [3, H, W]
+    forward, inverse = (
+        (functools.partial(block_dct2, block=block), functools.partial(block_idct2, block=block))
+        if block
+        else (dct2, idct2)
     )
-    drop = jax.random.bernoulli(k_drop, band_drop_prob, (batch, 3))
-    drop = drop.at[:, 0].set(False)
-    gains = jnp.where(drop, 0.0, gains)
-    apply = jax.random.bernoulli(k_apply, prob, (batch, 1))
+
+    def chance(k, p, shape=(batch, 1)):
+        return jax.random.bernoulli(k, p, shape)
+
+    apply = chance(keys[0], hp["prob"])  # [B, 1]
+    jitter = hp["jitter"] * chance(keys[1], hp["jitter_prob"])
+    gains = 1.0 + jitter * jax.random.uniform(keys[2], (batch, 3), minval=-1.0, maxval=1.0)
+    drop = chance(keys[3], hp["band_drop_prob"], (batch, 3)).at[:, 0].set(False)
+    gains = jnp.where(drop, gains * (1.0 - hp["drop_strength"]), gains)
     gains = jnp.where(apply, gains, 1.0)
-    gain_map = jnp.einsum("bk,khw->bhw", gains, jnp.asarray(band_masks(x.shape[-2])))
-    return idct2(dct2(x) * gain_map[..., None])
+    gain_map = jnp.einsum("bk,khw->bhw", gains, masks)[..., None]
+
+    spectrum = forward(x)
+    upper = (masks[1] + masks[2])[None, :, :, None]  # middle + high
+    partner = jax.random.permutation(keys[4], batch)
+    same = jnp.zeros((batch,), bool) if labels is None else labels[partner] == labels
+    mix = (apply[:, 0] & chance(keys[5], hp["mix_prob"])[:, 0] & same).astype(jnp.float32)
+    weight = (hp["mix_strength"] * mix)[:, None, None, None]
+    spectrum = spectrum + weight * upper * (spectrum[partner] - spectrum)
+
+    noisy = (apply[:, 0] & chance(keys[6], hp["noise_prob"])[:, 0]).astype(jnp.float32)
+    noise = jax.random.normal(keys[7], spectrum.shape, jnp.float32)
+    noise = noise * (hp["noise_std"] * noisy)[:, None, None, None] * masks[2][None, :, :, None]
+    return inverse(spectrum * gain_map + noise)
+
+
+class FrequencyAwareDecomposition(nnx.Module):
+    """F3-Net's FAD as a layer: fixed band masks plus learnable filters, 12 output channels.
+
+    For each band k of (low, middle, high, all): idct2(dct2(x) * (mask_k + 2 sigmoid(w_k) - 1)),
+    w_k ~ N(0, 0.1) learnable [N, N]; outputs concatenated over channels (4 C). Computed in
+    float32; the result is cast to `dtype` for the backbone. x: float[B, N, N, C].
+    """
+
+    def __init__(self, size: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.size = size
+        self.dtype = dtype
+        self.filters = nnx.Param(0.1 * jax.random.normal(rngs.params(), (4, size, size)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.shape[-3:-1] != (self.size, self.size):
+            raise ValueError(
+                f"FAD layer built for {self.size}x{self.size} inputs, got {x.shape[-3:-1]}"
+            )
+        fixed = np.concatenate([band_masks(self.size), np.ones((1, self.size, self.size))])
+        learned = 2.0 * jax.nn.sigmoid(self.filters[...].astype(jnp.float32)) - 1.0
+        filters = jnp.asarray(fixed, jnp.float32) + learned  # [4, N, N]
+        spectrum = dct2(x)[:, None]  # [B, 1, N, N, C]
+        bands = idct2(spectrum * filters[None, :, :, :, None])  # [B, 4, N, N, C]
+        out = jnp.moveaxis(bands, 1, -2).reshape(*x.shape[:-1], 4 * x.shape[-1])
+        return out.astype(self.dtype)

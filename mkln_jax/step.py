@@ -53,13 +53,16 @@ class ModelFn:
         std = jnp.asarray(self.std, jnp.float32)
         return ((images01 - mean) / std).astype(self.compute_dtype)
 
-    def apply(self, params, batch_stats, images01: jax.Array, train: bool):
-        """Returns (logits float32[B, K], updated batch_stats)."""
+    def apply(self, params, batch_stats, images01: jax.Array, train: bool, call=None):
+        """Returns (logits float32[B, K], updated batch_stats); with `call(model, x, train)`,
+        that function's outputs (float32) instead of the logits."""
         # Fresh Variable objects in the current trace (merge would reuse the caller's).
         params, batch_stats = jax.tree.map(lambda x: x, (params, batch_stats))
         model = nnx.merge(self.graphdef, params, batch_stats)
-        logits = model(self.normalise(images01), train=train)
-        return logits.astype(jnp.float32), nnx.state(model, nnx.BatchStat)
+        x = self.normalise(images01)
+        out = call(model, x, train) if call else model(x, train=train)
+        out = jax.tree.map(lambda y: y.astype(jnp.float32), out)
+        return out, nnx.state(model, nnx.BatchStat)
 
 
 def split_model(model: nnx.Module):
@@ -85,55 +88,145 @@ def to_unit_range(images: jax.Array) -> jax.Array:
     return images.astype(jnp.float32) / 255.0
 
 
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """The static (compile-time) choices of a training step; numbers live in hparams.
+
+    frequency_augment: the trained model sees a frequency-texture augmented view.
+    augment_block: 0 = full-image spectrum, 8 = JPEG's 8 x 8 block spectra.
+    teacher_input: "clean" (teachers see the clean image) or "view" (they see exactly the view
+        the student sees: "consistent teaching", Beyer et al., CVPR 2022).
+    schedule: how temperature and alpha move from their start to their end values over the
+        stage ("constant", "linear", "cosine"; see distill.scheduled).
+    mutual: the trained model is a `Peers` pair, both updated by Deep Mutual Learning.
+    feature_loss: "" (off), "cosine" or "l2": the trained model's `feature_projectors` map its
+        pooled features onto each teacher's.
+    """
+
+    frequency_augment: bool = False
+    augment_block: int = 0
+    teacher_input: str = "clean"
+    schedule: str = "constant"
+    mutual: bool = False
+    feature_loss: str = ""
+
+
+def _features_and_logits(model, x, train):
+    features = model.features(x, train)
+    return features, model.head(features)
+
+
+def _peer_logits(model, x, train):
+    return model.peer_logits(x, train)
+
+
+def _with_projection(model, x, train):
+    features, logits = _features_and_logits(model, x, train)
+    return model.feature_projectors(features), logits
+
+
 def make_train_step(
     student: ModelFn,
     tx: optax.GradientTransformation,
     *,
-    teacher: ModelFn | None,
-    frequency_augment: bool,
+    teachers: tuple[ModelFn, ...] = (),
+    method: Method = Method(),
 ) -> Callable:
     """Builds step(state, teacher_vars, batch, hparams) -> (state, metrics).
 
-    batch: {"image": uint8[B, H, W, 3], "label": int32[B]}. hparams: float32 scalars
-    {temperature, alpha, freq_prob, band_drop_prob, jitter}, traced so sweeps never recompile.
-    Without a teacher the loss is plain cross-entropy (the teacher's own fine-tuning stage).
-    The teacher sees the clean image, the student the frequency-augmented view.
-    """
+    batch: {"image": uint8[B, H, W, 3], "label": int32[B]}. teacher_vars: a tuple of `Frozen`,
+    one per teacher (or None without teachers). hparams: float32 scalars, traced so sweeps never
+    recompile: temperature, alpha (and temperature_end, alpha_end, total_steps for schedules),
+    teacher_weights float32[n_teachers], mutual_weight, feature_weight, and the augmentation
+    settings of frequency.AUGMENT_DEFAULTS (freq_prob is its `prob`). Missing entries take
+    their defaults.
 
-    def step(state: TrainState, teacher_vars: Frozen | None, batch, hparams):
+    Loss of one model: (1 - alpha) CE + alpha * weighted KD over teachers (CE alone without
+    teachers) [+ feature_weight * feature loss]. Mutual: the sum over both peers of that, plus
+    mutual_weight * KL(other peer || this peer) for each, the other peer a stop-gradient target.
+    """
+    if method.feature_loss and (not teachers or method.mutual):
+        raise ValueError("feature distillation needs teachers and a single (non-mutual) student")
+
+    def step(state: TrainState, teacher_vars, batch, hparams):
+        hp = dict(hparams)
         rng, aug_key = jax.random.split(jax.random.wrap_key_data(state.rng))
         clean = to_unit_range(batch["image"])
         labels = batch["label"]
         view = clean
-        if frequency_augment:
+        if method.frequency_augment:
+            settings = {
+                k: hp[k if k != "prob" else "freq_prob"]
+                for k in frequency.AUGMENT_DEFAULTS
+                if (k if k != "prob" else "freq_prob") in hp
+            }
             view = frequency.frequency_augment(
-                aug_key,
-                clean,
-                prob=hparams["freq_prob"],
-                band_drop_prob=hparams["band_drop_prob"],
-                jitter=hparams["jitter"],
+                aug_key, clean, labels=labels, block=method.augment_block, **settings
             )
             view = jnp.clip(view, 0.0, 1.0)
-        teacher_logits = None
-        if teacher is not None:
-            teacher_logits, _ = teacher.apply(
-                teacher_vars.params, teacher_vars.batch_stats, clean, train=False
-            )
-            teacher_logits = jax.lax.stop_gradient(teacher_logits)
+        progress = state.step / jnp.maximum(hp.get("total_steps", 1.0), 1.0)
+        temperature = distill.scheduled(
+            method.schedule, hp.get("temperature", 1.0), hp.get("temperature_end", 1.0), progress
+        )
+        alpha = distill.scheduled(
+            method.schedule, hp.get("alpha", 0.0), hp.get("alpha_end", 0.0), progress
+        )
+        teacher_image = view if method.teacher_input == "view" else clean
+        teacher_logits, teacher_features = [], []
+        for model_fn, frozen in zip(teachers, teacher_vars or (), strict=True):
+            if method.feature_loss:
+                (features, logits), _ = model_fn.apply(
+                    frozen.params, frozen.batch_stats, teacher_image, False, _features_and_logits
+                )
+                teacher_features.append(jax.lax.stop_gradient(features.astype(jnp.float32)))
+            else:
+                logits, _ = model_fn.apply(frozen.params, frozen.batch_stats, teacher_image, False)
+            teacher_logits.append(jax.lax.stop_gradient(logits))
+        weights = hp.get("teacher_weights", jnp.ones((len(teachers),), jnp.float32))
+
+        def supervised(logits):
+            """CE, or Hinton KD against the weighted teachers."""
+            ce = distill.cross_entropy(logits, labels)
+            if not teachers:
+                return ce, {"ce": ce}
+            kd = distill.multi_teacher_kd(logits, tuple(teacher_logits), weights, temperature)
+            return alpha * kd + (1.0 - alpha) * ce, {"ce": ce, "kd": kd}
 
         def loss_fn(params):
-            logits, batch_stats = student.apply(params, state.batch_stats, view, train=True)
-            if teacher_logits is None:
-                loss = distill.cross_entropy(logits, labels)
-                parts = {"ce": loss}
-            else:
-                loss, parts = distill.hinton_kd_loss(
-                    logits,
-                    teacher_logits,
-                    labels,
-                    temperature=hparams["temperature"],
-                    alpha=hparams["alpha"],
+            if method.mutual:
+                (first, second), batch_stats = student.apply(
+                    params, state.batch_stats, view, True, _peer_logits
                 )
+                loss_a, parts_a = supervised(first)
+                loss_b, parts_b = supervised(second)
+                dml_a = distill.mutual_kl(first, second)
+                dml_b = distill.mutual_kl(second, first)
+                weight = hp.get("mutual_weight", 1.0)
+                loss = loss_a + weight * dml_a + loss_b + weight * dml_b
+                parts = {f"peer1_{k}": v for k, v in parts_a.items()}
+                parts |= {f"peer2_{k}": v for k, v in parts_b.items()}
+                parts |= {
+                    "peer1_mutual": dml_a,
+                    "peer2_mutual": dml_b,
+                    "peer2_accuracy": jnp.mean(jnp.argmax(second, -1) == labels),
+                }
+                return loss, (parts, batch_stats, first)
+            if method.feature_loss:
+                (projected, logits), batch_stats = student.apply(
+                    params, state.batch_stats, view, True, _with_projection
+                )
+                loss, parts = supervised(logits)
+                feats = jnp.stack(
+                    [
+                        distill.feature_loss(p, t, method.feature_loss)
+                        for p, t in zip(projected, teacher_features, strict=True)
+                    ]
+                )
+                feat = jnp.sum(weights * feats) / jnp.sum(weights)
+                loss = loss + hp.get("feature_weight", 1.0) * feat
+                return loss, (parts | {"feature": feat}, batch_stats, logits)
+            logits, batch_stats = student.apply(params, state.batch_stats, view, True)
+            loss, parts = supervised(logits)
             return loss, (parts, batch_stats, logits)
 
         (loss, (parts, batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -156,8 +249,10 @@ def make_train_step(
             "grad_norm": grad_norm,
             **parts,
         }
-        if teacher_logits is not None:
-            metrics["teacher_accuracy"] = jnp.mean(jnp.argmax(teacher_logits, -1) == labels)
+        if teachers:
+            metrics["teacher_accuracy"] = jnp.mean(jnp.argmax(teacher_logits[0], -1) == labels)
+            metrics["temperature"] = temperature
+            metrics["alpha"] = alpha
         new_state = state.replace(
             step=state.step + 1,
             params=params,

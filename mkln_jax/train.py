@@ -8,6 +8,7 @@ methods' fakes only, so model selection never sees the held-out method or the te
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import pathlib
 import signal
 import time
@@ -20,10 +21,11 @@ from clu import metrics as clu_metrics
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from mkln_jax import checkpoint, config_lib, evaluate, models, sharding
+from mkln_jax import checkpoint, config_lib, evaluate, frequency, models, sharding
 from mkln_jax import step as step_lib
 from mkln_jax.input_pipeline import loader
 from mkln_jax.logging_utils import MetricLogger, Progress
+from mkln_jax.models import detectors
 
 NUM_CLASSES = 2
 
@@ -50,35 +52,195 @@ def make_optimizer(config, stage: str) -> optax.GradientTransformation:
     return optax.MultiSteps(tx, every_k_schedule=accum) if accum > 1 else tx
 
 
-def hparams(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+def hparams(config: ml_collections.ConfigDict, stage: str) -> dict[str, np.ndarray]:
     """The step's traced scalars: changing them never recompiles."""
+    aug = config.freq_aug
     values = {
         "temperature": config.distill.temperature,
         "alpha": config.distill.alpha,
-        "freq_prob": config.freq_aug.prob,
-        "band_drop_prob": config.freq_aug.band_drop_prob,
-        "jitter": config.freq_aug.jitter,
+        "temperature_end": _end(config.distill.temperature_end, config.distill.temperature),
+        "alpha_end": _end(config.distill.alpha_end, config.distill.alpha),
+        "total_steps": config[stage].steps,
+        "mutual_weight": config.mutual.weight,
+        "feature_weight": config.distill.feature_weight,
+        "freq_prob": aug.prob,
+        **{k: aug[k] for k in frequency.AUGMENT_DEFAULTS if k != "prob"},
     }
-    return {k: np.float32(v) for k, v in values.items()}
+    out = {k: np.float32(v) for k, v in values.items()}
+    if stage == "student" and config.distill.teachers:
+        weights = tuple(config.distill.teacher_weights) or (1.0,) * len(config.distill.teachers)
+        out["teacher_weights"] = np.asarray(weights, np.float32)
+    return out
+
+
+def _end(end: float, start: float) -> float:
+    return start if end < 0 else end
+
+
+def method(config: ml_collections.ConfigDict, stage: str) -> step_lib.Method:
+    """The static choices of a stage's step (see step.Method)."""
+    distilling = stage == "student"
+    return step_lib.Method(
+        frequency_augment=config[stage].frequency_augment,
+        augment_block=config.freq_aug.block,
+        teacher_input=config.distill.teacher_input,
+        schedule=config.distill.schedule,
+        mutual=distilling and config.mutual.enabled,
+        feature_loss=config.distill.feature_loss if distilling else "",
+    )
 
 
 def build_model(config, stage: str, *, with_weights: bool = True) -> nnx.Module:
+    """The stage's model: a detector (see models.build_detector); for a mutual student, the
+    `Peers` pair; with feature distillation, plus one projection per teacher."""
     section = config[stage]
-    return models.build(
-        section.model,
-        NUM_CLASSES,
-        seed=config.seed,
-        dtype=config.train.compute_dtype,
-        pretrained=section.pretrained if with_weights else "",
-        cache_dir=config_lib.cache_dir(config),
-    )
+
+    def detector(name: str, stream: str, pretrained: str, seed: int):
+        return models.build_detector(
+            name,
+            NUM_CLASSES,
+            stream=stream,
+            image_size=config.data.image_size,
+            seed=seed,
+            dtype=config.train.compute_dtype,
+            pretrained=pretrained if with_weights else "",
+            cache_dir=config_lib.cache_dir(config),
+        )
+
+    model = detector(section.model, section.stream, section.pretrained, config.seed)
+    if stage != "student":
+        return model
+    if config.mutual.enabled:
+        peer = config.mutual
+        second = detector(peer.peer_model, peer.peer_stream, peer.peer_pretrained, config.seed + 1)
+        norms = tuple(
+            (models.spec(name).mean, models.spec(name).std)
+            for name in (section.model, peer.peer_model)
+        )
+        return detectors.Peers(model, second, norms, deploy=peer.deploy)
+    if config.distill.feature_loss:
+        dims = tuple(teacher_feature_dim(config, source) for source in teacher_sources(config))
+        model.feature_projectors = detectors.FeatureProjectors(
+            model.feature_dim,
+            dims,
+            dtype=models.DTYPES[config.train.compute_dtype],
+            rngs=nnx.Rngs(params=config.seed + 2),
+        )
+    return model
 
 
 def model_fn(config, stage: str, graphdef) -> step_lib.ModelFn:
+    """Normalisation happens in ModelFn, except for `Peers`, which normalise per peer."""
     spec = models.spec(config[stage].model)
-    return step_lib.ModelFn(
-        graphdef, spec.mean, spec.std, models.DTYPES[config.train.compute_dtype]
+    mean, std = spec.mean, spec.std
+    if stage == "student" and config.mutual.enabled:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    return step_lib.ModelFn(graphdef, mean, std, models.DTYPES[config.train.compute_dtype])
+
+
+def describe_model(config, stage: str) -> str:
+    """A stage's model in words, e.g. "small_cnn (rgb) + small_cnn (frequency), mutual, deploy
+    rgb"."""
+    section = config[stage]
+    text = f"{section.model} ({section.stream})"
+    if stage == "student" and config.mutual.enabled:
+        peer = config.mutual
+        text += f" + {peer.peer_model} ({peer.peer_stream}), mutual, deploy {peer.deploy}"
+    return text
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherSource:
+    """Where a teacher comes from (one entry of distill.teachers):
+    "teacher"                 this run's teacher stage (best validation checkpoint);
+    "run:<workdir>/<stage>"   another run's finished stage (its config is read from there);
+    "weights:<model>:<path>"  a 2-class detector's weights (`mkln convert-weights` folder or a
+                              PyTorch state dict), RGB stream."""
+
+    kind: str
+    spec: str
+    stage: str = "teacher"
+    path: str = ""
+    model: str = ""
+
+
+def parse_teacher(spec: str) -> TeacherSource:
+    if spec == "teacher":
+        return TeacherSource("stage", spec)
+    if spec.startswith("run:"):
+        path = pathlib.Path(spec[4:].rstrip("/"))
+        return TeacherSource("run", spec, stage=path.name, path=str(path))
+    if spec.startswith("weights:") and spec.count(":") >= 2:
+        _, model, path = spec.split(":", 2)
+        return TeacherSource("weights", spec, model=model, path=path)
+    raise ValueError(
+        f"distill.teachers entry {spec!r}: expected 'teacher', 'run:<workdir>/<stage>' or "
+        "'weights:<model>:<path>'"
     )
+
+
+def teacher_sources(config) -> list[TeacherSource]:
+    return [parse_teacher(spec) for spec in config.distill.teachers]
+
+
+def source_config(config, source: TeacherSource) -> ml_collections.ConfigDict:
+    """The config a teacher was trained with (this run's, or the one saved with the run)."""
+    if source.kind != "run":
+        return config
+    ckpts = checkpoint.Checkpoints(pathlib.Path(source.path) / "checkpoints", keep=1)
+    try:
+        step = ckpts.best_step()
+        if step is None:
+            raise FileNotFoundError(
+                f"{source.path} has no best checkpoint. Fix: finish that run's {source.stage} "
+                "stage, or point distill.teachers at a finished one."
+            )
+        return config_lib.from_saved(ckpts.saved_config(step))
+    finally:
+        ckpts.close()
+
+
+def teacher_feature_dim(config, source: TeacherSource) -> int:
+    if source.kind == "weights":
+        model = nnx.eval_shape(
+            lambda: models.build(source.model, NUM_CLASSES, dtype=config.train.compute_dtype)
+        )
+    else:
+        cfg = source_config(config, source)
+        model = nnx.eval_shape(lambda: build_model(cfg, source.stage, with_weights=False))
+    if not hasattr(model, "feature_dim"):
+        raise config_lib.ConfigError(f"teacher {source.spec} has no single feature space")
+    return model.feature_dim
+
+
+def load_teachers(config, workdir, mesh):
+    """(ModelFns, Frozen variables, description) of every teacher in distill.teachers."""
+    fns, frozen, described = [], [], []
+    for source in teacher_sources(config):
+        if source.kind == "weights":
+            model = models.build(
+                source.model,
+                NUM_CLASSES,
+                dtype=config.train.compute_dtype,
+                pretrained=source.path,
+                cache_dir=config_lib.cache_dir(config),
+            )
+            graphdef, params, batch_stats = step_lib.split_model(model)
+            variables = step_lib.Frozen(params, batch_stats)
+            variables = sharding.place(variables, _shardings(config, variables, mesh))
+            spec = models.spec(source.model)
+            fn = step_lib.ModelFn(
+                graphdef, spec.mean, spec.std, models.DTYPES[config.train.compute_dtype]
+            )
+            described.append(f"{source.model} weights from {source.path}")
+        else:
+            cfg = source_config(config, source)
+            root = workdir if source.kind == "stage" else pathlib.Path(source.path).parent
+            fn, variables, best = load_best(cfg, root, source.stage, mesh)
+            described.append(f"{cfg[source.stage].model} ({source.spec}, best step {best})")
+        fns.append(fn)
+        frozen.append(variables)
+    return tuple(fns), tuple(frozen), described
 
 
 def stage_dir(workdir: str | pathlib.Path, stage: str) -> pathlib.Path:
@@ -140,7 +302,7 @@ def load_best(config, workdir, stage: str, mesh) -> tuple[step_lib.ModelFn, step
 
 # Config fields that do not change what a stage trains (so resuming may differ in them).
 IGNORED_ON_RESUME = {
-    "teacher": ("student", "distill", "eval", "predict", "stages"),
+    "teacher": ("student", "distill", "mutual", "eval", "predict", "stages"),
     "student": ("eval", "predict", "stages"),
 }
 
@@ -158,10 +320,10 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str,
     val_keep = np.flatnonzero(np.isin(val_index.methods, ["real", *config.data.train_methods]))
 
     repl = sharding.replicated(mesh)
-    teacher, teacher_vars = None, None
-    if stage == "student":
-        teacher, teacher_vars, teacher_step = load_best(config, workdir, "teacher", mesh)
-        print(f"[{stage}] teacher: {config.teacher.model}, best checkpoint at step {teacher_step}")
+    teachers, teacher_vars = (), None
+    if stage == "student" and config.distill.teachers:
+        teachers, teacher_vars, described = load_teachers(config, workdir, mesh)
+        print(f"[{stage}] teachers: {'; '.join(described)}")
     teacher_shardings = _shardings(config, teacher_vars, mesh) if teacher_vars else repl
 
     tx = make_optimizer(config, stage)
@@ -191,15 +353,13 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str,
         return {"best_step": ckpts.best_step()}
 
     train_step = jax.jit(
-        step_lib.make_train_step(
-            student, tx, teacher=teacher, frequency_augment=section.frequency_augment
-        ),
+        step_lib.make_train_step(student, tx, teachers=teachers, method=method(config, stage)),
         in_shardings=(state_shardings, teacher_shardings, sharding.batch_sharding(mesh), repl),
         out_shardings=(state_shardings, repl),
         donate_argnums=0,
     )
     eval_step = evaluate.jit_eval_step(student, mesh)
-    host_scalars = hparams(config)
+    host_scalars = hparams(config, stage)
     scalars = sharding.place(host_scalars, {k: repl for k in host_scalars})
 
     batches = loader.train_batches(
@@ -221,7 +381,10 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str,
     logger = MetricLogger(out_dir / "logs")
     progress = Progress(stage, section.steps, start)
     collection = clu_metrics.Collection.create(
-        **{k: clu_metrics.Average.from_output(k) for k in _metric_names(teacher is not None)}
+        **{
+            k: clu_metrics.Average.from_output(k)
+            for k in jax.eval_shape(train_step, state, teacher_vars, first, scalars)[1]
+        }
     )
     accumulated = None
     best = {}
@@ -328,11 +491,6 @@ class PreemptionWatch:
     def restore(self) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
-
-
-def _metric_names(distilling: bool) -> tuple[str, ...]:
-    names = ("loss", "accuracy", "grad_norm", "ce")
-    return (*names, "kd", "teacher_accuracy") if distilling else names
 
 
 def _count(tree) -> int:

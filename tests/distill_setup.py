@@ -24,10 +24,10 @@ def setup():
     fn = step_lib.make_train_step(
         step_lib.ModelFn(s_graph, *NORM),
         tx,
-        teacher=step_lib.ModelFn(t_graph, *NORM),
-        frequency_augment=True,
+        teachers=(step_lib.ModelFn(t_graph, *NORM),),
+        method=step_lib.Method(frequency_augment=True),
     )
-    return fn, step_lib.init_state(student, tx, seed=0), step_lib.Frozen(t_params, t_stats)
+    return fn, step_lib.init_state(student, tx, seed=0), (step_lib.Frozen(t_params, t_stats),)
 
 
 def batches(count, batch=16, size=16):

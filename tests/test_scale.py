@@ -139,8 +139,7 @@ def test_non_finite_loss_leaves_the_state_unchanged_and_is_counted():
         step_lib.make_train_step(
             step_lib.ModelFn(graph, (0.5,) * 3, (0.25,) * 3),
             tx,
-            teacher=None,
-            frequency_augment=True,
+            method=step_lib.Method(frequency_augment=True),
         )
     )
     state = step_lib.init_state(student, tx, seed=0)
@@ -178,8 +177,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_statistics():
         step_lib.make_train_step(
             step_lib.ModelFn(graph, (0.5,) * 3, (0.25,) * 3, jnp.bfloat16),
             tx,
-            teacher=None,
-            frequency_augment=True,
+            method=step_lib.Method(frequency_augment=True),
         )
     )
     state = step_lib.init_state(student, tx, seed=0)

@@ -57,9 +57,7 @@ def test_without_teacher_the_step_is_cross_entropy_only():
     student = SmallCNN(2, widths=(8,), rngs=nnx.Rngs(0))
     tx = optax.sgd(0.0)
     graph, _, _ = step_lib.split_model(student)
-    fn = step_lib.make_train_step(
-        step_lib.ModelFn(graph, (0.5,) * 3, (0.25,) * 3), tx, teacher=None, frequency_augment=False
-    )
+    fn = step_lib.make_train_step(step_lib.ModelFn(graph, (0.5,) * 3, (0.25,) * 3), tx)
     state = step_lib.init_state(student, tx, seed=0)
     _, metrics = jax.jit(fn)(
         state,

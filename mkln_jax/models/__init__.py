@@ -147,3 +147,39 @@ def load_pretrained(name: str, model: nnx.Module, pretrained: str, cache_dir=Non
         convert.restore_converted(model, path)
     else:
         convert.load_torch_state_dict(model, torch_state.load_state_dict(path), str(path))
+
+
+def build_detector(
+    name: str,
+    num_classes: int,
+    *,
+    stream: str = "rgb",
+    image_size: int = 0,
+    seed: int = 0,
+    dtype: str = "float32",
+    pretrained: str = "",
+    cache_dir: str | pathlib.Path | None = None,
+) -> nnx.Module:
+    """A detector on backbone `name`: "rgb" (the backbone itself), "frequency" (F3-Net FAD in
+    front of a 12-channel backbone) or "two_stream" (both, fused). Pretrained RGB stems are
+    adapted to 12 channels by repeating them (see convert.adapt_stem)."""
+    from mkln_jax.models import detectors
+
+    common = {"seed": seed, "dtype": dtype, "pretrained": pretrained, "cache_dir": cache_dir}
+    if stream == "rgb":
+        return build(name, num_classes, **common)
+    if stream not in detectors.STREAMS:
+        raise ValueError(f"unknown stream {stream!r}; known: {detectors.STREAMS}")
+    if image_size <= 0:
+        raise ValueError(f"the {stream} stream needs image_size (its DCT size)")
+    rngs = nnx.Rngs(params=seed + 1000)
+    frequency = detectors.FrequencyStream(
+        build(name, num_classes, in_channels=12, **common),
+        image_size,
+        dtype=DTYPES[dtype],
+        rngs=rngs,
+    )
+    if stream == "frequency":
+        return frequency
+    rgb = build(name, num_classes, **common)
+    return detectors.TwoStream(rgb, frequency, num_classes, dtype=DTYPES[dtype], rngs=rngs)

@@ -199,4 +199,8 @@ class EfficientNet(nnx.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         # No dropout before the head: it would need an RNG stream in the functional step, and
         # fine-tuning here is regularised by weight decay and augmentation instead.
-        return self.classifier(self.features(x, train)).astype(jnp.float32)
+        return self.head(self.features(x, train))
+
+    def head(self, features: jax.Array) -> jax.Array:
+        """Pooled features -> logits float32[B, K]."""
+        return self.classifier(features).astype(jnp.float32)

@@ -114,4 +114,8 @@ class ResNet(nnx.Module):
         return jnp.mean(x, axis=(1, 2))
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        return self.fc(self.features(x, train)).astype(jnp.float32)
+        return self.head(self.features(x, train))
+
+    def head(self, features: jax.Array) -> jax.Array:
+        """Pooled features -> logits float32[B, K]."""
+        return self.fc(features).astype(jnp.float32)
