@@ -69,3 +69,31 @@ def test_invalid_value_fails_before_any_work():
     )
     assert result.returncode == 2
     assert "distill.temperature must be > 0" in result.stderr
+
+
+def test_method_settings_are_checked_together(tmp_path):
+    config = demo.get_config()
+    config.student.stream = "spectral"
+    config.distill.teachers = ("teacher", "run:" + str(tmp_path / "nothing" / "teacher"), "me")
+    config.distill.teacher_weights = (1.0, 2.0)
+    config.distill.teacher_input = "noisy"
+    config.distill.schedule = "step"
+    config.distill.feature_loss = "cosine"
+    config.mutual.enabled = True
+    config.mutual.deploy = "both"
+    config.freq_aug.block = 7
+    with pytest.raises(config_lib.ConfigError) as err:
+        config_lib.validate(config, num_devices=8)
+    message = str(err.value)
+    for expected in (
+        "student.stream must be one of",
+        "no checkpoints under",
+        "'me': expected 'teacher'",
+        "teacher_weights (1.0, 2.0) must give one non-negative weight per teacher (3)",
+        "distill.teacher_input",
+        "distill.schedule",
+        "feature_loss needs teachers and mutual.enabled = False",
+        "mutual.deploy",
+        "freq_aug.block",
+    ):
+        assert expected in message

@@ -96,6 +96,38 @@ def test_exported_artifact_matches_the_training_code_path(demo_run):
     assert jax.device_count() == 8
 
 
+def test_mutual_student_from_another_runs_teachers_trains_evaluates_and_exports(demo_run, tmp_path):
+    """Two teachers taken from a finished run, a two-stream RGB peer and a frequency peer, 8x8
+    block augmentation with every operation on, consistent teaching and a schedule."""
+    source, _ = demo_run
+    workdir = tmp_path / "mutual"
+    overrides = [
+        "--config.stages=('student',)",
+        f"--config.distill.teachers=('run:{source}/teacher','run:{source}/student')",
+        "--config.distill.teacher_weights=(2.0,1.0)",
+        "--config.distill.teacher_input=view",
+        "--config.distill.schedule=cosine",
+        "--config.distill.temperature_end=2.0",
+        "--config.mutual.enabled=True",
+        "--config.mutual.deploy=ensemble",
+        "--config.student.stream=two_stream",
+        "--config.freq_aug.block=8",
+        "--config.freq_aug.noise_prob=0.5",
+        "--config.freq_aug.mix_prob=0.5",
+    ]
+    for action in ("train", "evaluate", "export"):
+        result = _mkln(action, "--config=configs/tiny.py", f"--workdir={workdir}", *overrides)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        if action == "train":
+            assert f"run:{source}/teacher, best step" in result.stdout
+            assert "peer2_mutual" in result.stdout
+    results = json.loads((workdir / "eval" / "test.json").read_text())
+    assert set(results) == {"student"}
+    meta = json.loads((workdir / "export" / "metadata.json").read_text())
+    assert "mutual, deploy ensemble" in meta["architecture"]
+    assert "two_stream" in meta["architecture"]
+
+
 def test_tampered_or_mismatched_artifacts_are_refused(demo_run, tmp_path):
     from mkln_jax import export
 

@@ -57,22 +57,127 @@ def test_low_band_of_a_constant_image_is_the_image():
     np.testing.assert_allclose(bands[:, 1:], 0.0, atol=1e-5)
 
 
-def test_frequency_augment_is_deterministic_given_its_key():
-    x = jnp.asarray(np.random.default_rng(3).uniform(size=(4, 16, 16, 3)), jnp.float32)
-    kwargs = dict(prob=1.0, band_drop_prob=0.5, jitter=0.5)
-    a = frequency.frequency_augment(jax.random.key(0), x, **kwargs)
-    b = frequency.frequency_augment(jax.random.key(0), x, **kwargs)
-    c = frequency.frequency_augment(jax.random.key(1), x, **kwargs)
+# One setting per operation that turns it fully on, and each operation's "off" settings.
+OPERATIONS = {
+    "jitter": ({"jitter_prob": 1.0, "jitter": 0.8}, [{"jitter": 0.0}, {"jitter_prob": 0.0}]),
+    "band_drop": (
+        {"band_drop_prob": 0.7, "drop_strength": 1.0},
+        [{"band_drop_prob": 0.0}, {"drop_strength": 0.0}],
+    ),
+    "noise": ({"noise_prob": 1.0, "noise_std": 0.1}, [{"noise_prob": 0.0}, {"noise_std": 0.0}]),
+    "mix": ({"mix_prob": 1.0, "mix_strength": 0.7}, [{"mix_prob": 0.0}, {"mix_strength": 0.0}]),
+}
+LABELS = jnp.asarray([0, 0, 0, 0, 1, 1, 1, 1])
+
+
+def _images(seed, batch=8, size=16):
+    return jnp.asarray(
+        np.random.default_rng(seed).uniform(size=(batch, size, size, 3)), jnp.float32
+    )
+
+
+@pytest.mark.parametrize("block", [0, 8])
+@pytest.mark.parametrize("operation", sorted(OPERATIONS))
+def test_each_augmentation_is_deterministic_given_its_key(operation, block):
+    x = _images(3)
+    on, _ = OPERATIONS[operation]
+
+    def run(seed):
+        return frequency.frequency_augment(
+            jax.random.key(seed), x, labels=LABELS, block=block, prob=1.0, **on
+        )
+
+    a, b, c = run(0), run(0), run(1)
     np.testing.assert_array_equal(a, b)
-    assert np.abs(np.asarray(a) - np.asarray(c)).max() > 1e-3
+    assert np.abs(np.asarray(a) - np.asarray(x)).max() > 1e-3  # it does something
+    assert np.abs(np.asarray(a) - np.asarray(c)).max() > 1e-3  # and the key matters
 
 
-def test_frequency_augment_with_zero_probability_or_strength_is_identity():
-    x = jnp.asarray(np.random.default_rng(4).uniform(size=(4, 16, 16, 3)), jnp.float32)
-    off = frequency.frequency_augment(jax.random.key(0), x, prob=0.0, band_drop_prob=1, jitter=1)
-    np.testing.assert_allclose(off, x, atol=1e-5)
-    weak = frequency.frequency_augment(jax.random.key(0), x, prob=1.0, band_drop_prob=0, jitter=0)
-    np.testing.assert_allclose(weak, x, atol=1e-5)
+@pytest.mark.parametrize("block", [0, 8])
+@pytest.mark.parametrize("operation", sorted(OPERATIONS))
+def test_each_augmentation_at_zero_strength_or_probability_is_identity(operation, block):
+    x = _images(4)
+    on, offs = OPERATIONS[operation]
+    for off in offs:
+        out = frequency.frequency_augment(
+            jax.random.key(0), x, labels=LABELS, block=block, prob=1.0, **{**on, **off}
+        )
+        np.testing.assert_allclose(out, x, atol=1e-5)
+    gated = frequency.frequency_augment(jax.random.key(0), x, labels=LABELS, prob=0.0, **on)
+    np.testing.assert_allclose(gated, x, atol=1e-5)
+
+
+def test_noise_lands_in_the_high_band_only():
+    x = _images(6)
+    out = frequency.frequency_augment(jax.random.key(2), x, prob=1.0, noise_prob=1.0, noise_std=0.2)
+    bands = frequency.band_decompose(out - x)
+    np.testing.assert_allclose(bands[:, :2], 0.0, atol=1e-5)
+    assert float(jnp.abs(bands[:, 2]).max()) > 0.05
+
+
+def test_mixing_takes_only_same_label_partners_and_keeps_the_low_band():
+    x = _images(7, batch=2)
+    alone = frequency.frequency_augment(
+        jax.random.key(0), x, labels=jnp.asarray([0, 1]), prob=1.0, mix_prob=1.0, mix_strength=1
+    )
+    np.testing.assert_allclose(alone, x, atol=1e-5)  # the only partner has the other label
+    for seed in range(4):  # with one same-label partner, whichever is drawn
+        out = frequency.frequency_augment(
+            jax.random.key(seed),
+            x,
+            labels=jnp.asarray([1, 1]),
+            prob=1.0,
+            mix_prob=1.0,
+            mix_strength=1.0,
+        )
+        low_out, low_x = frequency.band_decompose(out)[:, 0], frequency.band_decompose(x)[:, 0]
+        np.testing.assert_allclose(low_out, low_x, atol=1e-5)
+    x_bands, out_bands = frequency.band_decompose(x), frequency.band_decompose(out)
+    swapped = np.allclose(out_bands[0, 1:], x_bands[1, 1:], atol=1e-5)
+    kept = np.allclose(out_bands[0, 1:], x_bands[0, 1:], atol=1e-5)
+    assert swapped or kept
+
+
+def test_augmentation_runs_in_float32_for_bfloat16_inputs():
+    x = _images(8).astype(jnp.bfloat16)
+    out = frequency.frequency_augment(jax.random.key(0), x, prob=1.0, jitter=0.5)
+    assert out.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("size", [8, 16, 32])
+def test_block_dct_with_one_block_is_the_full_dct(size):
+    x = _images(9, batch=2, size=size)
+    np.testing.assert_allclose(frequency.block_dct2(x, size), frequency.dct2(x), atol=1e-5)
+
+
+def test_block_dct_transforms_each_8x8_tile_like_scipy_and_round_trips():
+    x = np.random.default_rng(10).normal(size=(2, 24, 16, 3)).astype(np.float32)
+    y = np.asarray(frequency.block_dct2(x, 8))
+    for i in range(0, 24, 8):
+        for j in range(0, 16, 8):
+            tile = x[:, i : i + 8, j : j + 8].astype(np.float64)
+            expected = scipy.fft.dctn(tile, axes=(1, 2), norm="ortho")
+            np.testing.assert_allclose(y[:, i : i + 8, j : j + 8], expected, atol=1e-5)
+    np.testing.assert_allclose(frequency.block_idct2(y, 8), x, atol=1e-5)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        frequency.block_dct2(x[:, :20], 8)
+
+
+def test_fad_layer_with_zero_filters_is_f3net_fixed_decomposition_and_learns():
+    from flax import nnx
+
+    x = _images(11, batch=2)
+    layer = frequency.FrequencyAwareDecomposition(16, rngs=nnx.Rngs(0))
+    assert float(jnp.abs(layer.filters[...]).max()) > 0  # N(0, 0.1) initialisation
+    layer.filters[...] = jnp.zeros((4, 16, 16))
+    np.testing.assert_allclose(layer(x), frequency.fad_features(x), atol=1e-5)
+    grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(layer)
+    assert float(jnp.abs(grads.filters[...]).max()) > 0
+    half = frequency.FrequencyAwareDecomposition(16, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    half.filters[...] = jnp.zeros((4, 16, 16))
+    out = half(x)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out, np.float32), frequency.fad_features(x), atol=2e-2)
 
 
 def test_band_drop_removes_high_frequencies_inside_jit():

@@ -114,7 +114,9 @@ class Peers(nnx.Module):
 class FeatureProjectors(nnx.Module):
     """One linear projection per teacher: student features -> that teacher's feature space."""
 
-    def __init__(self, in_dim: int, out_dims: tuple[int, ...], *, dtype: Any, rngs: nnx.Rngs):
+    def __init__(
+        self, in_dim: int, out_dims: tuple[int, ...], *, dtype: Any = jnp.float32, rngs: nnx.Rngs
+    ):
         self.layers = nnx.List([nnx.Linear(in_dim, d, dtype=dtype, rngs=rngs) for d in out_dims])
 
     def __call__(self, features: jax.Array) -> tuple[jax.Array, ...]:
