@@ -1,0 +1,164 @@
+"""What the method's parts cost inside the train step, each against the same step without it.
+
+Compiles the demo's student step four ways and times them interleaved (median of --repeats):
+    base        student forward/backward + optimizer (no augmentation, no teacher)
+    +aug        + frequency-texture augmentation (every operation on, full-image spectrum)
+    +aug8       + the same augmentation on 8x8 block spectra
+    +teacher    + the frozen teacher's forward pass (no augmentation)
+    +mutual     the aug+teacher step with a second (frequency) peer trained alongside
+Reports each part's share of its step time, and for the teacher its share of the step's FLOPs
+(XLA's cost analysis), since a forward pass should cost about what its FLOPs do.
+
+    python bench/method_bench.py [--config=configs/demo.py] [--repeats=15]
+
+Targets (issue 5): augmentation <= 5% of the step; teacher time share <= its FLOP share + 10
+points. Models, batch and image size are the config's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import numpy as np
+
+from mkln_jax import sharding, train
+from mkln_jax import step as step_lib
+
+ALL_OPS = {
+    "freq_prob": 1.0,
+    "jitter_prob": 1.0,
+    "jitter": 0.5,
+    "band_drop_prob": 0.25,
+    "drop_strength": 1.0,
+    "noise_prob": 0.5,
+    "noise_std": 0.02,
+    "mix_prob": 0.5,
+    "mix_strength": 0.5,
+}
+
+
+def load_config(path: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def build(config, *, augment: bool, block: int, teacher: bool, mutual: bool):
+    """(compiled step, state, teacher vars, batch, hparams, flops) for one variant."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.mutual.enabled = mutual
+        config.student.frequency_augment = augment
+        config.freq_aug.block = block
+    mesh = train.make_mesh(config)
+    tx = train.make_optimizer(config, "student")
+    model = train.build_model(config, "student", with_weights=False)
+    graphdef, _, _ = step_lib.split_model(model)
+    state = step_lib.init_state(model, tx, config.seed)
+    teachers, frozen = (), None
+    if teacher:
+        t_model = train.build_model(config, "teacher", with_weights=False)
+        t_graph, t_params, t_stats = step_lib.split_model(t_model)
+        teachers = (train.model_fn(config, "teacher", t_graph),)
+        frozen = (step_lib.Frozen(t_params, t_stats),)
+    fn = step_lib.make_train_step(
+        train.model_fn(config, "student", graphdef),
+        tx,
+        teachers=teachers,
+        method=train.method(config, "student"),
+    )
+    size, batch_size = config.data.image_size, config.student.batch_size
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
+        "label": np.tile(np.int32([0, 1]), batch_size // 2),
+    }
+    hparams = train.hparams(config, "student")
+    hparams.update({k: np.float32(v) for k, v in ALL_OPS.items()})
+    if teacher:
+        hparams["teacher_weights"] = np.ones((1,), np.float32)
+    else:
+        hparams.pop("teacher_weights", None)
+    batch = sharding.host_to_global(batch, mesh)
+    compiled = jax.jit(fn).lower(state, frozen, batch, hparams).compile()
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list):
+        analysis = analysis[0]
+    flops = float((analysis or {}).get("flops", float("nan")))
+    return compiled, state, frozen, batch, hparams, flops
+
+
+def teacher_forward_flops(config) -> float:
+    model = train.build_model(config, "teacher", with_weights=False)
+    graphdef, params, stats = step_lib.split_model(model)
+    fn = train.model_fn(config, "teacher", graphdef)
+    size, batch_size = config.data.image_size, config.student.batch_size
+    images = jax.ShapeDtypeStruct((batch_size, size, size, 3), np.float32)
+    lowered = jax.jit(lambda p, s, x: fn.apply(p, s, x, False)[0]).lower(params, stats, images)
+    analysis = lowered.compile().cost_analysis()
+    if isinstance(analysis, list):
+        analysis = analysis[0]
+    return float(analysis["flops"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default="configs/demo.py")
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    config = load_config(args.config)
+    variants = {
+        "base": dict(augment=False, block=0, teacher=False, mutual=False),
+        "+aug": dict(augment=True, block=0, teacher=False, mutual=False),
+        "+aug8": dict(augment=True, block=8, teacher=False, mutual=False),
+        "+teacher": dict(augment=False, block=0, teacher=True, mutual=False),
+        "+aug+teacher": dict(augment=True, block=0, teacher=True, mutual=False),
+        "+aug+teacher+mutual": dict(augment=True, block=0, teacher=True, mutual=True),
+    }
+    built = {}
+    for name, kwargs in variants.items():
+        t0 = time.perf_counter()
+        built[name] = build(config, **kwargs)
+        print(f"compiled {name} in {time.perf_counter() - t0:.1f}s", flush=True)
+    times = {name: [] for name in built}
+    for compiled, state, frozen, batch, hp, _ in built.values():  # warm up
+        jax.block_until_ready(compiled(state, frozen, batch, hp))
+    for _ in range(args.repeats):
+        for name, (compiled, state, frozen, batch, hp, _) in built.items():
+            start = time.perf_counter()
+            jax.block_until_ready(compiled(state, frozen, batch, hp))
+            times[name].append(time.perf_counter() - start)
+    median = {name: float(np.median(t)) for name, t in times.items()}
+    batch_size = config.student.batch_size
+    print(
+        f"\ndevice: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}, "
+        f"student {config.student.model}, teacher {config.teacher.model}, batch {batch_size}, "
+        f"{config.data.image_size}px, float32, median of {args.repeats} interleaved steps\n"
+    )
+    print("| step | ms | images/s | GFLOP | time vs base |")
+    print("|---|---|---|---|---|")
+    for name in built:
+        flops = built[name][-1]
+        print(
+            f"| {name} | {median[name] * 1e3:.1f} | {batch_size / median[name]:.0f} | "
+            f"{flops / 1e9:.2f} | {median[name] / median['base']:.3f} |"
+        )
+    aug = (median["+aug"] - median["base"]) / median["+aug"]
+    aug8 = (median["+aug8"] - median["base"]) / median["+aug8"]
+    teacher_time = (median["+teacher"] - median["base"]) / median["+teacher"]
+    teacher_flops = teacher_forward_flops(config) / built["+teacher"][-1]
+    print(
+        f"\naugmentation (full image): {aug:.1%} of the step (target <= 5%)"
+        f"\naugmentation (8x8 blocks): {aug8:.1%} of the step"
+        f"\nteacher forward: {teacher_time:.1%} of the step time, {teacher_flops:.1%} of its "
+        f"FLOPs; excess {teacher_time - teacher_flops:+.1%} (target <= +10 points)"
+    )
+
+
+if __name__ == "__main__":
+    main()
