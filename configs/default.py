@@ -13,11 +13,24 @@ def get_config() -> ml_collections.ConfigDict:
     config.cache_dir = ""  # downloads and demo sources; "" = $MKLN_CACHE or ~/.cache/mkln_jax
     config.stages = ("teacher", "student")  # `mkln train` runs these in order
 
-    # Data: the built-in demo (TFDS `mkln_demo`, ArrayRecord), read back with grain.
+    # Data: TFDS datasets (ArrayRecord), read back with grain. `name`: "mkln_demo" (built in),
+    # or a real dataset prepared from its download: "ffpp", "celebdf", "folder" (a user's own
+    # real/ + fake/<method>/ tree) or "deepfakebench" (its preprocessed frames + JSON).
     config.data = ml_collections.ConfigDict()
     config.data.name = "mkln_demo"
     config.data.data_dir = ""  # TFDS data dir; "" = <cache_dir>/tfds
     config.data.image_size = 96  # face crop side in pixels (what the models see)
+    config.data.root = ""  # real datasets: the download's root folder
+    config.data.compression = "c23"  # ffpp: raw (= c0), c23 or c40
+    config.data.splits_dir = ""  # ffpp: folder of the official train/val/test.json ("" = root)
+    config.data.version = "v2"  # celebdf: v1 or v2
+    config.data.index_json = ""  # deepfakebench: one of its dataset JSON files
+    config.data.num_frames = 32  # real datasets: frames sampled evenly per video
+    config.data.detector = "haar"  # face detector: haar (built in) or dlib (extra `faces`)
+    config.data.shape_predictor = ""  # dlib 68-point model file: enables 5-point alignment
+    config.data.workers = 0  # preprocessing processes; 0 = one per core
+    config.data.beam = False  # prepare with Apache Beam (TFDS's Beam support) instead
+    config.data.beam_options = ""  # e.g. "--runner=DataflowRunner --project=..."; "" = Direct
     config.data.clip_frames = 24  # consecutive video frames per clip (the unit of the splits)
     config.data.frames_per_clip = 12  # frames sampled evenly from each clip
     config.data.margin = 1.3  # crop side / detected face side
@@ -26,6 +39,14 @@ def get_config() -> ml_collections.ConfigDict:
     # others are seen only at evaluation (generalisation to an unseen method)
     config.data.balance = True  # oversample reals to match the number of training fakes
     config.data.hflip = True  # random horizontal flip on the host
+    # Host augmentations of training crops (uint8, on the grain workers), each a probability.
+    config.data.resize_prob = 0.0  # down-scale by up to 2x and back
+    config.data.jpeg_prob = 0.0  # re-encode as JPEG, quality 30..95
+    config.data.blur_prob = 0.0  # Gaussian blur, sigma 0.3..1.5
+    config.data.colour_prob = 0.0  # brightness / contrast / saturation jitter
+    # Self-Blended Images on the fly: train on reals only, fakes synthesised from them
+    # (Shiohara & Yamasaki, CVPR 2022); data.train_methods are then ignored for training.
+    config.data.sbi = False
     config.data.read_threads = 4  # grain reader threads
 
     # Stage 1: fine-tune the teacher from ImageNet weights (cross-entropy only).

@@ -1,6 +1,7 @@
 """`mkln` command line: prepare | train | evaluate | export | predict | demo.
 
-mkln prepare  --config=configs/demo.py
+mkln prepare  [demo|ffpp|celebdf|folder|deepfakebench] --config=configs/demo.py
+              [--config.data.root=DIR]   (real datasets: the download's folder)
 mkln train    --config=configs/demo.py --workdir=runs/demo [--config.distill.temperature=4]
 mkln evaluate --config=configs/demo.py --workdir=runs/demo [--split=test]
 mkln export   --config=configs/demo.py --workdir=runs/demo [--artifact=runs/demo/export]
@@ -190,10 +191,21 @@ def main(argv: list[str]) -> int:
         return cmd_convert_weights(rest)
     if command == "models":
         return cmd_models()
+    config = _CONFIG.value
+    if command == "prepare" and len(rest) == 1 and config is not None:
+        from mkln_jax.input_pipeline import loader
+
+        name = "mkln_demo" if rest[0] == "demo" else rest[0]
+        if name not in ("mkln_demo", *loader.REAL_DATASETS):
+            print(
+                f"error: unknown dataset {rest[0]!r}; give demo, {', '.join(loader.REAL_DATASETS)}",
+                file=sys.stderr,
+            )
+            return 2
+        config.data.name, rest = name, []
     if rest:
         print(f"error: unexpected arguments {rest}", file=sys.stderr)
         return 2
-    config = _CONFIG.value
     if config is None:
         print("error: --config is required (e.g. --config=configs/demo.py)", file=sys.stderr)
         return 2

@@ -30,9 +30,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             f"stages must be a non-empty subset of (teacher, student), got {tuple(config.stages)}"
         )
     methods = tuple(config.data.methods)
-    for method in methods:
-        if method not in forgeries.METHODS:
-            errors.append(f"data.methods: unknown method {method!r}; known: {forgeries.METHODS}")
+    _check_data(config.data, errors)
     for method in config.data.train_methods:
         if method not in methods:
             errors.append(f"data.train_methods: {method!r} is not in data.methods {methods}")
@@ -108,6 +106,40 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _positive_int(config.train.log_every, "train.log_every", errors)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _check_data(data: ml_collections.ConfigDict, errors: list[str]) -> None:
+    """The dataset's name, methods and preprocessing settings."""
+    from mkln_jax.input_pipeline import catalog, faces, loader
+
+    known = {
+        "mkln_demo": forgeries.METHODS,
+        "ffpp": (*catalog.FFPP_METHODS, catalog.DFD),
+        "celebdf": (catalog.CELEBDF_METHOD,),
+    }
+    if data.name not in ("mkln_demo", *loader.REAL_DATASETS):
+        errors.append(
+            f"data.name must be mkln_demo or one of {loader.REAL_DATASETS}, got {data.name!r}"
+        )
+        return
+    for method in data.methods:
+        if data.name in known and method not in known[data.name]:
+            errors.append(
+                f"data.methods: unknown {data.name} method {method!r}; known: {known[data.name]}"
+            )
+    if data.name == "mkln_demo":
+        return
+    _positive_int(data.num_frames, "data.num_frames", errors)
+    if data.detector not in faces.DETECTORS:
+        errors.append(f"data.detector must be one of {sorted(faces.DETECTORS)}")
+    if data.name == "ffpp" and data.compression not in ("raw", "c0", "c23", "c40"):
+        errors.append(f"data.compression must be raw, c0, c23 or c40, got {data.compression!r}")
+    if data.name == "celebdf" and data.version not in ("v1", "v2"):
+        errors.append(f"data.version must be v1 or v2, got {data.version!r}")
+    if data.name == "deepfakebench" and not data.index_json:
+        errors.append("data.index_json: give one of DeepfakeBench's dataset JSON files")
+    if data.shape_predictor and not pathlib.Path(data.shape_predictor).exists():
+        errors.append(f"data.shape_predictor {data.shape_predictor!r} not found")
 
 
 def _check_method(config: ml_collections.ConfigDict, errors: list[str]) -> None:

@@ -313,9 +313,12 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str,
     data_dir = config_lib.data_dir(config)
     train_source = loader.open_split(config.data, data_dir, "train")
     val_source = loader.open_split(config.data, data_dir, "val")
-    train_index = loader.training_indices(
-        loader.read_index(train_source), config.data.train_methods, config.data.balance
-    )
+    if config.data.sbi:  # reals only; their self-blended twins are made on the fly
+        train_index = np.flatnonzero(loader.read_index(train_source).methods == "real")
+    else:
+        train_index = loader.training_indices(
+            loader.read_index(train_source), config.data.train_methods, config.data.balance
+        )
     val_index = loader.read_index(val_source)
     val_keep = np.flatnonzero(np.isin(val_index.methods, ["real", *config.data.train_methods]))
 
@@ -367,7 +370,7 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str,
         train_index,
         global_batch_size=section.batch_size,
         seed=config.seed + (0 if stage == "teacher" else 7),
-        hflip=config.data.hflip,
+        augment=loader.HostAugment.from_config(config.data),
     )
     data_iter = loader.iterate_from(batches, start, config.data.read_threads)
     first = sharding.host_to_global(next(data_iter), mesh)

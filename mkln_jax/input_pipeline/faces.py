@@ -38,6 +38,12 @@ def _haar() -> cv2.CascadeClassifier:
 
 def detect_largest_face(image: np.ndarray, max_side: int = 480) -> Box | None:
     """Largest frontal face in an RGB uint8 image, in its pixel coordinates, or None."""
+    found = haar_faces(image, max_side)
+    return max(found, key=lambda b: b.area) if found else None
+
+
+def haar_faces(image: np.ndarray, max_side: int = 480) -> list[Box]:
+    """Every frontal face OpenCV's Haar cascade finds, in the image's pixel coordinates."""
     height, width = image.shape[:2]
     scale = min(1.0, max_side / max(height, width))
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
@@ -46,10 +52,7 @@ def detect_largest_face(image: np.ndarray, max_side: int = 480) -> Box | None:
     grey = cv2.equalizeHist(grey)
     min_side = max(24, round(min(grey.shape) * 0.12))
     found = _haar().detectMultiScale(grey, scaleFactor=1.1, minNeighbors=6, minSize=(min_side,) * 2)
-    if len(found) == 0:
-        return None
-    boxes = [Box(x / scale, y / scale, w / scale, h / scale) for x, y, w, h in found]
-    return max(boxes, key=lambda b: b.area)
+    return [Box(x / scale, y / scale, w / scale, h / scale) for x, y, w, h in found]
 
 
 def crop_region(box: Box, margin: float) -> tuple[int, int, int]:
@@ -71,3 +74,148 @@ def square_crop(image: np.ndarray, box: Box, margin: float, size: int) -> np.nda
     crop = image[y0:y1, x0:x1]
     interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
     return cv2.resize(crop, (size, size), interpolation=interp)
+
+
+# ------------------------------------------------------------------ detectors behind one interface
+
+
+@dataclasses.dataclass(frozen=True)
+class Face:
+    box: Box
+    landmarks: np.ndarray | None = None  # float32[5, 2] (eyes, nose, mouth corners) or None
+
+
+class Detector:
+    """detect(rgb uint8[H, W, 3]) -> every face found; `name` is recorded with the data."""
+
+    name = "base"
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        raise NotImplementedError
+
+
+class HaarDetector(Detector):
+    """OpenCV's frontal-face Haar cascade (ships in opencv-python-headless); no landmarks."""
+
+    name = "haar"
+
+    def __init__(self, max_side: int = 480):
+        self.max_side = max_side
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        return [Face(box) for box in haar_faces(image, self.max_side)]
+
+
+# dlib's 68-point layout -> the 5 alignment points: eye centres, nose tip, mouth corners.
+_DLIB68_TO_5 = ((36, 42), (42, 48), (30, 31), (48, 49), (54, 55))
+
+
+class DlibDetector(Detector):
+    """dlib's HOG frontal-face detector (the `dlib-bin` extra), the detector DeepfakeBench uses;
+    with a 68-point shape predictor file, also the 5 alignment landmarks."""
+
+    name = "dlib"
+
+    def __init__(self, shape_predictor: str = "", upsample: int = 0, max_side: int = 0):
+        try:
+            import dlib
+        except ImportError as err:
+            raise ImportError(
+                "the dlib detector needs dlib: `pip install dlib-bin` (or the `faces` extra)"
+            ) from err
+        self._detector = dlib.get_frontal_face_detector()
+        self._predictor = dlib.shape_predictor(shape_predictor) if shape_predictor else None
+        self._dlib = dlib
+        self.upsample = upsample
+        self.max_side = max_side
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        scale = 1.0
+        if self.max_side and max(image.shape[:2]) > self.max_side:
+            scale = self.max_side / max(image.shape[:2])
+            image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        faces = []
+        for rect in self._detector(image, self.upsample):
+            box = Box(
+                rect.left() / scale, rect.top() / scale, rect.width() / scale, rect.height() / scale
+            )
+            landmarks = None
+            if self._predictor is not None:
+                shape = self._predictor(image, rect)
+                points = np.array([[p.x, p.y] for p in shape.parts()], np.float32) / scale
+                landmarks = np.stack([points[a:b].mean(0) for a, b in _DLIB68_TO_5])
+            faces.append(Face(box, landmarks))
+        return faces
+
+
+DETECTORS = {"haar": HaarDetector, "dlib": DlibDetector}
+
+
+def make_detector(name: str, **kwargs) -> Detector:
+    if name not in DETECTORS:
+        raise ValueError(f"unknown face detector {name!r}; known: {sorted(DETECTORS)}")
+    return DETECTORS[name](**kwargs)
+
+
+def iou(a: Box, b: Box) -> float:
+    x0, y0 = max(a.x, b.x), max(a.y, b.y)
+    x1, y1 = min(a.x + a.w, b.x + b.w), min(a.y + a.h, b.y + b.h)
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    union = a.area + b.area - inter
+    return inter / union if union > 0 else 0.0
+
+
+def track(detections: list[list[Face]], min_iou: float = 0.2) -> list[Face | None]:
+    """One face per frame: the largest face of the first frame that has one, then in each frame
+    the face overlapping the previous choice most (IoU >= min_iou), else that frame's largest.
+    So a second, larger face walking in does not steal the track; frames with none get None."""
+    chosen: list[Face | None] = []
+    previous: Face | None = None
+    for faces in detections:
+        if not faces:
+            chosen.append(None)
+            continue
+        pick = max(faces, key=lambda f: f.box.area)
+        if previous is not None:
+            best = max(faces, key=lambda f: iou(f.box, previous.box))
+            if iou(best.box, previous.box) >= min_iou:
+                pick = best
+        chosen.append(pick)
+        previous = pick
+    return chosen
+
+
+# InsightFace's 5-point template for a 112 x 112 face crop (eyes, nose tip, mouth corners).
+ARCFACE_TEMPLATE = (
+    np.array(
+        [
+            [38.2946, 51.6963],
+            [73.5318, 51.5014],
+            [56.0252, 71.7366],
+            [41.5493, 92.3655],
+            [70.7299, 92.2041],
+        ],
+        np.float32,
+    )
+    / 112.0
+)
+
+
+def align_crop(
+    image: np.ndarray, landmarks: np.ndarray, margin: float, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """5-point similarity alignment: the landmarks are mapped (rotation, uniform scale,
+    translation; least squares) onto the template shrunk by `margin` around the crop centre
+    (margin 1 = the template's own framing). Returns (crop uint8[size, size, 3], the landmarks
+    in crop coordinates float32[5, 2])."""
+    target = (0.5 + (ARCFACE_TEMPLATE - 0.5) / margin) * size
+    matrix, _ = cv2.estimateAffinePartial2D(
+        landmarks.astype(np.float32), target.astype(np.float32), method=cv2.LMEDS
+    )
+    if matrix is None:
+        raise ValueError("degenerate landmarks")
+    crop = cv2.warpAffine(
+        image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    moved = landmarks @ matrix[:, :2].T + matrix[:, 2]
+    return crop, moved.astype(np.float32)

@@ -31,21 +31,67 @@ def demo_settings(data_config) -> demo.DemoSettings:
     )
 
 
+REAL_DATASETS = ("ffpp", "celebdf", "folder", "deepfakebench")
+
+
+def forgery_source(data_config):
+    """The `forgery.Source` of a real dataset config."""
+    from mkln_jax.input_pipeline.datasets import forgery
+
+    return forgery.Source(
+        kind=data_config.name,
+        root=data_config.root,
+        compression=data_config.compression,
+        methods=tuple(data_config.methods),
+        splits_dir=data_config.splits_dir,
+        version=data_config.version,
+        index_json=data_config.index_json,
+    )
+
+
+def preprocess_settings(data_config):
+    from mkln_jax.input_pipeline import preprocess
+
+    return preprocess.Settings(
+        num_frames=data_config.num_frames,
+        crop_size=data_config.image_size,
+        margin=data_config.margin,
+        detector=data_config.detector,
+        shape_predictor=data_config.shape_predictor,
+    )
+
+
 def dataset_name(data_config) -> str:
-    if data_config.name != "mkln_demo":
-        raise ValueError(f"unknown dataset {data_config.name!r}; this build knows 'mkln_demo'")
-    return f"mkln_demo/{mkln_demo.config_name(demo_settings(data_config))}"
+    """<builder name>/<config name>: the folder under the TFDS data dir."""
+    if data_config.name == "mkln_demo":
+        return f"mkln_demo/{mkln_demo.config_name(demo_settings(data_config))}"
+    if data_config.name in REAL_DATASETS:
+        from mkln_jax.input_pipeline.datasets import forgery
+
+        source = forgery_source(data_config)
+        builder = forgery.BUILDER_NAMES[data_config.name]
+        return f"{builder}/{source.config_name(preprocess_settings(data_config))}"
+    raise ValueError(
+        f"unknown dataset {data_config.name!r}; known: mkln_demo, {', '.join(REAL_DATASETS)}"
+    )
 
 
 def open_split(data_config, data_dir: pathlib.Path, split: str):
     """The split as a random-access TFDS data source; a clear error if it was never prepared."""
     name = dataset_name(data_config)
     try:
-        return tfds.data_source(name, data_dir=str(data_dir), split=split, download=False)
+        if data_config.name == "mkln_demo":
+            return tfds.data_source(name, data_dir=str(data_dir), split=split, download=False)
+        versions = sorted(pathlib.Path(data_dir, name).glob("*.*.*/dataset_info.json"))
+        if not versions:
+            raise FileNotFoundError(name)
+        builder = tfds.builder_from_directory(str(versions[-1].parent))
+        return builder.as_data_source(split=split)
     except Exception as err:  # tfds raises several types for a missing dataset
+        which = "" if data_config.name == "mkln_demo" else f"{data_config.name} "
         raise FileNotFoundError(
             f"dataset {name} not found under {data_dir} ({type(err).__name__}). Fix: run "
-            "`mkln prepare --config=<the same config>` first."
+            f"`mkln prepare {which}--config=<the same config>` first."
         ) from err
 
 
@@ -98,12 +144,82 @@ class Subset:
         return self._source[int(self._indices[i])]
 
 
-def _train_transform(hflip: bool):
+@dataclasses.dataclass(frozen=True)
+class HostAugment:
+    """Training-time augmentations of uint8 crops on the host; each field a probability."""
+
+    hflip: bool = True
+    resize_prob: float = 0.0
+    jpeg_prob: float = 0.0
+    blur_prob: float = 0.0
+    colour_prob: float = 0.0
+    sbi: bool = False  # odd elements become Self-Blended Images of their real
+
+    @classmethod
+    def from_config(cls, data_config) -> HostAugment:
+        return cls(
+            hflip=data_config.hflip,
+            resize_prob=data_config.resize_prob,
+            jpeg_prob=data_config.jpeg_prob,
+            blur_prob=data_config.blur_prob,
+            colour_prob=data_config.colour_prob,
+            sbi=data_config.sbi,
+        )
+
+
+def augment_image(image: np.ndarray, aug: HostAugment, rng: np.random.Generator) -> np.ndarray:
+    """uint8[S, S, 3] -> uint8[S, S, 3]; deterministic given the generator's state."""
+    import cv2
+
+    size = image.shape[0]
+    if aug.hflip and rng.random() < 0.5:
+        image = image[:, ::-1]
+    if rng.random() < aug.resize_prob:
+        small = max(8, round(size / rng.uniform(1.0, 2.0)))
+        image = cv2.resize(image, (small, small), interpolation=cv2.INTER_AREA)
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+    if rng.random() < aug.jpeg_prob:
+        quality = int(rng.integers(30, 96))
+        data = cv2.imencode(
+            ".jpg", np.ascontiguousarray(image[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality]
+        )[1]
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1]
+    if rng.random() < aug.blur_prob:
+        image = cv2.GaussianBlur(np.ascontiguousarray(image), (0, 0), rng.uniform(0.3, 1.5))
+    if rng.random() < aug.colour_prob:
+        x = image.astype(np.float32)
+        grey = x.mean(axis=-1, keepdims=True)
+        x = grey + (x - grey) * rng.uniform(0.7, 1.3)  # saturation
+        x = (x - x.mean()) * rng.uniform(0.8, 1.2) + x.mean() + rng.uniform(-20, 20)
+        image = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(image)
+
+
+class SbiSource:
+    """Each real twice: element 2k is real k as it is, 2k + 1 is marked for self-blending."""
+
+    def __init__(self, source):
+        self._source = source
+
+    def __len__(self) -> int:
+        return 2 * len(self._source)
+
+    def __getitem__(self, i):
+        record = dict(self._source[i // 2])
+        record["sbi"] = i % 2
+        return record
+
+
+def _train_transform(aug: HostAugment):
     def transform(record, rng: np.random.Generator):
         image = np.asarray(record["image"], np.uint8)
-        if hflip and rng.random() < 0.5:
-            image = image[:, ::-1]
-        return {"image": np.ascontiguousarray(image), "label": np.int32(record["label"])}
+        label = np.int32(record["label"])
+        if aug.sbi and record.get("sbi"):
+            from mkln_jax.input_pipeline import forgeries
+
+            image, label = forgeries.self_blend(image, rng), np.int32(1)
+        image = augment_image(image, aug, rng)
+        return {"image": image, "label": label}
 
     return transform
 
@@ -114,15 +230,24 @@ def train_batches(
     *,
     global_batch_size: int,
     seed: int,
-    hflip: bool,
+    hflip: bool = True,
+    augment: HostAugment | None = None,
 ) -> grain.MapDataset:
-    """Infinite, random-access dataset of this process's share of each global batch."""
+    """Infinite, random-access dataset of this process's share of each global batch.
+
+    Batch s depends only on (seed, s), so the step in a checkpoint is the iterator's whole
+    state: resuming at step s reads exactly the batches an uninterrupted run would have.
+    With augment.sbi, `indices` should be reals only; every real then appears once as itself
+    and once self-blended (a balanced real / fake stream)."""
+    augment = augment or HostAugment(hflip=hflip)
     processes = jax.process_count()
     if global_batch_size % processes:
         raise ValueError(f"batch size {global_batch_size} not divisible by {processes} processes")
     per_process = global_batch_size // processes
-    ds = grain.MapDataset.source(Subset(source, indices)).shuffle(seed=seed).repeat()
-    ds = ds.random_map(_train_transform(hflip), seed=seed + 1)
+    subset = Subset(source, indices)
+    ds = grain.MapDataset.source(SbiSource(subset) if augment.sbi else subset)
+    ds = ds.shuffle(seed=seed).repeat()
+    ds = ds.random_map(_train_transform(augment), seed=seed + 1)
     # Global batch g holds elements [g*B, (g+1)*B); this process takes its contiguous part.
     ds = ds.batch(global_batch_size, drop_remainder=True)
     start = jax.process_index() * per_process

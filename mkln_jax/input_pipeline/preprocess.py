@@ -1,0 +1,373 @@
+"""Videos -> face crops: sample, detect, track, align or crop, encode. Parallel, resumable, and
+a bad file is skipped and counted, never fatal.
+
+Per video: `settings.num_frames` frames evenly spaced (only those are converted from the
+decoder), faces detected on each (any `faces.Detector`), one face tracked across frames
+(`faces.track`), then a 5-point similarity alignment when landmarks exist (given with the data,
+or from the detector) or a square crop of `margin` x the box otherwise, resized to `crop_size`,
+encoded as PNG. FF++ masks are cropped with the same geometry. Each finished video is written
+atomically to `<work_dir>/<hash>.npz`, so a rerun (or a crash) skips what is done.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from mkln_jax.input_pipeline import faces, video
+from mkln_jax.input_pipeline.catalog import Entry
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    num_frames: int = 32  # evenly spaced frames per video (DeepfakeBench's protocol: 32)
+    crop_size: int = 256
+    margin: float = 1.3
+    detector: str = "haar"  # faces.DETECTORS
+    shape_predictor: str = ""  # dlib 68-point model file, for landmarks with the dlib detector
+    align: bool = True  # 5-point alignment where landmarks exist
+
+    def key(self) -> str:
+        """A short name for these settings (part of the TFDS config name)."""
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+@dataclasses.dataclass
+class VideoResult:
+    video_id: str
+    status: str  # "ok" or "skipped"
+    reason: str = ""  # why skipped: not found / empty / unreadable / no frames / no face
+    frames_sampled: int = 0
+    faces_per_frame: list[int] = dataclasses.field(default_factory=list)
+    frame_indices: list[int] = dataclasses.field(default_factory=list)
+    crops: list[bytes] = dataclasses.field(default_factory=list)  # PNG, RGB
+    landmarks: list[np.ndarray | None] = dataclasses.field(default_factory=list)
+    masks: list[bytes | None] = dataclasses.field(default_factory=list)  # PNG, grey
+
+
+def _png(image: np.ndarray) -> bytes:
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, data = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return data.tobytes()
+
+
+def _read_image(path: str) -> np.ndarray:
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise video.VideoError(f"{path}: not a readable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _mask_frames(entry: Entry, indices: Sequence[int]) -> dict[int, np.ndarray]:
+    if not entry.mask:
+        return {}
+    try:
+        frames = video.decode_all(entry.mask)
+    except video.VideoError:
+        return {}
+    return {i: frames[i] for i in indices if i < len(frames)}
+
+
+def _classify(message: str) -> str:
+    for key, reason in (
+        ("not found", "not found"),
+        ("empty file", "empty file"),
+        ("no decodable frames", "zero frames"),
+        ("no video stream", "unreadable"),
+        ("unreadable", "unreadable"),
+        ("not a readable image", "unreadable"),
+    ):
+        if key in message:
+            return reason
+    return "unreadable"
+
+
+def process_entry(entry: Entry, settings: Settings, detector=None) -> VideoResult:
+    """One video (or frame folder) -> its face crops. Never raises for bad input."""
+    result = VideoResult(entry.video_id, "ok")
+    try:
+        if entry.frames:
+            indices = video.evenly_spaced(len(entry.frames), settings.num_frames)
+            frames = [_read_image(entry.frames[i]) for i in indices]
+        else:
+            clip = video.read_sampled(entry.path, settings.num_frames)
+            frames, indices = clip.frames, clip.indices
+    except video.VideoError as err:
+        result.status, result.reason = "skipped", _classify(str(err))
+        result.faces_per_frame = []
+        return result
+    result.frames_sampled = len(frames)
+    given = [
+        np.load(entry.landmarks[i]).astype(np.float32) if entry.landmarks else None for i in indices
+    ]
+    if entry.dataset.startswith("deepfakebench"):
+        # Already cropped and aligned by DeepfakeBench: resize only, keep its landmarks.
+        for frame, index, marks in zip(frames, indices, given, strict=True):
+            scale = settings.crop_size / frame.shape[0]
+            crop = cv2.resize(frame, (settings.crop_size, settings.crop_size), cv2.INTER_AREA)
+            result.faces_per_frame.append(1)
+            result.frame_indices.append(index)
+            result.crops.append(_png(crop))
+            result.landmarks.append(None if marks is None else _five(marks) * scale)
+            result.masks.append(None)
+        return result
+    detector = detector or faces.make_detector(settings.detector, **_detector_args(settings))
+    detections = [detector.detect(frame) for frame in frames]
+    result.faces_per_frame = [len(d) for d in detections]
+    masks = _mask_frames(entry, indices)
+    for frame, index, face in zip(frames, indices, faces.track(detections), strict=True):
+        if face is None:
+            continue
+        landmarks = face.landmarks
+        crop_marks = None
+        if settings.align and landmarks is not None:
+            crop, crop_marks = faces.align_crop(
+                frame, landmarks, settings.margin, settings.crop_size
+            )
+            mask_crop = None
+            if index in masks:
+                matrix = _alignment_matrix(landmarks, settings)
+                mask_crop = cv2.warpAffine(masks[index], matrix, (settings.crop_size,) * 2)
+        else:
+            crop = faces.square_crop(frame, face.box, settings.margin, settings.crop_size)
+            mask_crop = (
+                faces.square_crop(masks[index], face.box, settings.margin, settings.crop_size)
+                if index in masks
+                else None
+            )
+        result.frame_indices.append(index)
+        result.crops.append(_png(crop))
+        result.landmarks.append(crop_marks)
+        result.masks.append(
+            None if mask_crop is None else _png(cv2.cvtColor(mask_crop, cv2.COLOR_RGB2GRAY))
+        )
+    if not result.crops:
+        result.status, result.reason = "skipped", "no face"
+    return result
+
+
+def _five(points: np.ndarray) -> np.ndarray:
+    """5 alignment points from 5, 68 or 81 (DeepfakeBench's dlib 81) landmarks."""
+    points = np.asarray(points, np.float32).reshape(-1, 2)
+    if len(points) == 5:
+        return points
+    if len(points) >= 68:
+        return np.stack([points[a:b].mean(0) for a, b in faces._DLIB68_TO_5])
+    raise ValueError(f"cannot take 5 alignment points from {len(points)} landmarks")
+
+
+def _alignment_matrix(landmarks: np.ndarray, settings: Settings) -> np.ndarray:
+    target = (0.5 + (faces.ARCFACE_TEMPLATE - 0.5) / settings.margin) * settings.crop_size
+    matrix, _ = cv2.estimateAffinePartial2D(landmarks, target.astype(np.float32), method=cv2.LMEDS)
+    return matrix
+
+
+def _detector_args(settings: Settings) -> dict:
+    return {"shape_predictor": settings.shape_predictor} if settings.detector == "dlib" else {}
+
+
+# ------------------------------------------------------------------------- storage per video
+
+
+def result_path(work_dir: pathlib.Path, video_id: str) -> pathlib.Path:
+    digest = hashlib.sha256(video_id.encode()).hexdigest()[:20]
+    return work_dir / digest[:2] / f"{digest}.npz"
+
+
+def save(result: VideoResult, path: pathlib.Path) -> None:
+    """Atomic: written to a temporary name, then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    crops = [np.frombuffer(c, np.uint8) for c in result.crops]
+    masks = [np.frombuffer(m, np.uint8) if m else np.zeros(0, np.uint8) for m in result.masks]
+    has_marks = np.array([m is not None for m in result.landmarks], bool)
+    marks = (
+        np.stack([m if m is not None else np.zeros((5, 2), np.float32) for m in result.landmarks])
+        if result.landmarks
+        else np.zeros((0, 5, 2), np.float32)
+    )
+    meta = {
+        "video_id": result.video_id,
+        "status": result.status,
+        "reason": result.reason,
+        "frames_sampled": result.frames_sampled,
+        "faces_per_frame": result.faces_per_frame,
+    }
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.savez(
+            f,
+            meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+            frame_indices=np.asarray(result.frame_indices, np.int32),
+            crop_sizes=np.asarray([len(c) for c in crops], np.int64),
+            crops=np.concatenate(crops) if crops else np.zeros(0, np.uint8),
+            mask_sizes=np.asarray([len(m) for m in masks], np.int64),
+            masks=np.concatenate(masks) if masks else np.zeros(0, np.uint8),
+            landmarks=marks.astype(np.float32),
+            has_landmarks=has_marks,
+        )
+    os.replace(tmp, path)
+
+
+def load(path: pathlib.Path) -> VideoResult:
+    with np.load(path) as data:
+        meta = json.loads(bytes(data["meta"]).decode())
+        crops = np.split(data["crops"], np.cumsum(data["crop_sizes"])[:-1])
+        masks = np.split(data["masks"], np.cumsum(data["mask_sizes"])[:-1])
+        count = len(data["frame_indices"])
+        return VideoResult(
+            meta["video_id"],
+            meta["status"],
+            meta["reason"],
+            meta["frames_sampled"],
+            meta["faces_per_frame"],
+            data["frame_indices"].tolist(),
+            [c.tobytes() for c in crops] if count else [],
+            [
+                m if h else None
+                for m, h in zip(data["landmarks"], data["has_landmarks"], strict=True)
+            ],
+            [m.tobytes() if m.size else None for m in masks] if count else [],
+        )
+
+
+# ---------------------------------------------------------------------------- parallel runner
+
+
+@dataclasses.dataclass
+class Report:
+    videos_total: int = 0
+    videos_done: int = 0
+    videos_resumed: int = 0  # finished by an earlier run
+    skipped: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # reason -> files
+    frames_per_video: list[int] = dataclasses.field(default_factory=list)  # crops kept
+    faces_per_frame: dict[int, int] = dataclasses.field(default_factory=dict)  # count -> frames
+    seconds: float = 0.0
+
+    def add(self, entry: Entry, result: VideoResult) -> None:
+        for n in result.faces_per_frame:
+            self.faces_per_frame[min(n, 3)] = self.faces_per_frame.get(min(n, 3), 0) + 1
+        if result.status == "ok":
+            self.videos_done += 1
+            self.frames_per_video.append(len(result.crops))
+        else:
+            self.skipped.setdefault(result.reason, []).append(entry.path)
+
+    def lines(self) -> list[str]:
+        skipped = sum(len(v) for v in self.skipped.values())
+        out = [
+            f"videos: {self.videos_total}, done {self.videos_done} (of which {self.videos_resumed}"
+            f" from an earlier run), skipped {skipped} in {self.seconds:.1f}s"
+        ]
+        for reason, paths in sorted(self.skipped.items()):
+            shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+            out.append(f"  skipped ({reason}): {len(paths)}: {shown}")
+        if self.frames_per_video:
+            f = np.asarray(self.frames_per_video)
+            out.append(f"frames per video: mean {f.mean():.1f}, min {f.min()}, max {f.max()}")
+        if self.faces_per_frame:
+            total = sum(self.faces_per_frame.values())
+            parts = [
+                f"{'3+' if k == 3 else k}: {v} ({v / total:.1%})"
+                for k, v in sorted(self.faces_per_frame.items())
+            ]
+            out.append("faces per sampled frame: " + ", ".join(parts))
+        return out
+
+
+class _Progress:
+    def __init__(self, total: int, stream=sys.stderr):
+        self.total, self.start, self.stream = total, time.time(), stream
+        self.last = 0.0
+
+    def update(self, done: int) -> None:
+        now = time.time()
+        if now - self.last < 1.0 and done < self.total:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        eta_text = f"{int(eta // 60)}m{int(eta % 60):02d}s" if np.isfinite(eta) else "?"
+        print(
+            f"\rpreprocess {done}/{self.total} videos | {rate * 60:.1f} videos/min | "
+            f"ETA {eta_text}",
+            end="\n" if done >= self.total else "",
+            file=self.stream,
+            flush=True,
+        )
+
+
+_WORKER_DETECTOR = None
+
+
+def _worker(args):
+    global _WORKER_DETECTOR
+    entry, settings, path = args
+    if _WORKER_DETECTOR is None:
+        _WORKER_DETECTOR = faces.make_detector(settings.detector, **_detector_args(settings))
+    cv2.setNumThreads(1)
+    result = process_entry(entry, settings, _WORKER_DETECTOR)
+    save(result, path)
+    return result
+
+
+def run(
+    entries: Sequence[Entry],
+    settings: Settings,
+    work_dir: str | pathlib.Path,
+    workers: int = 0,
+    progress: bool = True,
+) -> tuple[dict[str, VideoResult], Report]:
+    """Processes every entry (skipping those finished earlier); returns video_id -> result and
+    the report. workers = 0: one process per core; 1: in this process."""
+    work_dir = pathlib.Path(work_dir)
+    report = Report(videos_total=len(entries))
+    results: dict[str, VideoResult] = {}
+    todo = []
+    for entry in entries:
+        path = result_path(work_dir, entry.video_id)
+        if path.exists():
+            try:
+                results[entry.video_id] = load(path)
+                report.videos_resumed += 1
+                continue
+            except (OSError, ValueError, KeyError):
+                path.unlink()  # a damaged result file: redo the video
+        todo.append((entry, settings, path))
+    start = time.time()
+    bar = _Progress(len(entries)) if progress else None
+    done = len(results)
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(todo) <= 1:
+        for item in todo:
+            results[item[0].video_id] = _worker(item)
+            done += 1
+            if bar:
+                bar.update(done)
+    else:
+        # spawn: the parent may hold jax / threads, which fork does not copy safely.
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            for result in pool.map(_worker, todo, chunksize=1):
+                results[result.video_id] = result
+                done += 1
+                if bar:
+                    bar.update(done)
+    report.seconds = time.time() - start
+    for entry in entries:
+        report.add(entry, results[entry.video_id])
+    return results, report
