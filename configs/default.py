@@ -27,7 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.index_json = ""  # deepfakebench: one of its dataset JSON files
     config.data.num_frames = 32  # real datasets: frames sampled evenly per video
     config.data.detector = "haar"  # face detector: haar (built in) or dlib (extra `faces`)
-    config.data.shape_predictor = ""  # dlib 68-point model file: enables 5-point alignment
+    config.data.shape_predictor = ""  # dlib 68-point model file, or "dlib68" to fetch dlib's
+    # (pinned, 100 MB): gives the dlib detector landmarks, hence 5-point alignment
     config.data.workers = 0  # preprocessing processes; 0 = one per core
     config.data.beam = False  # prepare with Apache Beam (TFDS's Beam support) instead
     config.data.beam_options = ""  # e.g. "--runner=DataflowRunner --project=..."; "" = Direct

