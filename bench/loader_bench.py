@@ -1,0 +1,128 @@
+"""Loader throughput against what the train step consumes, measured in the same run.
+
+Reads the configured dataset's training split through the grain pipeline the trainer uses
+(shuffle, host augmentations, batching, reader threads), with augmentations off and on (flip,
+resize, JPEG, blur, colour, Self-Blended Images), and times the student's train step (teacher,
+frequency augmentation and all) on batches of the same shape. Target (issue 4): loader >= 2x
+the step.
+
+    python bench/loader_bench.py [--config=configs/demo.py] [--batches=60]
+
+Prepares the dataset first if needed (the demo's takes about a minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import numpy as np
+
+from mkln_jax import config_lib, sharding, train
+from mkln_jax import step as step_lib
+from mkln_jax.input_pipeline import loader, prepare
+
+
+def load_config(path: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def loader_rate(config, augment: loader.HostAugment, batches: int) -> float:
+    source = loader.open_split(config.data, config_lib.data_dir(config), "train")
+    index = loader.read_index(source)
+    if augment.sbi:
+        indices = np.flatnonzero(index.methods == "real")
+    else:
+        indices = loader.training_indices(index, config.data.train_methods, True)
+    ds = loader.train_batches(
+        source, indices, global_batch_size=config.student.batch_size, seed=0, augment=augment
+    )
+    it = loader.iterate_from(ds, 0, config.data.read_threads)
+    next(it)  # start-up
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * config.student.batch_size / (time.perf_counter() - start)
+
+
+def step_rate(config, steps: int) -> float:
+    mesh = train.make_mesh(config)
+    tx = train.make_optimizer(config, "student")
+    model = train.build_model(config, "student", with_weights=False)
+    graphdef, _, _ = step_lib.split_model(model)
+    state = step_lib.init_state(model, tx, 0)
+    t_graph, t_params, t_stats = step_lib.split_model(
+        train.build_model(config, "teacher", with_weights=False)
+    )
+    teachers = (train.model_fn(config, "teacher", t_graph),)
+    frozen = (step_lib.Frozen(t_params, t_stats),)
+    fn = jax.jit(
+        step_lib.make_train_step(
+            train.model_fn(config, "student", graphdef),
+            tx,
+            teachers=teachers,
+            method=train.method(config, "student"),
+        )
+    )
+    size, batch = config.data.image_size, config.student.batch_size
+    rng = np.random.default_rng(0)
+    data = sharding.host_to_global(
+        {
+            "image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
+            "label": np.tile(np.int32([0, 1]), batch // 2),
+        },
+        mesh,
+    )
+    hparams = train.hparams(config, "student")
+    state, _ = fn(state, frozen, data, hparams)
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, _ = fn(state, frozen, data, hparams)
+    jax.block_until_ready(state)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default="configs/demo.py")
+    parser.add_argument("--batches", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    config = load_config(args.config)
+    for line in prepare.prepare(config)[:1]:
+        print(line)
+    plain = loader.HostAugment(hflip=True)
+    heavy = loader.HostAugment(
+        hflip=True, resize_prob=0.5, jpeg_prob=0.5, blur_prob=0.5, colour_prob=0.5, sbi=True
+    )
+    rates = {
+        "loader, flip only": loader_rate(config, plain, args.batches),
+        "loader, flip + resize + JPEG + blur + colour (p 0.5) + SBI": loader_rate(
+            config, heavy, args.batches
+        ),
+    }
+    step = step_rate(config, args.steps)
+    print(
+        f"\n{config.data.name} train split, batch {config.student.batch_size}, "
+        f"{config.data.image_size}px, {config.data.read_threads} reader threads, "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s)\n"
+    )
+    print("| what | images/s | loader / step |")
+    print("|---|---|---|")
+    for name, rate in rates.items():
+        print(f"| {name} | {rate:.0f} | {rate / step:.2f}x |")
+    print(
+        f"| train step ({config.student.model} + {config.teacher.model} teacher + "
+        f"frequency augmentation) | {step:.0f} | 1 |"
+    )
+
+
+if __name__ == "__main__":
+    main()
