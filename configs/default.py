@@ -132,6 +132,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.split = "test"
     config.eval.batch_size = 64
     config.eval.threshold = 0.5  # decision threshold for ACC and verdicts
+    config.eval.bootstrap = 1000  # resamples (of videos) for 95% AUC intervals; 0 = off
+    # `mkln evaluate --protocol=robustness`: each at every severity of mkln_jax/perturb.py.
+    config.eval.perturbations = (
+        "gaussian_noise",
+        "gaussian_blur",
+        "jpeg",
+        "downscale",
+        "brightness",
+        "contrast",
+    )
 
     config.predict = ml_collections.ConfigDict()
     config.predict.num_frames = 16  # frames sampled evenly from a video

@@ -4,6 +4,7 @@ mkln prepare  [demo|ffpp|celebdf|folder|deepfakebench] --config=configs/demo.py
               [--config.data.root=DIR]   (real datasets: the download's folder)
 mkln train    --config=configs/demo.py --workdir=runs/demo [--config.distill.temperature=4]
 mkln evaluate --config=configs/demo.py --workdir=runs/demo [--split=test]
+              [--protocol=robustness]   (noise, blur, JPEG, resizing, colour: curves + plot)
 mkln export   --config=configs/demo.py --workdir=runs/demo [--artifact=runs/demo/export]
 mkln predict  PATH [PATH ...] --artifact=runs/demo/export
 mkln demo     --config=configs/demo.py --workdir=runs/demo   (all of the above in order)
@@ -43,6 +44,12 @@ flags.DEFINE_string("artifact", "", "Export folder (default <workdir>/export).")
 flags.DEFINE_string("split", "", "Split for `evaluate` (default config.eval.split).")
 flags.DEFINE_integer("num_frames", 0, "Frames per video for `predict` (default from artifact).")
 flags.DEFINE_string("model", "", "Zoo model name for `convert-weights`.")
+flags.DEFINE_enum(
+    "protocol",
+    "standard",
+    ["standard", "robustness"],
+    "`evaluate`: metrics with bootstrap intervals, or the perturbation suite (curves + plot).",
+)
 flags.DEFINE_string(
     "coordinator",
     "",
@@ -92,7 +99,10 @@ def cmd_train(config) -> None:
 def cmd_evaluate(config) -> None:
     from mkln_jax import evaluate
 
-    _, markdown = evaluate.evaluate_run(config, FLAGS.workdir, FLAGS.split or None)
+    if FLAGS.protocol == "robustness":
+        _, markdown = evaluate.robustness_run(config, FLAGS.workdir, FLAGS.split or None)
+    else:
+        _, markdown = evaluate.evaluate_run(config, FLAGS.workdir, FLAGS.split or None)
     print(markdown)
     print(f"\nwritten to {pathlib.Path(FLAGS.workdir) / 'eval'}")
 

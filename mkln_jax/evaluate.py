@@ -6,6 +6,7 @@ import json
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
@@ -24,10 +25,37 @@ def jit_eval_step(model: step_lib.ModelFn, mesh):
     )
 
 
+def jit_perturbed_eval_step(model: step_lib.ModelFn, mesh, name: str, severity: int):
+    """eval(params, batch_stats, images uint8, key) -> P(fake), the images perturbed on the
+    device first (mkln_jax/perturb.py)."""
+    from mkln_jax import perturb
+
+    repl = sharding.replicated(mesh)
+    plain = step_lib.make_eval_step(model)
+
+    def eval_step(params, batch_stats, images, key):
+        x = perturb.apply(name, severity, key, images.astype(jnp.float32) / 255.0)
+        return plain(params, batch_stats, jnp.round(x * 255.0).astype(jnp.uint8))
+
+    return jax.jit(
+        eval_step,
+        in_shardings=(repl, repl, sharding.batch_sharding(mesh), repl),
+        out_shardings=sharding.batch_sharding(mesh),
+    )
+
+
 def predict_source(
-    eval_step, params, batch_stats, source, mesh, batch_size: int, keep: np.ndarray | None = None
+    eval_step,
+    params,
+    batch_stats,
+    source,
+    mesh,
+    batch_size: int,
+    keep: np.ndarray | None = None,
+    key: jax.Array | None = None,
 ) -> np.ndarray:
-    """P(fake) for every example of `source` (or those at `keep`), in order: float32[N]."""
+    """P(fake) for every example of `source` (or those at `keep`), in order: float32[N]. With
+    `key`, eval_step also takes a key, a different one per batch (fold_in of the batch number)."""
     if keep is not None:
         source = loader.Subset(source, keep)
     # Global batch must split evenly over devices and processes.
@@ -36,10 +64,13 @@ def predict_source(
     per_process = batch_size // jax.process_count()
     first = jax.process_index() * per_process
     scores = []
-    for batch, valid in loader.eval_batches(source, batch_size):
+    for number, (batch, valid) in enumerate(loader.eval_batches(source, batch_size)):
         local = {"image": batch["image"][first : first + per_process]}
         images = sharding.host_to_global(local, mesh)["image"]
-        probs = eval_step(params, batch_stats, images)
+        if key is None:
+            probs = eval_step(params, batch_stats, images)
+        else:
+            probs = eval_step(params, batch_stats, images, jax.random.fold_in(key, number))
         probs = multihost_utils.process_allgather(probs, tiled=True)
         scores.append(np.asarray(probs)[:valid])
     return np.concatenate(scores) if scores else np.zeros((0,), np.float32)
@@ -76,7 +107,13 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
             config.eval.batch_size,
         )
         report = metrics.report(
-            index.labels, probs, index.methods, index.video_ids, config.eval.threshold
+            index.labels,
+            probs,
+            index.methods,
+            index.video_ids,
+            config.eval.threshold,
+            bootstrap=config.eval.bootstrap,
+            seed=config.seed,
         )
         seen = np.isin(index.methods, ["real", *trained])
         report["seen methods"] = metrics.report(
@@ -104,3 +141,92 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
         (out_dir / f"{split}.json").write_text(json.dumps(results, indent=2))
         (out_dir / f"{split}.md").write_text(markdown + "\n")
     return results, markdown
+
+
+def robustness_run(config: ml_collections.ConfigDict, workdir: str, split: str | None = None):
+    """Scores `split` with the best student (or teacher, if that is the only stage) under every
+    perturbation of config.eval.perturbations at every severity; writes
+    <workdir>/eval/robustness_<split>.{json,md,png} and returns (results, markdown)."""
+    from mkln_jax import perturb, train
+
+    config_lib.validate(config)
+    split = split or config.eval.split
+    stage = "student" if "student" in config.stages else config.stages[0]
+    mesh = train.make_mesh(config)
+    source = loader.open_split(config.data, config_lib.data_dir(config), split)
+    index = loader.read_index(source)
+    model, frozen, best_step = train.load_best(config, workdir, stage, mesh)
+    key = jax.random.key(config.seed)
+    curves: dict[str, list[dict]] = {}
+    for name in config.eval.perturbations:
+        rows = []
+        for severity, level in enumerate(perturb.LEVELS[name]):
+            step_fn = jit_perturbed_eval_step(model, mesh, name, severity)
+            probs = predict_source(
+                step_fn, frozen.params, frozen.batch_stats, source, mesh,
+                config.eval.batch_size, key=jax.random.fold_in(key, severity),
+            )  # fmt: skip
+            report = metrics.report(index.labels, probs, index.methods, index.video_ids)
+            rows.append(
+                {
+                    "severity": severity,
+                    "level": level,
+                    "frame_auc": report["all"]["frame"]["auc"],
+                    "video_auc": report["all"]["video"]["auc"],
+                    "frame_auc_by_method": {
+                        m: r["frame"]["auc"] for m, r in report.items() if m != "all"
+                    },
+                }
+            )
+            print(f"[robustness] {name} severity {severity} ({level}): frame AUC "
+                  f"{rows[-1]['frame_auc']:.4f}", flush=True)  # fmt: skip
+        curves[name] = rows
+    results = {"stage": stage, "model": train.describe_model(config, stage),
+               "checkpoint_step": best_step, "split": split, "curves": curves}  # fmt: skip
+    lines = [
+        f"### Robustness: {stage} {results['model']} (step {best_step}), {split} split, frame AUC "
+        "(video AUC) over all methods, by severity (0 = clean)",
+        "",
+        "| perturbation | " + " | ".join(str(s) for s in range(6)) + " |",
+        "|---|" + "---|" * 6,
+    ]
+    for name, rows in curves.items():
+        cells = [f"{r['frame_auc']:.3f} ({r['video_auc']:.3f})<br>{r['level']}" for r in rows]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    markdown = "\n".join(lines)
+    out_dir = pathlib.Path(workdir) / "eval"
+    if jax.process_index() == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"robustness_{split}.json").write_text(json.dumps(results, indent=2))
+        (out_dir / f"robustness_{split}.md").write_text(markdown + "\n")
+        plot_robustness(curves, out_dir / f"robustness_{split}.png", results["model"])
+    return results, markdown
+
+
+def plot_robustness(curves: dict[str, list[dict]], path: pathlib.Path, title: str) -> None:
+    """One panel per perturbation: frame and video AUC against its level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(curves)
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        levels = [r["level"] for r in curves[name]]
+        ax.plot(levels, [r["frame_auc"] for r in curves[name]], "o-", label="frame AUC")
+        ax.plot(levels, [r["video_auc"] for r in curves[name]], "s--", label="video AUC")
+        ax.set_title(name)
+        ax.set_ylim(0.4, 1.01)
+        ax.axhline(0.5, color="grey", lw=0.5)
+        ax.set_xlabel({"jpeg": "quality (0 = none)", "downscale": "factor"}.get(name, "level"))
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"robustness: {title}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

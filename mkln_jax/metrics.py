@@ -89,6 +89,39 @@ def summary(labels, scores, threshold: float = 0.5) -> dict[str, float]:
     }
 
 
+def bootstrap_interval(
+    labels,
+    scores,
+    clusters=None,
+    metric=auc,
+    samples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of `metric`: whole clusters (videos) are resampled with
+    replacement, since frames of one video are not independent; without clusters, single
+    examples. Replicates where the metric is undefined (one class drawn) are dropped."""
+    labels, scores = _check(labels, scores)
+    if clusters is None:
+        clusters = np.arange(labels.size)
+    clusters = np.asarray([str(c) for c in clusters])
+    names, inverse = np.unique(clusters, return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(names.size)]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(samples):
+        drawn = rng.integers(0, names.size, names.size)
+        idx = np.concatenate([members[k] for k in drawn])
+        value = metric(labels[idx], scores[idx])
+        if np.isfinite(value):
+            values.append(value)
+    if not values:
+        return float("nan"), float("nan")
+    tail = (1.0 - level) / 2 * 100
+    lo, hi = np.percentile(values, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
 def video_level(video_ids, labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean frame score per video. Returns (ids, labels, scores); a video's frames must agree on
     the label, since ids are keyed by method and name (two fakes never share an id)."""
@@ -109,11 +142,12 @@ def video_level(video_ids, labels, scores) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def report(
-    labels, scores, methods, video_ids, threshold: float = 0.5
+    labels, scores, methods, video_ids, threshold: float = 0.5, bootstrap: int = 0, seed: int = 0
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Frame- and video-level metrics overall and per forgery method (its fakes + all reals).
 
-    Returns {"all" | method: {"frame": {...}, "video": {...}}}.
+    Returns {"all" | method: {"frame": {...}, "video": {...}}}; with `bootstrap` > 0, each AUC
+    also gets a 95% interval ("auc_ci") from that many resamples of videos.
     """
     labels, scores = _check(labels, scores)
     methods = np.asarray([str(m) for m in methods])
@@ -124,10 +158,14 @@ def report(
     out = {}
     for name, keep in groups.items():
         _, v_labels, v_scores = video_level(video_ids[keep], labels[keep], scores[keep])
-        out[name] = {
-            "frame": summary(labels[keep], scores[keep], threshold),
-            "video": summary(v_labels, v_scores, threshold),
-        }
+        frame = summary(labels[keep], scores[keep], threshold)
+        video = summary(v_labels, v_scores, threshold)
+        if bootstrap:
+            frame["auc_ci"] = bootstrap_interval(
+                labels[keep], scores[keep], video_ids[keep], samples=bootstrap, seed=seed
+            )
+            video["auc_ci"] = bootstrap_interval(v_labels, v_scores, samples=bootstrap, seed=seed)
+        out[name] = {"frame": frame, "video": video}
     return out
 
 
@@ -142,7 +180,19 @@ def markdown_table(results: dict[str, dict[str, dict[str, float]]], notes: dict[
         f, v = result["frame"], result["video"]
         label = f"{name} ({notes[name]})" if name in notes else name
         lines.append(
-            f"| {label} | {f['auc']:.4f} | {f['eer']:.4f} | {f['ap']:.4f} | {f['acc']:.4f} "
-            f"| {v['auc']:.4f} | {v['acc']:.4f} | {f['n']} | {v['n']} |"
+            f"| {label} | {_with_ci(f)} | {f['eer']:.4f} | {f['ap']:.4f} | {f['acc']:.4f} "
+            f"| {_with_ci(v)} | {v['acc']:.4f} | {f['n']} | {v['n']} |"
+        )
+    if any("auc_ci" in r["frame"] for r in results.values()):
+        lines.append(
+            "\nAUC intervals: 95% percentile bootstrap, resampling whole videos "
+            "(frames of one video are not independent)."
         )
     return "\n".join(lines)
+
+
+def _with_ci(m: dict) -> str:
+    if "auc_ci" not in m:
+        return f"{m['auc']:.4f}"
+    lo, hi = m["auc_ci"]
+    return f"{m['auc']:.4f} [{lo:.3f}, {hi:.3f}]"

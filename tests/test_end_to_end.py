@@ -128,6 +128,25 @@ def test_mutual_student_from_another_runs_teachers_trains_evaluates_and_exports(
     assert "two_stream" in meta["architecture"]
 
 
+def test_robustness_report_with_plot_from_one_command(demo_run):
+    workdir, _ = demo_run
+    result = _mkln(
+        "evaluate", "--config=configs/tiny.py", f"--workdir={workdir}", "--protocol=robustness"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((workdir / "eval" / "robustness_test.json").read_text())
+    assert set(report["curves"]) == {
+        "gaussian_noise", "gaussian_blur", "jpeg", "downscale", "brightness", "contrast",
+    }  # fmt: skip
+    clean = {rows[0]["frame_auc"] for rows in report["curves"].values()}
+    assert len(clean) == 1  # severity 0 is the same clean score for every perturbation
+    standard = json.loads((workdir / "eval" / "test.json").read_text())["student"]["metrics"]
+    assert clean.pop() == pytest.approx(standard["all"]["frame"]["auc"], abs=1e-6)
+    assert (workdir / "eval" / "robustness_test.png").stat().st_size > 10_000
+    lo, hi = standard["all"]["frame"]["auc_ci"]
+    assert lo <= standard["all"]["frame"]["auc"] <= hi
+
+
 def test_tampered_or_mismatched_artifacts_are_refused(demo_run, tmp_path):
     from mkln_jax import export
 
