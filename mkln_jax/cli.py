@@ -6,7 +6,7 @@ mkln train    --config=configs/demo.py --workdir=runs/demo [--config.distill.tem
 mkln evaluate --config=configs/demo.py --workdir=runs/demo [--split=test]
               [--protocol=robustness]   (noise, blur, JPEG, resizing, colour: curves + plot)
 mkln export   --config=configs/demo.py --workdir=runs/demo [--artifact=runs/demo/export]
-mkln predict  PATH [PATH ...] --artifact=runs/demo/export
+mkln predict  PATH|FOLDER [...] --artifact=runs/demo/export [--report=scores.csv] [--strip=DIR]
 mkln demo     --config=configs/demo.py --workdir=runs/demo   (all of the above in order)
 """
 
@@ -44,6 +44,10 @@ flags.DEFINE_string("artifact", "", "Export folder (default <workdir>/export).")
 flags.DEFINE_string("split", "", "Split for `evaluate` (default config.eval.split).")
 flags.DEFINE_integer("num_frames", 0, "Frames per video for `predict` (default from artifact).")
 flags.DEFINE_string("model", "", "Zoo model name for `convert-weights`.")
+flags.DEFINE_string("report", "", "`predict`: write per-frame scores to this .csv or .json.")
+flags.DEFINE_string(
+    "strip", "", "`predict`: write an annotated strip of frames (PNG) per input here."
+)
 flags.DEFINE_enum(
     "protocol",
     "standard",
@@ -126,16 +130,29 @@ def cmd_predict(paths: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     num_frames = FLAGS.num_frames or int(artifact.metadata.get("num_frames", 16))
-    scored = 0
-    for path in paths:
+    results = []
+    for path in predict.expand(paths):
         try:
             result = predict.predict(artifact, path, num_frames)
         except predict.PredictError as err:
             print(f"skipped: {err}", file=sys.stderr)
             continue
-        scored += 1
+        except Exception as err:  # anything unexpected in one file must not stop the rest
+            print(f"skipped: {path}: {type(err).__name__}: {err}", file=sys.stderr)
+            continue
+        results.append(result)
         print("\n".join(result.lines()), flush=True)
-    return 0 if scored else 1
+        if FLAGS.strip:
+            import cv2
+
+            out = pathlib.Path(FLAGS.strip)
+            out.mkdir(parents=True, exist_ok=True)
+            name = out / f"{pathlib.Path(path).stem}_strip.png"
+            cv2.imwrite(str(name), cv2.cvtColor(result.strip(), cv2.COLOR_RGB2BGR))
+            print(f"  strip: {name}")
+    if FLAGS.report and results:
+        print(f"per-frame scores: {predict.write_rows(results, FLAGS.report)}")
+    return 0 if results else 1
 
 
 def cmd_convert_weights(paths: list[str]) -> int:

@@ -177,19 +177,55 @@ def test_predict_gives_one_line_reasons_for_unusable_inputs(demo_run, tmp_path):
     import cv2
 
     cv2.imwrite(str(blank), np.full((64, 64, 3), 127, np.uint8))
+    import dataset_trees
+
+    faceless = dataset_trees.write_video(
+        tmp_path / "faceless.mp4", [np.zeros((144, 256, 3), np.uint8)] * 6
+    )
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(faceless.read_bytes()[:300])
     result = _mkln(
         "predict",
         str(text),
         str(empty),
         str(blank),
         str(tmp_path / "missing.mp4"),
+        str(faceless),
+        str(truncated),
         f"--artifact={workdir / 'export'}",
         timeout=120,
     )
     assert result.returncode == 1  # nothing was scored
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("skipped:")]
-    assert len(lines) == 4
+    assert len(lines) == 6
     assert any("empty" in line for line in lines)
-    assert any("no face" in line for line in lines)
+    assert sum("no face" in line for line in lines) == 2  # the blank image, the faceless video
     assert any("not found" in line for line in lines)
+    assert any("truncated.mp4: unreadable" in line or "truncated.mp4: no decodable" in line
+               for line in lines)  # fmt: skip
+
+
+def test_predict_a_folder_writes_scores_and_strips(demo_run, tmp_path, cache_dir):
+    import csv
+
+    import cv2
+    import dataset_trees
+
+    workdir, _ = demo_run
+    frames = dataset_trees.face_frames(cache_dir)
+    folder = tmp_path / "inputs"
+    dataset_trees.write_video(folder / "a.mp4", dataset_trees.clip(frames, "a"))
+    dataset_trees.write_video(folder / "sub" / "b.mp4", dataset_trees.clip(frames, "b"))
+    (folder / "notes.txt").write_text("ignored: not a video or image")
+    result = _mkln(
+        "predict", str(folder), f"--artifact={workdir / 'export'}", "--num_frames=4",
+        f"--report={tmp_path / 'scores.csv'}", f"--strip={tmp_path / 'strips'}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("verdict:") == 2 and "crops/s" in result.stdout
+    rows = list(csv.DictReader(open(tmp_path / "scores.csv")))
+    assert len(rows) == 8 and {pathlib.Path(r["path"]).name for r in rows} == {"a.mp4", "b.mp4"}
+    assert all(0.0 <= float(r["p_fake"]) <= 1.0 for r in rows)
+    strip = cv2.imread(str(tmp_path / "strips" / "a_strip.png"))
+    assert strip is not None and strip.shape[1] > 4 * 100  # four frames side by side

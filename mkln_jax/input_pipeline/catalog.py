@@ -25,8 +25,10 @@ import re
 import zlib
 from collections.abc import Iterable, Sequence
 
+from mkln_jax.input_pipeline import video
+
 SPLITS = ("train", "val", "test")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+VIDEO_SUFFIXES = video.VIDEO_SUFFIXES
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter")
 DFD = "DeepFakeDetection"
@@ -364,8 +366,8 @@ def deepfakebench(json_path: str | pathlib.Path, root: str | pathlib.Path = "") 
                 if split not in SPLITS:
                     continue
                 for compression, videos in _videos_by_compression(level):
-                    for name, video in videos.items():
-                        frames = tuple(str(_resolve(base, f)) for f in video.get("frames", ()))
+                    for name, item in videos.items():
+                        frames = tuple(str(_resolve(base, f)) for f in item.get("frames", ()))
                         landmarks = tuple(_landmark_path(f) for f in frames)
                         if not all(pathlib.Path(p).exists() for p in landmarks):
                             landmarks = ()

@@ -8,6 +8,8 @@ import pathlib
 import av
 import numpy as np
 
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
 
 class VideoError(Exception):
     """A video that cannot be used; the message names the file and the reason."""
