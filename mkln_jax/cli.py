@@ -6,6 +6,9 @@ mkln train    --config=configs/demo.py --workdir=runs/demo [--config.distill.tem
 mkln evaluate --config=configs/demo.py --workdir=runs/demo [--split=test]
               [--protocol=robustness]   (noise, blur, JPEG, resizing, colour: curves + plot)
 mkln export   --config=configs/demo.py --workdir=runs/demo [--artifact=runs/demo/export]
+mkln evaluate ... --eval_data=configs/celebdf.py --eval_data_set=root=/data/Celeb-DF-v2
+              (cross-dataset: the model of --config tested on another config's dataset)
+mkln compare  WORKDIR [WORKDIR ...] [--out=table.md]   (runs side by side)
 mkln predict  PATH|FOLDER [...] --artifact=runs/demo/export [--report=scores.csv] [--strip=DIR]
 mkln demo     --config=configs/demo.py --workdir=runs/demo   (all of the above in order)
 """
@@ -28,6 +31,7 @@ COMMANDS = (
     "demo",
     "convert-weights",
     "models",
+    "compare",
 )
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.py"
@@ -48,6 +52,15 @@ flags.DEFINE_string("report", "", "`predict`: write per-frame scores to this .cs
 flags.DEFINE_string(
     "strip", "", "`predict`: write an annotated strip of frames (PNG) per input here."
 )
+flags.DEFINE_string("out", "", "`convert-weights`: output folder; `compare`: markdown file.")
+flags.DEFINE_string(
+    "eval_data",
+    "",
+    "`evaluate`: a config file whose dataset to test on (cross-dataset), e.g. configs/celebdf.py.",
+)
+flags.DEFINE_multi_string(
+    "eval_data_set", [], "`evaluate`: field=value for --eval_data's data section (e.g. root=...)."
+)
 flags.DEFINE_enum(
     "protocol",
     "standard",
@@ -62,7 +75,6 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("num_processes", 0, "Processes in the run, with --coordinator.")
 flags.DEFINE_integer("process_id", -1, "This process's index, with --coordinator.")
-flags.DEFINE_string("out", "", "Output folder for `convert-weights`.")
 
 
 def _make_configs_importable(argv: list[str]) -> None:
@@ -100,9 +112,49 @@ def cmd_train(config) -> None:
         print(f"[{stage}] best validation: {result}")
 
 
+def cmd_compare(paths: list[str]) -> int:
+    from mkln_jax import evaluate
+
+    if len(paths) < 1:
+        print(
+            "usage: mkln compare WORKDIR [WORKDIR ...] [--split=test] [--out=FILE.md]",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        print(evaluate.compare_runs(paths, FLAGS.split or "test", FLAGS.out))
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _apply_eval_data(config) -> None:
+    """--eval_data=CONFIG: evaluate on that config's dataset (cross-dataset protocol); the
+    model and its training data stay those of --config."""
+    if not FLAGS.eval_data:
+        return
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_data_config", FLAGS.eval_data)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    other = module.get_config()
+    for key in FLAGS.eval_data_set:
+        field, value = key.split("=", 1)
+        other.data[field] = (
+            type(other.data[field])(value) if other.data[field] is not None else value
+        )
+    with config.unlocked():
+        config.eval.trained_on = config.data.to_dict()  # the model's own training data
+        config.data = other.data
+    config.data.image_size = config.eval.trained_on["image_size"]
+
+
 def cmd_evaluate(config) -> None:
     from mkln_jax import evaluate
 
+    _apply_eval_data(config)
     if FLAGS.protocol == "robustness":
         _, markdown = evaluate.robustness_run(config, FLAGS.workdir, FLAGS.split or None)
     else:
@@ -218,6 +270,8 @@ def main(argv: list[str]) -> int:
         return cmd_convert_weights(rest)
     if command == "models":
         return cmd_models()
+    if command == "compare":
+        return cmd_compare(rest)
     config = _CONFIG.value
     if command == "prepare" and len(rest) == 1 and config is not None:
         from mkln_jax.input_pipeline import loader

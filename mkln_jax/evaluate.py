@@ -91,7 +91,9 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
     mesh = train.make_mesh(config)
     source = loader.open_split(config.data, config_lib.data_dir(config), split)
     index = loader.read_index(source)
-    trained = set(config.data.train_methods)
+    trained_on = config.eval.get("trained_on")  # set by --eval_data (cross-dataset)
+    # Cross-dataset: no method of the other dataset was seen in training.
+    trained = set() if trained_on else set(config.data.train_methods)
     notes = {m: "seen in training" for m in trained}
     notes.update({m: "NOT seen in training" for m in config.data.methods if m not in trained})
     notes["all"] = "every method"
@@ -116,18 +118,23 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
             seed=config.seed,
         )
         seen = np.isin(index.methods, ["real", *trained])
-        report["seen methods"] = metrics.report(
-            index.labels[seen],
-            probs[seen],
-            index.methods[seen],
-            index.video_ids[seen],
-            config.eval.threshold,
-        )["all"]
-        notes["seen methods"] = "reals + " + ", ".join(sorted(trained))
+        if trained:
+            report["seen methods"] = metrics.report(
+                index.labels[seen],
+                probs[seen],
+                index.methods[seen],
+                index.video_ids[seen],
+                config.eval.threshold,
+                bootstrap=config.eval.bootstrap,
+                seed=config.seed,
+            )["all"]
+            notes["seen methods"] = "reals + " + ", ".join(sorted(trained))
         results[stage] = {
-            "model": config[stage].model,
+            "model": train.describe_model(config, stage),
             "checkpoint_step": best_step,
             "split": split,
+            "dataset": loader.dataset_name(config.data),
+            "train_methods": sorted(trained),
             "metrics": report,
         }
         sections.append(
@@ -138,8 +145,9 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
     out_dir = pathlib.Path(workdir) / "eval"
     if jax.process_index() == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"{split}.json").write_text(json.dumps(results, indent=2))
-        (out_dir / f"{split}.md").write_text(markdown + "\n")
+        name = f"{config.data.name}_{split}" if trained_on else split
+        (out_dir / f"{name}.json").write_text(json.dumps(results, indent=2))
+        (out_dir / f"{name}.md").write_text(markdown + "\n")
     return results, markdown
 
 
@@ -163,9 +171,14 @@ def robustness_run(config: ml_collections.ConfigDict, workdir: str, split: str |
         for severity, level in enumerate(perturb.LEVELS[name]):
             step_fn = jit_perturbed_eval_step(model, mesh, name, severity)
             probs = predict_source(
-                step_fn, frozen.params, frozen.batch_stats, source, mesh,
-                config.eval.batch_size, key=jax.random.fold_in(key, severity),
-            )  # fmt: skip
+                step_fn,
+                frozen.params,
+                frozen.batch_stats,
+                source,
+                mesh,
+                config.eval.batch_size,
+                key=jax.random.fold_in(key, severity),
+            )
             report = metrics.report(index.labels, probs, index.methods, index.video_ids)
             rows.append(
                 {
@@ -178,11 +191,19 @@ def robustness_run(config: ml_collections.ConfigDict, workdir: str, split: str |
                     },
                 }
             )
-            print(f"[robustness] {name} severity {severity} ({level}): frame AUC "
-                  f"{rows[-1]['frame_auc']:.4f}", flush=True)  # fmt: skip
+            print(
+                f"[robustness] {name} severity {severity} ({level}): frame AUC "
+                f"{rows[-1]['frame_auc']:.4f}",
+                flush=True,
+            )
         curves[name] = rows
-    results = {"stage": stage, "model": train.describe_model(config, stage),
-               "checkpoint_step": best_step, "split": split, "curves": curves}  # fmt: skip
+    results = {
+        "stage": stage,
+        "model": train.describe_model(config, stage),
+        "checkpoint_step": best_step,
+        "split": split,
+        "curves": curves,
+    }
     lines = [
         f"### Robustness: {stage} {results['model']} (step {best_step}), {split} split, frame AUC "
         "(video AUC) over all methods, by severity (0 = clean)",
@@ -230,3 +251,63 @@ def plot_robustness(curves: dict[str, list[dict]], path: pathlib.Path, title: st
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def compare_runs(workdirs: list[str], split: str = "test", out: str = "") -> str:
+    """Side-by-side table of several runs' evaluations (their eval/<split>.json and, where
+    present, robustness curves); written to `out` (markdown) when given."""
+    rows, robust = [], []
+    for workdir in workdirs:
+        path = pathlib.Path(workdir) / "eval" / f"{split}.json"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} not found. Fix: run `mkln evaluate --workdir={workdir}` first."
+            )
+        for stage, result in json.loads(path.read_text()).items():
+            m = result["metrics"]
+            trained = set(result.get("train_methods", []))
+            unseen = [k for k in m if k not in ("all", "seen methods", *trained)]
+            rows.append(
+                [
+                    workdir,
+                    stage,
+                    result.get("model", ""),
+                    _cell(m["all"]["frame"]),
+                    _cell(m.get("seen methods", m["all"])["frame"]),
+                    ", ".join(f"{k} {_cell(m[k]['frame'])}" for k in unseen) or "-",
+                    _cell(m["all"]["video"]),
+                ]
+            )
+        rpath = pathlib.Path(workdir) / "eval" / f"robustness_{split}.json"
+        if rpath.exists():
+            curves = json.loads(rpath.read_text())["curves"]
+            robust.append((workdir, {k: [r["frame_auc"] for r in v] for k, v in curves.items()}))
+    lines = [
+        f"### {split} split, frame AUC [95% interval]",
+        "",
+        "| run | stage | model | all | seen methods | unseen methods | video AUC (all) |",
+        "|---|---|---|---|---|---|---|",
+        *("| " + " | ".join(map(str, r)) + " |" for r in rows),
+    ]
+    if robust:
+        names = sorted({n for _, c in robust for n in c})
+        lines += [
+            "",
+            "### Robustness: frame AUC at severity 1..5 (mean)",
+            "",
+            "| run | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
+        for workdir, curves in robust:
+            cells = [f"{np.mean(curves[n][1:]):.3f}" if n in curves else "-" for n in names]
+            lines.append(f"| {workdir} | " + " | ".join(cells) + " |")
+    markdown = "\n".join(lines)
+    if out:
+        pathlib.Path(out).write_text(markdown + "\n")
+    return markdown
+
+
+def _cell(m: dict) -> str:
+    if "auc_ci" in m:
+        return f"{m['auc']:.4f} [{m['auc_ci'][0]:.3f}, {m['auc_ci'][1]:.3f}]"
+    return f"{m['auc']:.4f}"

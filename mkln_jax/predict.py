@@ -77,8 +77,12 @@ class Prediction:
         verdict above: green for real, red for fake."""
         tiles = []
         scored = dict(zip(self.frame_indices, self.scores, strict=True))
-        for frame, box, index in zip(self.frames, self.boxes, sorted(
-            [*self.frame_indices, *self.frames_without_face]), strict=True):  # fmt: skip
+        for frame, box, index in zip(
+            self.frames,
+            self.boxes,
+            sorted([*self.frame_indices, *self.frames_without_face]),
+            strict=True,
+        ):
             scale = height / frame.shape[0]
             tile = cv2.resize(frame, (round(frame.shape[1] * scale), height))
             tile = np.ascontiguousarray(tile)
@@ -88,11 +92,27 @@ class Prediction:
                 x0, y0 = round(box.x * scale), round(box.y * scale)
                 x1, y1 = round((box.x + box.w) * scale), round((box.y + box.h) * scale)
                 cv2.rectangle(tile, (x0, y0), (x1, y1), colour, 2)
-                cv2.putText(tile, f"{p:.2f}", (x0, max(12, y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX,
-                            0.45, colour, 1, cv2.LINE_AA)  # fmt: skip
+                cv2.putText(
+                    tile,
+                    f"{p:.2f}",
+                    (x0, max(12, y0 - 4)),
+                    cv2.FONT_HERSHEY_SIMPLEX,
+                    0.45,
+                    colour,
+                    1,
+                    cv2.LINE_AA,
+                )
             else:
-                cv2.putText(tile, "no face", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                            (200, 200, 200), 1, cv2.LINE_AA)  # fmt: skip
+                cv2.putText(
+                    tile,
+                    "no face",
+                    (4, 14),
+                    cv2.FONT_HERSHEY_SIMPLEX,
+                    0.45,
+                    (200, 200, 200),
+                    1,
+                    cv2.LINE_AA,
+                )
             tiles.append(tile)
         body = np.concatenate(tiles, axis=1)
         header = np.full((26, body.shape[1], 3), 255, np.uint8)
@@ -108,9 +128,10 @@ def expand(paths: list[str]) -> list[pathlib.Path]:
     for item in map(pathlib.Path, paths):
         if item.is_dir():
             out += sorted(
-                p for p in item.rglob("*")
+                p
+                for p in item.rglob("*")
                 if p.is_file() and p.suffix.lower() in (*IMAGE_SUFFIXES, *video.VIDEO_SUFFIXES)
-            )  # fmt: skip
+            )
         else:
             out.append(item)
     return out
@@ -155,9 +176,16 @@ def predict(artifact: export.Artifact, path: str | pathlib.Path, num_frames: int
     model_seconds = time.perf_counter() - model_start
     seconds = time.perf_counter() - start
     return Prediction(
-        str(path), kept, [float(s) for s in scores], missing, artifact.threshold, seconds,
-        model_seconds, frames, boxes,
-    )  # fmt: skip
+        str(path),
+        kept,
+        [float(s) for s in scores],
+        missing,
+        artifact.threshold,
+        seconds,
+        model_seconds,
+        frames,
+        boxes,
+    )
 
 
 def write_rows(predictions: list[Prediction], path: str | pathlib.Path) -> pathlib.Path:
@@ -177,9 +205,15 @@ def write_rows(predictions: list[Prediction], path: str | pathlib.Path) -> pathl
             writer.writerows(rows)
     else:
         videos = [
-            {"path": p.path, "p_fake": p.score, "verdict": p.verdict, "threshold": p.threshold,
-             "rule": "mean of per-frame P(fake)", "frames": p.rows()}
+            {
+                "path": p.path,
+                "p_fake": p.score,
+                "verdict": p.verdict,
+                "threshold": p.threshold,
+                "rule": "mean of per-frame P(fake)",
+                "frames": p.rows(),
+            }
             for p in predictions
-        ]  # fmt: skip
+        ]
         path.write_text(json.dumps(videos, indent=2))
     return path

@@ -72,9 +72,13 @@ def test_ffpp_catalog_follows_the_official_splits(ffpp_root):
     for e in entries:
         ids[e.split].add(e.video_id)
     assert ids["val"] == {
-        "real/002", "real/003", "Deepfakes/002_003", "Deepfakes/003_002",
-        "FaceSwap/002_003", "FaceSwap/003_002",
-    }  # fmt: skip
+        "real/002",
+        "real/003",
+        "Deepfakes/002_003",
+        "Deepfakes/003_002",
+        "FaceSwap/002_003",
+        "FaceSwap/003_002",
+    }
     assert "real/006" not in set().union(*ids.values())  # in no split file
     assert len(ids["train"]) == 12 and len(ids["test"]) == 6
     masked = {e.video_id for e in entries if e.mask}
@@ -105,8 +109,10 @@ def test_ffpp_builder_counts_labels_masks_and_skips_bad_files(ffpp_root, tmp_pat
     builder = _build(forgery.Ffpp, source, tmp_path, workers=2)
     report = builder.report
     assert report.videos_total == 24 and report.videos_done == 18
-    skipped = {reason: sorted(pathlib.Path(p).name for p in paths)
-               for reason, paths in report.skipped.items()}  # fmt: skip
+    skipped = {
+        reason: sorted(pathlib.Path(p).name for p in paths)
+        for reason, paths in report.skipped.items()
+    }
     assert skipped == {
         "empty file": ["008.mp4"],
         "unreadable": ["007.mp4", "007_008.mp4", "007_008.mp4"],
@@ -127,8 +133,14 @@ def test_ffpp_builder_counts_labels_masks_and_skips_bad_files(ffpp_root, tmp_pat
                 assert r["mask"].max() > 0
             assert _text(r["compression"]) == "c23"
     train_ids = {_text(r["video_id"]) for r in _records(builder, "train")}
-    assert train_ids == {"real/000", "real/001", "Deepfakes/000_001", "Deepfakes/001_000",
-                         "FaceSwap/000_001", "FaceSwap/001_000"}  # fmt: skip
+    assert train_ids == {
+        "real/000",
+        "real/001",
+        "Deepfakes/000_001",
+        "Deepfakes/001_000",
+        "FaceSwap/000_001",
+        "FaceSwap/001_000",
+    }
 
 
 def test_preprocessing_resumes_without_redoing_finished_videos(ffpp_root, tmp_path):
@@ -150,8 +162,11 @@ def test_celebdf_uses_the_test_list_and_folders_for_labels(tmp_path, frames, nes
     root = trees.celebdf_tree(tmp_path / "celeb", frames, nested=nested)
     entries = catalog.celebdf(root, "v2")
     test = {e.video_id for e in entries if e.split == "test"}
-    assert test == {"real/Celeb-real/id0_0000", "real/YouTube-real/00000",
-                    "Celeb-synthesis/id0_id1_0000"}  # fmt: skip
+    assert test == {
+        "real/Celeb-real/id0_0000",
+        "real/YouTube-real/00000",
+        "Celeb-synthesis/id0_id1_0000",
+    }
     assert len(entries) == 11
     by_id = {e.video_id: e for e in entries}
     assert by_id["Celeb-synthesis/id2_id10_0000"].label == 1
@@ -203,9 +218,13 @@ def test_deepfakebench_import_keeps_frames_and_landmarks(tmp_path, frames):
     root = tmp_path / "dfb"
     index = {"FaceForensics++": {}}
     videos = (
-        ("FF-real", "train", "000"), ("FF-DF", "train", "000_001"), ("FF-real", "val", "002"),
-        ("FF-DF", "val", "002_003"), ("FF-real", "test", "004"), ("FF-DF", "test", "004_005"),
-    )  # fmt: skip
+        ("FF-real", "train", "000"),
+        ("FF-DF", "train", "000_001"),
+        ("FF-real", "val", "002"),
+        ("FF-DF", "val", "002_003"),
+        ("FF-real", "test", "004"),
+        ("FF-DF", "test", "004_005"),
+    )
     for label_name, split, name in videos:
         paths = []
         for k in range(4):
@@ -222,7 +241,9 @@ def test_deepfakebench_import_keeps_frames_and_landmarks(tmp_path, frames):
     (root / "FF-DF.json").write_text(json.dumps(index))
     entries = catalog.deepfakebench(root / "FF-DF.json", root)
     assert {e.video_id for e in entries if e.split == "test"} == {
-        "real/FF-real/004", "Deepfakes/004_005"}  # fmt: skip
+        "real/FF-real/004",
+        "Deepfakes/004_005",
+    }
     source = forgery.Source("deepfakebench", str(root), index_json=str(root / "FF-DF.json"))
     builder = _build(forgery.DeepfakebenchImport, source, tmp_path)
     records = _records(builder, "train")
@@ -288,9 +309,13 @@ def test_prepare_ffpp_from_the_command_line_then_train_on_it(ffpp_root, tmp_path
 
     def mkln(*args):
         return subprocess.run(
-            [sys.executable, "-m", "mkln_jax.cli", *args], cwd=REPO, capture_output=True,
-            text=True, timeout=600, env=dict(os.environ),
-        )  # fmt: skip
+            [sys.executable, "-m", "mkln_jax.cli", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=dict(os.environ),
+        )
 
     result = mkln("prepare", "ffpp", *common)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -298,12 +323,39 @@ def test_prepare_ffpp_from_the_command_line_then_train_on_it(ffpp_root, tmp_path
     assert "train videos: Deepfakes 4, FaceSwap 4, real 4" in result.stdout
     again = mkln("prepare", "ffpp", *common)
     assert "dataset already prepared" in again.stdout
-    run = mkln("train", *common, "--config.stages=('teacher',)",
-               f"--workdir={tmp_path / 'run'}", "--config.teacher.pretrained=")  # fmt: skip
+    run = mkln(
+        "train",
+        *common,
+        "--config.stages=('teacher',)",
+        f"--workdir={tmp_path / 'run'}",
+        "--config.teacher.pretrained=",
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "[teacher] step 4 validation" in run.stdout
-    missing = mkln("prepare", "celebdf", *common[:1], f"--config.data.root={tmp_path}/none",
-                   "--config.data.methods=('Celeb-synthesis',)",
-                   "--config.data.train_methods=('Celeb-synthesis',)")  # fmt: skip
+    # Cross-dataset: the FF++-trained model tested on the (tiny) demo data, then compared.
+    workdir = f"--workdir={tmp_path / 'run'}"
+    stages = "--config.stages=('teacher',)"
+    assert mkln("prepare", "--config=configs/tiny.py").returncode == 0
+    cross = mkln("evaluate", *common, stages, workdir, "--eval_data=configs/tiny.py")
+    assert cross.returncode == 0, cross.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "eval" / "mkln_demo_test.json").read_text())
+    metrics = report["teacher"]["metrics"]
+    assert "seen methods" not in metrics and {"self_blend", "face_swap"} <= set(metrics)
+    assert "NOT seen in training" in cross.stdout
+    own = mkln("evaluate", *common, stages, workdir)
+    assert own.returncode == 0, own.stderr[-3000:]
+    table = mkln("compare", str(tmp_path / "run"), str(tmp_path / "nowhere"))
+    assert table.returncode == 2 and "nowhere/eval/test.json not found" in table.stderr
+    table = mkln("compare", str(tmp_path / "run"), f"--out={tmp_path / 'cmp.md'}")
+    assert table.returncode == 0 and "| teacher |" in table.stdout
+    assert "FaceSwap 0." in (tmp_path / "cmp.md").read_text()  # the unseen method
+    missing = mkln(
+        "prepare",
+        "celebdf",
+        *common[:1],
+        f"--config.data.root={tmp_path}/none",
+        "--config.data.methods=('Celeb-synthesis',)",
+        "--config.data.train_methods=('Celeb-synthesis',)",
+    )
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "List_of_testing_videos.txt not found" in missing.stderr

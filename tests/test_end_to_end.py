@@ -136,8 +136,13 @@ def test_robustness_report_with_plot_from_one_command(demo_run):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((workdir / "eval" / "robustness_test.json").read_text())
     assert set(report["curves"]) == {
-        "gaussian_noise", "gaussian_blur", "jpeg", "downscale", "brightness", "contrast",
-    }  # fmt: skip
+        "gaussian_noise",
+        "gaussian_blur",
+        "jpeg",
+        "downscale",
+        "brightness",
+        "contrast",
+    }
     clean = {rows[0]["frame_auc"] for rows in report["curves"].values()}
     assert len(clean) == 1  # severity 0 is the same clean score for every perturbation
     standard = json.loads((workdir / "eval" / "test.json").read_text())["student"]["metrics"]
@@ -202,8 +207,10 @@ def test_predict_gives_one_line_reasons_for_unusable_inputs(demo_run, tmp_path):
     assert any("empty" in line for line in lines)
     assert sum("no face" in line for line in lines) == 2  # the blank image, the faceless video
     assert any("not found" in line for line in lines)
-    assert any("truncated.mp4: unreadable" in line or "truncated.mp4: no decodable" in line
-               for line in lines)  # fmt: skip
+    assert any(
+        "truncated.mp4: unreadable" in line or "truncated.mp4: no decodable" in line
+        for line in lines
+    )
 
 
 def test_predict_a_folder_writes_scores_and_strips(demo_run, tmp_path, cache_dir):
@@ -219,9 +226,13 @@ def test_predict_a_folder_writes_scores_and_strips(demo_run, tmp_path, cache_dir
     dataset_trees.write_video(folder / "sub" / "b.mp4", dataset_trees.clip(frames, "b"))
     (folder / "notes.txt").write_text("ignored: not a video or image")
     result = _mkln(
-        "predict", str(folder), f"--artifact={workdir / 'export'}", "--num_frames=4",
-        f"--report={tmp_path / 'scores.csv'}", f"--strip={tmp_path / 'strips'}",
-    )  # fmt: skip
+        "predict",
+        str(folder),
+        f"--artifact={workdir / 'export'}",
+        "--num_frames=4",
+        f"--report={tmp_path / 'scores.csv'}",
+        f"--strip={tmp_path / 'strips'}",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("verdict:") == 2 and "crops/s" in result.stdout
     rows = list(csv.DictReader(open(tmp_path / "scores.csv")))
