@@ -114,6 +114,7 @@ def test_mutual_student_from_another_runs_teachers_trains_evaluates_and_exports(
         "--config.freq_aug.block=8",
         "--config.freq_aug.noise_prob=0.5",
         "--config.freq_aug.mix_prob=0.5",
+        "--config.eval.deepfakebench_report=True",
     ]
     for action in ("train", "evaluate", "export"):
         result = _mkln(action, "--config=configs/tiny.py", f"--workdir={workdir}", *overrides)
@@ -123,6 +124,9 @@ def test_mutual_student_from_another_runs_teachers_trains_evaluates_and_exports(
             assert "peer2_mutual" in result.stdout
     results = json.loads((workdir / "eval" / "test.json").read_text())
     assert set(results) == {"student"}
+    dfb = results["student"]["deepfakebench_compatible_top3_test_auc"]
+    assert dfb["evaluations"] == 2 and dfb["mean_top3"] == pytest.approx(np.mean(dfb["top3"]))
+    assert "picked on the TEST set" in (workdir / "eval" / "test.md").read_text()
     meta = json.loads((workdir / "export" / "metadata.json").read_text())
     assert "mutual, deploy ensemble" in meta["architecture"]
     assert "two_stream" in meta["architecture"]
