@@ -153,6 +153,9 @@ class Artifact:
             self.weights = {k: jnp.asarray(weights[k]) for k in weights.files}
         self.input_size = int(self.metadata["input_size"])
         self.threshold = float(self.metadata["threshold"])
+        # One jit around the deserialised program: compiled once per batch size, then called
+        # without re-tracing (Exported.call alone re-dispatches through tracing every call).
+        self._call = jax.jit(self.exported.call)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images, np.uint8)
@@ -161,4 +164,4 @@ class Artifact:
                 f"images must be uint8[b, {self.input_size}, {self.input_size}, "
                 f"3], got {images.shape}"
             )
-        return np.asarray(self.exported.call(self.weights, jnp.asarray(images)))
+        return np.asarray(self._call(self.weights, images))
