@@ -15,7 +15,7 @@ TORCH_PYTHON ?= $(shell for p in python3.11 $$HOME/.pyenv/versions/3.11*/bin/pyt
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 11)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 TORCH_VENV := .venv-torch
 
-.PHONY: setup test lint demo bench parity beam clean
+.PHONY: setup test lint demo bench parity extras clean
 
 $(STAMP): pyproject.toml requirements/lock-py3.11.txt requirements/lock-py3.12.txt
 	@test -n "$(PYTHON)" || { echo "No Python >= 3.11 found; install python3.12 or python3.11."; exit 1; }
@@ -47,22 +47,23 @@ $(TORCH_VENV)/.installed: tests/torch_reference/requirements.txt
 parity: setup $(TORCH_VENV)/.installed
 	MKLN_TORCH_PYTHON=$(abspath $(TORCH_VENV))/bin/python $(VENV)/bin/pytest -q tests/test_torch_parity.py
 
-# Apache Beam moves core pins (protobuf, pyarrow, numpy), so the Beam path of the dataset
-# builders is tested in its own environment: the lock, then the `beam` and `faces` extras.
-BEAM_VENV := .venv-beam
-$(BEAM_VENV)/.installed: pyproject.toml requirements/lock-py3.12.txt requirements/lock-py3.11.txt
+# The extras move core pins (Apache Beam: protobuf, pyarrow, numpy; jax2onnx: orbax-checkpoint
+# < 0.11.37), so they are tested in their own environment: the lock, then the extras.
+EXTRAS_VENV := .venv-extras
+$(EXTRAS_VENV)/.installed: pyproject.toml requirements/lock-py3.12.txt requirements/lock-py3.11.txt
 	@test -n "$(PYTHON)" || { echo "No Python >= 3.11 found"; exit 1; }
-	@test -x $(BEAM_VENV)/bin/python || $(PYTHON) -m venv $(BEAM_VENV)
-	$(BEAM_VENV)/bin/pip install -q -r requirements/lock-py$$($(BEAM_VENV)/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])').txt
-	$(BEAM_VENV)/bin/pip install -q --no-build-isolation -e ".[beam,faces]" --config-settings editable_mode=compat
+	@test -x $(EXTRAS_VENV)/bin/python || $(PYTHON) -m venv $(EXTRAS_VENV)
+	$(EXTRAS_VENV)/bin/pip install -q -r requirements/lock-py$$($(EXTRAS_VENV)/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])').txt
+	$(EXTRAS_VENV)/bin/pip install -q --no-build-isolation -e ".[beam,faces,onnx]" --config-settings editable_mode=compat
 	@touch $@
 
-beam: $(BEAM_VENV)/.installed
-	$(BEAM_VENV)/bin/pytest -q -p no:cacheprovider tests/test_beam.py
+# Beam's DirectRunner against the local dataset build; ONNX export against the JAX artifact.
+extras: $(EXTRAS_VENV)/.installed
+	$(EXTRAS_VENV)/bin/pytest -q -p no:cacheprovider tests/test_beam.py tests/test_onnx.py
 
 bench: setup
 	$(PY) bench/dct_bench.py
 	$(PY) bench/method_bench.py
 
 clean:
-	rm -rf $(VENV) $(TORCH_VENV) $(BEAM_VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TORCH_VENV) $(EXTRAS_VENV) runs .pytest_cache .ruff_cache

@@ -5,7 +5,7 @@ mkln prepare  [demo|ffpp|celebdf|folder|deepfakebench] --config=configs/demo.py
 mkln train    --config=configs/demo.py --workdir=runs/demo [--config.distill.temperature=4]
 mkln evaluate --config=configs/demo.py --workdir=runs/demo [--split=test]
               [--protocol=robustness]   (noise, blur, JPEG, resizing, colour: curves + plot)
-mkln export   --config=configs/demo.py --workdir=runs/demo [--artifact=runs/demo/export]
+mkln export   --config=configs/demo.py --workdir=runs/demo [--artifact=runs/demo/export] [--onnx]
 mkln evaluate ... --eval_data=configs/celebdf.py --eval_data_set=root=/data/Celeb-DF-v2
               (cross-dataset: the model of --config tested on another config's dataset)
 mkln compare  WORKDIR [WORKDIR ...] [--out=table.md]   (runs side by side)
@@ -61,6 +61,7 @@ flags.DEFINE_string(
 flags.DEFINE_multi_string(
     "eval_data_set", [], "`evaluate`: field=value for --eval_data's data section (e.g. root=...)."
 )
+flags.DEFINE_bool("onnx", False, "`export`: also write model.onnx (the `onnx` extra) and check it.")
 flags.DEFINE_enum(
     "protocol",
     "standard",
@@ -164,10 +165,22 @@ def cmd_evaluate(config) -> None:
 
 
 def cmd_export(config) -> None:
-    from mkln_jax import export
+    from mkln_jax import config_lib, export
 
     out = export.export_stage(config, FLAGS.workdir, _artifact_dir())
     print(f"exported the best student checkpoint to {out}")
+    if FLAGS.onnx:
+        import numpy as np
+
+        from mkln_jax import onnx_export
+
+        path = onnx_export.export_onnx(config, FLAGS.workdir, _artifact_dir())
+        size = config.data.image_size
+        images = np.random.default_rng(0).integers(0, 256, (8, size, size, 3), dtype=np.uint8)
+        diff = onnx_export.verify(_artifact_dir(), images)
+        print(f"ONNX: {path}; max |onnxruntime - JAX artifact| on 8 images: {diff:.2e}")
+        if diff > 1e-4:
+            raise config_lib.ConfigError(f"ONNX output differs from JAX by {diff:.2e} (> 1e-4)")
 
 
 def cmd_predict(paths: list[str]) -> int:

@@ -222,7 +222,8 @@ class FrequencyAwareDecomposition(nnx.Module):
         fixed = np.concatenate([band_masks(self.size), np.ones((1, self.size, self.size))])
         learned = 2.0 * jax.nn.sigmoid(self.filters[...].astype(jnp.float32)) - 1.0
         filters = jnp.asarray(fixed, jnp.float32) + learned  # [4, N, N]
-        spectrum = dct2(x)[:, None]  # [B, 1, N, N, C]
-        bands = idct2(spectrum * filters[None, :, :, :, None])  # [B, 4, N, N, C]
-        out = jnp.moveaxis(bands, 1, -2).reshape(*x.shape[:-1], 4 * x.shape[-1])
-        return out.astype(self.dtype)
+        spectrum = dct2(x)
+        # Channel order: (band, colour) per pixel, as in `fad_features`. One inverse transform
+        # per band keeps the batch axis untouched (ONNX export needs it symbolic).
+        bands = [idct2(spectrum * filters[k][:, :, None]) for k in range(4)]
+        return jnp.concatenate(bands, axis=-1).astype(self.dtype)
