@@ -146,3 +146,29 @@ def test_local_sweep_of_three_temperatures_writes_the_aggregated_table(tmp_path,
     assert "test_auc_face_swap" in rows[0]  # the held-out method has its own column
     assert (workdir / "results.md").read_text().count("\n") == 5
     assert (workdir / "results.png").stat().st_size > 1000
+
+
+def test_ablation_dry_run_trains_the_teacher_once_and_every_variant_per_seed(capsys):
+    from launch import ablation
+
+    code = ablation.main(
+        ["--config=configs/demo.py", "--workdir=runs/abl", "--seeds=0,1", "--dry_run"]
+    )
+    assert code == 0
+    import shlex
+
+    lines = [
+        " ".join(shlex.split(line.removeprefix("[dry-run] ")))
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("[dry-run]")
+    ]
+    trains = [line for line in lines if " train " in line]
+    assert sum("teacher_shared" in line and "stages=('teacher',)" in line for line in trains) == 1
+    students = [line for line in trains if "stages=('student',)" in line]
+    assert len(students) == 2 * len(ablation.DEFAULT_VARIANTS)
+    view = [line for line in students if "freq_aug+kd_view/seed1" in line]
+    assert len(view) == 1 and "teacher_input=view" in view[0]
+    assert "run:runs/abl/teacher_shared/teacher" in view[0]
+    baseline = next(line for line in students if "baseline/seed0" in line)
+    assert "distill.teachers=()" in baseline and "run:" not in baseline
+    assert ablation.summarise([0.9, 0.8, 1.0]) == pytest.approx((0.9, 0.1))
