@@ -132,6 +132,14 @@ def _check_data(data: ml_collections.ConfigDict, errors: list[str]) -> None:
     _positive_int(data.num_frames, "data.num_frames", errors)
     if data.detector not in faces.DETECTORS:
         errors.append(f"data.detector must be one of {sorted(faces.DETECTORS)}")
+    elif data.detector == "dlib":
+        import importlib.util
+
+        if importlib.util.find_spec("dlib") is None:
+            errors.append(
+                "data.detector = dlib needs dlib: pip install 'mkln_jax[faces]' (dlib-bin), "
+                "or use data.detector = haar"
+            )
     if data.name == "ffpp" and data.compression not in ("raw", "c0", "c23", "c40"):
         errors.append(f"data.compression must be raw, c0, c23 or c40, got {data.compression!r}")
     if data.name == "celebdf" and data.version not in ("v1", "v2"):
