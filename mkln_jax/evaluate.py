@@ -246,13 +246,16 @@ def plot_robustness(curves: dict[str, list[dict]], path: pathlib.Path, title: st
     rows = -(-len(names) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names, strict=False):
-        levels = [r["level"] for r in curves[name]]
+        # JPEG's level 0 means "not compressed": draw it at quality 100.
+        levels = [100 if name == "jpeg" and r["level"] == 0 else r["level"] for r in curves[name]]
         ax.plot(levels, [r["frame_auc"] for r in curves[name]], "o-", label="frame AUC")
         ax.plot(levels, [r["video_auc"] for r in curves[name]], "s--", label="video AUC")
         ax.set_title(name)
         ax.set_ylim(0.4, 1.01)
         ax.axhline(0.5, color="grey", lw=0.5)
-        ax.set_xlabel({"jpeg": "quality (0 = none)", "downscale": "factor"}.get(name, "level"))
+        ax.set_xlabel(
+            {"jpeg": "quality (100 = not compressed)", "downscale": "factor"}.get(name, "level")
+        )
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
@@ -277,6 +280,8 @@ def compare_runs(workdirs: list[str], split: str = "test", out: str = "") -> str
             m = result["metrics"]
             trained = set(result.get("train_methods", []))
             unseen = [k for k in m if k not in ("all", "seen methods", *trained)]
+            if "train_methods" not in result:  # written before results recorded them
+                unseen = []
             rows.append(
                 [
                     workdir,
