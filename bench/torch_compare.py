@@ -113,7 +113,13 @@ def main() -> None:
         }
         worker.stdin.write(json.dumps(request) + "\n")
         worker.stdin.flush()
-        answer = json.loads(worker.stdout.readline())
+        line = worker.stdout.readline()
+        while line and not line.startswith("{"):  # libraries may print to stdout too
+            print(f"[torch] {line.rstrip()}", file=sys.stderr)
+            line = worker.stdout.readline()
+        if not line:
+            sys.exit("the PyTorch worker stopped; see its error above")
+        answer = json.loads(line)
         return answer["seconds"], answer["torch"]
 
     modes = ["eager", *(["compile"] if args.compile else [])]
