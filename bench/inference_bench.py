@@ -14,22 +14,15 @@ Needs a finished run with an export (`make demo` makes one).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import statistics
 import time
 
 import jax
 import numpy as np
+from _common import load_config
 
 from mkln_jax import evaluate, export, fetch, predict, sharding, train
-
-
-def load_config(path: str):
-    spec = importlib.util.spec_from_file_location("bench_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def timed(fn, repeats: int) -> float:

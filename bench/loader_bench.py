@@ -18,19 +18,11 @@ import time
 
 import jax
 import numpy as np
+from _common import load_config
 
 from mkln_jax import config_lib, sharding, train
 from mkln_jax import step as step_lib
 from mkln_jax.input_pipeline import loader, prepare
-
-
-def load_config(path: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def loader_rate(config, augment: loader.HostAugment, batches: int) -> float:

@@ -23,6 +23,7 @@ import time
 
 import jax
 import numpy as np
+from _common import load_config
 
 from mkln_jax import sharding, train
 from mkln_jax import step as step_lib
@@ -38,15 +39,6 @@ ALL_OPS = {
     "mix_prob": 0.5,
     "mix_strength": 0.5,
 }
-
-
-def load_config(path: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def build(

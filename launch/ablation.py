@@ -28,7 +28,7 @@ import pathlib
 import statistics
 import sys
 
-from launch.common import execute, mkln_command
+from launch.common import execute, markdown_table, mkln_command
 from launch.sweep import _best_val_auc, _trained_methods
 
 CLEAN = "distill.teacher_input=clean"
@@ -105,13 +105,9 @@ def aggregate(args, variants: list[str], seeds: list[int]) -> list[dict]:
             rows.append(row)
     if not rows:
         return rows
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [
-            f"{v[0]:.4f} ± {v[1]:.4f}" if isinstance(v, tuple) else str(v) for v in row.values()
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = markdown_table(
+        rows, lambda v: f"{v[0]:.4f} ± {v[1]:.4f}" if isinstance(v, tuple) else str(v)
+    )
     (root / "results.md").write_text("\n".join(lines) + "\n")
     (root / "results.json").write_text(json.dumps({"summary": rows, "runs": per_seed}, indent=2))
     with open(root / "results.csv", "w", newline="") as f:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def mkln_command(
@@ -36,3 +36,11 @@ def execute(commands: Sequence[Sequence[str]], dry_run: bool) -> int:
             print(f"command failed with exit code {code}", file=sys.stderr)
             return code
     return 0
+
+
+def markdown_table(rows: list[dict], cell: Callable[[object], str]) -> list[str]:
+    """Lines of a markdown table: the first row's keys as the header, `cell` formats values."""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
+    return lines

@@ -23,7 +23,7 @@ import shutil
 import sys
 
 from launch import slurm
-from launch.common import execute, mkln_command
+from launch.common import execute, markdown_table, mkln_command
 
 
 def parse_grid(specs: list[str]) -> list[tuple[str, list[str]]]:
@@ -93,11 +93,7 @@ def aggregate(args, grid_points: list[dict[str, str]]) -> list[dict]:
     if not rows:
         return rows
     columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append(
-            "| " + " | ".join(v if isinstance(v, str) else f"{v:.4f}" for v in row.values()) + " |"
-        )
+    lines = markdown_table(rows, lambda v: v if isinstance(v, str) else f"{v:.4f}")
     (root / "results.md").write_text("\n".join(lines) + "\n")
     with open(root / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)

@@ -31,13 +31,17 @@ def prepare(config: ml_collections.ConfigDict, sources=None) -> list[str]:
         file_format="array_record",
     )
     lines = []
-    if builder.is_prepared():
-        lines.append(f"dataset already prepared: {builder.data_dir}")
-    else:
+    if not builder.is_prepared():
         tfds.disable_progress_bar()
         builder.download_and_prepare()
-        lines.append(f"dataset written: {builder.data_dir}")
         lines += builder.report.lines()
+    return _summary(builder, lines)
+
+
+def _summary(builder, report_lines: list[str]) -> list[str]:
+    """Where the dataset is (written now, or found prepared), the report, examples per split."""
+    state = "dataset written" if report_lines else "dataset already prepared"
+    lines = [f"{state}: {builder.data_dir}", *report_lines]
     for split, info in sorted(builder.info.splits.items()):
         lines.append(f"{split}: {info.num_examples} examples")
     return lines
@@ -62,9 +66,7 @@ def prepare_real(config: ml_collections.ConfigDict, progress: bool = True) -> li
         file_format="array_record",
     )
     lines = []
-    if builder.is_prepared():
-        lines.append(f"dataset already prepared: {builder.data_dir}")
-    else:
+    if not builder.is_prepared():
         tfds.disable_progress_bar()
         download_config = None
         if data.beam:
@@ -77,13 +79,11 @@ def prepare_real(config: ml_collections.ConfigDict, progress: bool = True) -> li
             builder.download_and_prepare(download_config=download_config)
         except catalog.LayoutError as err:
             raise config_lib.ConfigError(str(err)) from err
-        lines.append(f"dataset written: {builder.data_dir}")
         if builder.entries is not None:
             for split, methods in sorted(catalog.summary(builder.entries).items()):
                 counts = ", ".join(f"{m} {n}" for m, n in sorted(methods.items()))
                 lines.append(f"{split} videos: {counts}")
         if builder.report is not None:
             lines += builder.report.lines()
-    for split, info in sorted(builder.info.splits.items()):
-        lines.append(f"{split}: {info.num_examples} examples")
-    return lines
+        lines = lines or ["(Beam build: see the pipeline's counters)"]
+    return _summary(builder, lines)

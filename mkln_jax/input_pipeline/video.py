@@ -31,13 +31,19 @@ def evenly_spaced(total: int, count: int) -> list[int]:
     return sorted({int((k + 0.5) * total / count) for k in range(count)})
 
 
-def decode_all(path: str | pathlib.Path) -> list[np.ndarray]:
-    """All frames of a video as RGB uint8; raises VideoError with the reason."""
+def _existing(path: str | pathlib.Path) -> pathlib.Path:
+    """The path, if it names a non-empty file; else VideoError with the reason."""
     path = pathlib.Path(path)
     if not path.exists():
         raise VideoError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise VideoError(f"{path}: empty file (0 bytes)")
+    return path
+
+
+def decode_all(path: str | pathlib.Path) -> list[np.ndarray]:
+    """All frames of a video as RGB uint8; raises VideoError with the reason."""
+    path = _existing(path)
     frames = []
     try:
         with av.open(str(path)) as container:
@@ -68,11 +74,7 @@ def read_sampled(path: str | pathlib.Path, num_frames: int) -> Clip:
     sequential; the colour conversion of the others is skipped). Falls back to decoding
     everything when the container does not state its frame count. A truncated file keeps the
     sampled frames that decoded. Raises VideoError with the reason when nothing is usable."""
-    path = pathlib.Path(path)
-    if not path.exists():
-        raise VideoError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise VideoError(f"{path}: empty file (0 bytes)")
+    path = _existing(path)
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
