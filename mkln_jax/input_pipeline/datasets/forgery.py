@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mkln_jax.input_pipeline import catalog, preprocess
+from mkln_jax.input_pipeline.datasets import mkln_demo
 
 SPLITS = catalog.SPLITS
 
@@ -149,14 +150,9 @@ class ForgeryBuilder(tfds.core.GeneratorBasedBuilder):
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(
                 {
-                    "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
-                    "label": tfds.features.ClassLabel(names=["real", "fake"]),
-                    "method": tfds.features.Text(),
-                    "video_id": tfds.features.Text(),
-                    "frame_index": np.int32,
+                    **mkln_demo.core_features(size),
                     "dataset": tfds.features.Text(),
                     "compression": tfds.features.Text(),
-                    "identity": tfds.features.Text(),
                     "landmarks": tfds.features.Tensor(shape=(5, 2), dtype=np.float32),
                     "has_landmarks": np.bool_,
                     "mask": tfds.features.Image(shape=(size, size, 1), encoding_format="png"),

@@ -23,6 +23,18 @@ def config_name(settings: demo.DemoSettings) -> str:
     )
 
 
+def core_features(size: int) -> dict:
+    """What every mkln_jax dataset's example holds (the loaders rely on these)."""
+    return {
+        "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
+        "label": tfds.features.ClassLabel(names=["real", "fake"]),
+        "method": tfds.features.Text(),
+        "video_id": tfds.features.Text(),
+        "frame_index": np.int32,
+        "identity": tfds.features.Text(),
+    }
+
+
 class MklnDemo(tfds.core.GeneratorBasedBuilder):
     """Face crops (PNG) with label (0 real, 1 fake), forgery method and a method-keyed video id."""
 
@@ -51,16 +63,7 @@ class MklnDemo(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.settings.image_size
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
-                    "label": tfds.features.ClassLabel(names=["real", "fake"]),
-                    "method": tfds.features.Text(),
-                    "video_id": tfds.features.Text(),
-                    "frame_index": np.int32,
-                    "identity": tfds.features.Text(),
-                }
-            ),
+            features=tfds.features.FeaturesDict(core_features(size)),
             supervised_keys=None,
         )
 
