@@ -72,7 +72,8 @@ def step_rate(config, steps: int) -> float:
         mesh,
     )
     hparams = train.hparams(config, "student")
-    jax.block_until_ready(fn(state, frozen, data, hparams))
+    for _ in range(15):  # warm-up: XLA:CPU's first ~10 executions of a step run slower
+        jax.block_until_ready(fn(state, frozen, data, hparams))
     start = time.perf_counter()
     for _ in range(steps):
         jax.block_until_ready(fn(state, frozen, data, hparams))

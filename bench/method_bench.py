@@ -127,8 +127,9 @@ def main() -> None:
         built[name] = build(config, **kwargs)
         print(f"compiled {name} in {time.perf_counter() - t0:.1f}s", flush=True)
     times = {name: [] for name in built}
-    for compiled, state, frozen, batch, hp, _ in built.values():  # warm up
-        jax.block_until_ready(compiled(state, frozen, batch, hp))
+    for compiled, state, frozen, batch, hp, _ in built.values():  # XLA:CPU's first ~10
+        for _ in range(12):  # executions of a fresh step run slower: warm up past them
+            jax.block_until_ready(compiled(state, frozen, batch, hp))
     for _ in range(args.repeats):
         for name, (compiled, state, frozen, batch, hp, _) in built.items():
             start = time.perf_counter()

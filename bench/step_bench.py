@@ -133,7 +133,7 @@ def step_flops_here(student, teacher, batch, size) -> float:
 
 def measure(compiled, args, steps: int) -> float:
     state = args[0]
-    for _ in range(2):  # warm-up
+    for _ in range(15):  # warm-up: XLA:CPU's first ~10 executions of a step run slower
         state, _ = compiled(state, *args[1:])
     jax.block_until_ready(state)
     times = []

@@ -32,6 +32,7 @@ from mkln_jax import step as step_lib
 
 HERE = pathlib.Path(__file__).resolve().parent
 CASES = ("resnet18", "efficientnet_b0", "xception", "distill")
+WARMUP = 15
 
 
 def jax_step(case: str, batch: int, size: int):
@@ -76,7 +77,9 @@ def jax_step(case: str, batch: int, size: int):
             times.append(time.perf_counter() - t0)
         return times
 
-    run(1)
+    # XLA:CPU runs a freshly compiled step at about half speed for its first ~10 executions
+    # (measured: 58 vs 136 images/s on the demo step), so warm up well past that.
+    run(WARMUP)
     return run, compile_s
 
 
