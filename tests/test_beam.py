@@ -1,6 +1,6 @@
 """The Beam path of the dataset builders (TFDS's Beam support) on Beam's DirectRunner gives the
 same examples as the local, multi-process path. Runs where apache-beam is installed (`make
-beam`: its own environment, since Beam moves core pins); skipped elsewhere, with the reason."""
+extras`: its own environment, since Beam moves core pins); skipped elsewhere, with the reason."""
 
 import dataset_trees as trees
 import numpy as np
@@ -9,7 +9,7 @@ import pytest
 from mkln_jax.input_pipeline import catalog, preprocess
 from mkln_jax.input_pipeline.datasets import forgery
 
-beam = pytest.importorskip("apache_beam", reason="apache-beam is not installed (run `make beam`)")
+beam = pytest.importorskip("apache_beam", reason="apache-beam is not installed (run `make extras`)")
 
 SETTINGS = preprocess.Settings(num_frames=3, crop_size=48)
 
