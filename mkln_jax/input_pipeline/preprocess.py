@@ -119,7 +119,7 @@ def process_entry(entry: Entry, settings: Settings, detector=None) -> VideoResul
         # Already cropped and aligned by DeepfakeBench: resize only, keep its landmarks.
         for frame, index, marks in zip(frames, indices, given, strict=True):
             scale = settings.crop_size / frame.shape[0]
-            crop = cv2.resize(frame, (settings.crop_size, settings.crop_size), cv2.INTER_AREA)
+            crop = cv2.resize(frame, (settings.crop_size,) * 2, interpolation=cv2.INTER_AREA)
             result.faces_per_frame.append(1)
             result.frame_indices.append(index)
             result.crops.append(_png(crop))
