@@ -316,11 +316,10 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str,
     val_source = loader.open_split(config.data, data_dir, "val")
     # DeepfakeBench-compatible numbers need the test AUC at every evaluation (its tables report
     # the mean of the top-3): logged apart, never used for model selection here.
-    test_source = (
-        loader.open_split(config.data, data_dir, "test")
-        if config.eval.deepfakebench_report
-        else None
-    )
+    test_source, test_labels = None, None
+    if config.eval.deepfakebench_report:
+        test_source = loader.open_split(config.data, data_dir, "test")
+        test_labels = loader.read_index(test_source).labels
     if config.data.sbi:  # reals only; their self-blended twins are made on the fly
         train_index = np.flatnonzero(loader.read_index(train_source).methods == "real")
     else:
@@ -444,9 +443,6 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str,
                             test_source,
                             mesh,
                             config.eval.batch_size,
-                        )
-                        test_labels = np.asarray(
-                            [int(test_source[i]["label"]) for i in range(len(test_source))]
                         )
                         logger.write(
                             done,
