@@ -1,25 +1,10 @@
 """Bad configs fail with a clear message before anything compiles."""
 
-import pathlib
-import subprocess
-import sys
-
 import pytest
+from cli import mkln
 
 from configs import demo
 from mkln_jax import config_lib
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _mkln(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mkln_jax.cli", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_demo_config_is_valid():
@@ -52,7 +37,7 @@ def test_validate_lists_every_problem_at_once():
     ],
 )
 def test_bad_config_override_fails_naming_it(override, named):
-    result = _mkln(
+    result = mkln(
         "train", "--config=configs/demo.py", override, "--workdir=/nonexistent/never-created"
     )
     assert result.returncode == 2
@@ -61,7 +46,7 @@ def test_bad_config_override_fails_naming_it(override, named):
 
 
 def test_invalid_value_fails_before_any_work():
-    result = _mkln(
+    result = mkln(
         "train",
         "--config=configs/demo.py",
         "--config.distill.temperature=-1",

@@ -3,21 +3,18 @@ video ids exactly; bad files skipped and counted; resumable preprocessing; the l
 augmentations and Self-Blended Images."""
 
 import json
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import cv2
 import dataset_trees as trees
 import numpy as np
 import pytest
+from cli import mkln
 
 from mkln_jax.input_pipeline import catalog, faces, loader, preprocess
 from mkln_jax.input_pipeline.datasets import forgery
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 SETTINGS = preprocess.Settings(num_frames=3, crop_size=48)
 
 
@@ -306,16 +303,6 @@ def test_prepare_ffpp_from_the_command_line_then_train_on_it(ffpp_root, tmp_path
         f"--config.data.data_dir={tmp_path / 'tfds'}",
         "--config.data.workers=2",
     ]
-
-    def mkln(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "mkln_jax.cli", *args],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env=dict(os.environ),
-        )
 
     result = mkln("prepare", "ffpp", *common)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -2,33 +2,18 @@
 predict, through the `mkln` command line, plus the artifact's guarantees."""
 
 import json
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _mkln(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mkln_jax.cli", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=dict(os.environ),
-    )
+from cli import mkln
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, cache_dir):
     workdir = tmp_path_factory.mktemp("run")
-    result = _mkln("demo", "--config=configs/tiny.py", f"--workdir={workdir}")
+    result = mkln("demo", "--config=configs/tiny.py", f"--workdir={workdir}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return workdir, result.stdout
 
@@ -56,7 +41,7 @@ def test_demo_runs_every_stage_and_prints_the_results_table(demo_run):
 
 def test_training_again_resumes_and_skips_finished_stages(demo_run):
     workdir, _ = demo_run
-    result = _mkln("train", "--config=configs/tiny.py", f"--workdir={workdir}")
+    result = mkln("train", "--config=configs/tiny.py", f"--workdir={workdir}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "[teacher] already trained" in result.stdout
     assert "[student] already trained" in result.stdout
@@ -64,7 +49,7 @@ def test_training_again_resumes_and_skips_finished_stages(demo_run):
 
 def test_resuming_with_a_different_config_is_refused(demo_run):
     workdir, _ = demo_run
-    result = _mkln(
+    result = mkln(
         "train", "--config=configs/tiny.py", f"--workdir={workdir}", "--config.distill.alpha=0.5"
     )
     assert result.returncode == 2
@@ -117,7 +102,7 @@ def test_mutual_student_from_another_runs_teachers_trains_evaluates_and_exports(
         "--config.eval.deepfakebench_report=True",
     ]
     for action in ("train", "evaluate", "export"):
-        result = _mkln(action, "--config=configs/tiny.py", f"--workdir={workdir}", *overrides)
+        result = mkln(action, "--config=configs/tiny.py", f"--workdir={workdir}", *overrides)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
         if action == "train":
             assert f"run:{source}/teacher, best step" in result.stdout
@@ -134,7 +119,7 @@ def test_mutual_student_from_another_runs_teachers_trains_evaluates_and_exports(
 
 def test_robustness_report_with_plot_from_one_command(demo_run):
     workdir, _ = demo_run
-    result = _mkln(
+    result = mkln(
         "evaluate", "--config=configs/tiny.py", f"--workdir={workdir}", "--protocol=robustness"
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -193,7 +178,7 @@ def test_predict_gives_one_line_reasons_for_unusable_inputs(demo_run, tmp_path):
     )
     truncated = tmp_path / "truncated.mp4"
     truncated.write_bytes(faceless.read_bytes()[:300])
-    result = _mkln(
+    result = mkln(
         "predict",
         str(text),
         str(empty),
@@ -229,7 +214,7 @@ def test_predict_a_folder_writes_scores_and_strips(demo_run, tmp_path, cache_dir
     dataset_trees.write_video(folder / "a.mp4", dataset_trees.clip(frames, "a"))
     dataset_trees.write_video(folder / "sub" / "b.mp4", dataset_trees.clip(frames, "b"))
     (folder / "notes.txt").write_text("ignored: not a video or image")
-    result = _mkln(
+    result = mkln(
         "predict",
         str(folder),
         f"--artifact={workdir / 'export'}",

@@ -2,43 +2,27 @@
 two-stream student (FAD layer) and an EfficientNet-Lite0 teacher (shifted depthwise
 convolutions). Runs where jax2onnx and onnxruntime are installed (`make extras`)."""
 
-import os
-import pathlib
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from cli import mkln
 
 pytest.importorskip("jax2onnx", reason="jax2onnx is not installed (run `make extras`)")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (run `make extras`)")
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 OVERRIDES = ["--config.student.stream=two_stream"]
-
-
-def _mkln(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "mkln_jax.cli", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=dict(os.environ),
-    )
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, cache_dir):
     workdir = tmp_path_factory.mktemp("onnx_run")
     for action in ("prepare", "train"):
-        result = _mkln(action, "--config=configs/tiny.py", f"--workdir={workdir}", *OVERRIDES)
+        result = mkln(action, "--config=configs/tiny.py", f"--workdir={workdir}", *OVERRIDES)
         assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 
 
 def test_export_onnx_from_the_command_line_matches_the_artifact(run):
-    result = _mkln("export", "--config=configs/tiny.py", f"--workdir={run}", "--onnx", *OVERRIDES)
+    result = mkln("export", "--config=configs/tiny.py", f"--workdir={run}", "--onnx", *OVERRIDES)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "max |onnxruntime - JAX artifact|" in result.stdout
     assert (run / "export" / "model.onnx").exists()
