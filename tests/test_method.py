@@ -46,6 +46,14 @@ def _state(model, tx):
     return step_lib.init_state(model, tx, seed=0)
 
 
+def _jit_step(student, tx, teachers=(), norm=NORM, **method):
+    """The jitted train step of `student` (an NNX module) with these teachers and choices."""
+    model_fn = step_lib.ModelFn(step_lib.split_model(student)[0], *norm)
+    return jax.jit(
+        step_lib.make_train_step(model_fn, tx, teachers=teachers, method=step_lib.Method(**method))
+    )
+
+
 def _changed(before, after):
     return [
         bool(np.any(np.asarray(a) != np.asarray(b)))
@@ -96,26 +104,12 @@ def test_two_teachers_in_the_step_and_both_stay_bit_identical():
     tx = optax.adamw(1e-2)
     t1, v1 = _frozen(_small(1, (8, 8)))
     t2, v2 = _frozen(_small(2, (8, 8)))
-    fn = jax.jit(
-        step_lib.make_train_step(
-            step_lib.ModelFn(step_lib.split_model(_small(0))[0], *NORM),
-            tx,
-            teachers=(t1, t2),
-            method=step_lib.Method(frequency_augment=True),
-        )
-    )
+    fn = _jit_step(_small(0), tx, teachers=(t1, t2), frequency_augment=True)
     state = _state(_small(0), tx)
     before = jax.device_get((v1, v2))
     hp = {**HP, "teacher_weights": np.float32([1.0, 0.0])}
     only_first = fn(state, (v1, v2), _batch(), hp)[1]["kd"]
-    single = jax.jit(
-        step_lib.make_train_step(
-            step_lib.ModelFn(step_lib.split_model(_small(0))[0], *NORM),
-            tx,
-            teachers=(t1,),
-            method=step_lib.Method(frequency_augment=True),
-        )
-    )
+    single = _jit_step(_small(0), tx, teachers=(t1,), frequency_augment=True)
     np.testing.assert_allclose(only_first, single(state, (v1,), _batch(), HP)[1]["kd"], rtol=1e-5)
     both = fn(state, (v1, v2), _batch(), {**HP, "teacher_weights": np.float32([1.0, 1.0])})
     assert abs(float(both[1]["kd"]) - float(only_first)) > 1e-6
@@ -128,14 +122,11 @@ def test_consistent_teaching_feeds_the_teacher_the_students_view():
     teacher, frozen = _frozen(_small(1, (8, 8)))
 
     def kd(teacher_input, freq_prob):
-        fn = step_lib.make_train_step(
-            step_lib.ModelFn(step_lib.split_model(_small(0))[0], *NORM),
-            tx,
-            teachers=(teacher,),
-            method=step_lib.Method(frequency_augment=True, teacher_input=teacher_input),
+        fn = _jit_step(
+            _small(0), tx, (teacher,), frequency_augment=True, teacher_input=teacher_input
         )
         hp = {**HP, "freq_prob": np.float32(freq_prob), "band_drop_prob": np.float32(1.0)}
-        return float(jax.jit(fn)(_state(_small(0), tx), (frozen,), _batch(), hp)[1]["kd"])
+        return float(fn(_state(_small(0), tx), (frozen,), _batch(), hp)[1]["kd"])
 
     # Without augmentation the two inputs are the same image; with it they differ.
     assert kd("view", 0.0) == pytest.approx(kd("clean", 0.0), rel=1e-4)  # DCT round trip
@@ -170,14 +161,13 @@ def test_mutual_step_updates_both_peers_and_deploys_the_chosen_one():
     tx = optax.adamw(1e-2)
     teacher, frozen = _frozen(_small(3, (8, 8)))
     model = _peers()
-    graphdef = step_lib.split_model(model)[0]
-    fn = jax.jit(
-        step_lib.make_train_step(
-            step_lib.ModelFn(graphdef, (0.0,) * 3, (1.0,) * 3),
-            tx,
-            teachers=(teacher,),
-            method=step_lib.Method(frequency_augment=True, mutual=True),
-        )
+    fn = _jit_step(
+        model,
+        tx,
+        teachers=(teacher,),
+        norm=((0.0,) * 3, (1.0,) * 3),
+        frequency_augment=True,
+        mutual=True,
     )
     state = _state(model, tx)
     new, metrics = fn(state, (frozen,), _batch(), {**HP, "mutual_weight": np.float32(1.0)})
@@ -198,14 +188,7 @@ def test_feature_distillation_trains_the_projection(kind):
     teacher, frozen = _frozen(_small(1, (8, 12)))
     student = _small(0)
     student.feature_projectors = detectors.FeatureProjectors(16, (12,), rngs=nnx.Rngs(5))
-    fn = jax.jit(
-        step_lib.make_train_step(
-            step_lib.ModelFn(step_lib.split_model(student)[0], *NORM),
-            tx,
-            teachers=(teacher,),
-            method=step_lib.Method(feature_loss=kind),
-        )
-    )
+    fn = _jit_step(student, tx, teachers=(teacher,), feature_loss=kind)
     state = _state(student, tx)
     new, metrics = fn(state, (frozen,), _batch(), {**HP, "feature_weight": np.float32(1.0)})
     assert float(metrics["feature"]) > 0
@@ -231,14 +214,7 @@ def test_schedules_move_from_start_to_end_inside_the_step(kind):
     assert float(distill.scheduled("constant", 6.0, 2.0, 0.7)) == pytest.approx(6.0)
     tx = optax.sgd(0.0)
     teacher, frozen = _frozen(_small(1, (8, 8)))
-    fn = jax.jit(
-        step_lib.make_train_step(
-            step_lib.ModelFn(step_lib.split_model(_small(0))[0], *NORM),
-            tx,
-            teachers=(teacher,),
-            method=step_lib.Method(schedule=kind),
-        )
-    )
+    fn = _jit_step(_small(0), tx, teachers=(teacher,), schedule=kind)
     hp = {**HP, "temperature_end": np.float32(2.0), "total_steps": np.float32(4.0)}
     state = _state(_small(0), tx)
     temps = []
