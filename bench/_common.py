@@ -11,3 +11,50 @@ def load_config(path: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
+
+
+def student_step(config, *, teacher: bool = True, hparam_overrides: dict | None = None):
+    """The config's student train step, compiled, with random inputs of the config's shape:
+    (compiled, state, teacher variables or None, batch, hparams). `teacher=False` drops the
+    teacher (plain cross-entropy); `hparam_overrides` replaces traced settings."""
+    import jax
+    import numpy as np
+
+    from mkln_jax import sharding, train
+    from mkln_jax import step as step_lib
+
+    mesh = train.make_mesh(config)
+    tx = train.make_optimizer(config, "student")
+    model = train.build_model(config, "student", with_weights=False)
+    graphdef, _, _ = step_lib.split_model(model)
+    state = step_lib.init_state(model, tx, config.seed)
+    teachers, frozen = (), None
+    if teacher:
+        t_graph, t_params, t_stats = step_lib.split_model(
+            train.build_model(config, "teacher", with_weights=False)
+        )
+        teachers = (train.model_fn(config, "teacher", t_graph),)
+        frozen = (step_lib.Frozen(t_params, t_stats),)
+    fn = step_lib.make_train_step(
+        train.model_fn(config, "student", graphdef),
+        tx,
+        teachers=teachers,
+        method=train.method(config, "student"),
+    )
+    size, batch_size = config.data.image_size, config.student.batch_size
+    rng = np.random.default_rng(0)
+    batch = sharding.host_to_global(
+        {
+            "image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
+            "label": np.tile(np.int32([0, 1]), batch_size // 2),
+        },
+        mesh,
+    )
+    hparams = train.hparams(config, "student")
+    hparams.update({k: np.float32(v) for k, v in (hparam_overrides or {}).items()})
+    if teacher:
+        hparams["teacher_weights"] = np.ones((1,), np.float32)
+    else:
+        hparams.pop("teacher_weights", None)
+    compiled = jax.jit(fn).lower(state, frozen, batch, hparams).compile()
+    return compiled, state, frozen, batch, hparams

@@ -18,10 +18,9 @@ import time
 
 import jax
 import numpy as np
-from _common import load_config
+from _common import load_config, student_step
 
-from mkln_jax import config_lib, sharding, train
-from mkln_jax import step as step_lib
+from mkln_jax import config_lib
 from mkln_jax.input_pipeline import loader, prepare
 
 
@@ -44,34 +43,8 @@ def loader_rate(config, augment: loader.HostAugment, batches: int) -> float:
 
 
 def step_rate(config, steps: int) -> float:
-    mesh = train.make_mesh(config)
-    tx = train.make_optimizer(config, "student")
-    model = train.build_model(config, "student", with_weights=False)
-    graphdef, _, _ = step_lib.split_model(model)
-    state = step_lib.init_state(model, tx, 0)
-    t_graph, t_params, t_stats = step_lib.split_model(
-        train.build_model(config, "teacher", with_weights=False)
-    )
-    teachers = (train.model_fn(config, "teacher", t_graph),)
-    frozen = (step_lib.Frozen(t_params, t_stats),)
-    fn = jax.jit(
-        step_lib.make_train_step(
-            train.model_fn(config, "student", graphdef),
-            tx,
-            teachers=teachers,
-            method=train.method(config, "student"),
-        )
-    )
-    size, batch = config.data.image_size, config.student.batch_size
-    rng = np.random.default_rng(0)
-    data = sharding.host_to_global(
-        {
-            "image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
-            "label": np.tile(np.int32([0, 1]), batch // 2),
-        },
-        mesh,
-    )
-    hparams = train.hparams(config, "student")
+    fn, state, frozen, data, hparams = student_step(config)
+    batch = config.student.batch_size
     for _ in range(15):  # warm-up: XLA:CPU's first ~10 executions of a step run slower
         jax.block_until_ready(fn(state, frozen, data, hparams))
     start = time.perf_counter()

@@ -23,10 +23,10 @@ import time
 
 import jax
 import numpy as np
-from _common import load_config
+from _common import load_config, student_step
 
-from mkln_jax import sharding, train
 from mkln_jax import step as step_lib
+from mkln_jax import train
 
 ALL_OPS = {
     "freq_prob": 1.0,
@@ -51,37 +51,9 @@ def build(
         config.mutual.enabled = mutual
         config.student.frequency_augment = augment
         config.freq_aug.block = block
-    mesh = train.make_mesh(config)
-    tx = train.make_optimizer(config, "student")
-    model = train.build_model(config, "student", with_weights=False)
-    graphdef, _, _ = step_lib.split_model(model)
-    state = step_lib.init_state(model, tx, config.seed)
-    teachers, frozen = (), None
-    if teacher:
-        t_model = train.build_model(config, "teacher", with_weights=False)
-        t_graph, t_params, t_stats = step_lib.split_model(t_model)
-        teachers = (train.model_fn(config, "teacher", t_graph),)
-        frozen = (step_lib.Frozen(t_params, t_stats),)
-    fn = step_lib.make_train_step(
-        train.model_fn(config, "student", graphdef),
-        tx,
-        teachers=teachers,
-        method=train.method(config, "student"),
+    compiled, state, frozen, batch, hparams = student_step(
+        config, teacher=teacher, hparam_overrides=ALL_OPS
     )
-    size, batch_size = config.data.image_size, config.student.batch_size
-    rng = np.random.default_rng(0)
-    batch = {
-        "image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
-        "label": np.tile(np.int32([0, 1]), batch_size // 2),
-    }
-    hparams = train.hparams(config, "student")
-    hparams.update({k: np.float32(v) for k, v in ALL_OPS.items()})
-    if teacher:
-        hparams["teacher_weights"] = np.ones((1,), np.float32)
-    else:
-        hparams.pop("teacher_weights", None)
-    batch = sharding.host_to_global(batch, mesh)
-    compiled = jax.jit(fn).lower(state, frozen, batch, hparams).compile()
     analysis = compiled.cost_analysis()
     if isinstance(analysis, list):
         analysis = analysis[0]
