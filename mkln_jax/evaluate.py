@@ -35,6 +35,7 @@ def jit_perturbed_eval_step(model: step_lib.ModelFn, mesh, name: str, severity: 
 
     def eval_step(params, batch_stats, images, key):
         x = perturb.apply(name, severity, key, images.astype(jnp.float32) / 255.0)
+        # Back to 8-bit pixels, as a perturbed image reaches a detector in practice.
         return plain(params, batch_stats, jnp.round(x * 255.0).astype(jnp.uint8))
 
     return jax.jit(

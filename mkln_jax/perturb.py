@@ -9,8 +9,6 @@ colour changes).
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -143,8 +141,3 @@ def apply(name: str, severity: int, key: jax.Array, x: jax.Array) -> jax.Array:
         "contrast": lambda: contrast(x, level),
     }[name]
     return fn()
-
-
-@functools.cache
-def jitted(name: str, severity: int):
-    return jax.jit(functools.partial(apply, name, severity))
