@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import pathlib
 import signal
 import time
@@ -188,15 +189,22 @@ def source_config(config, source: TeacherSource) -> ml_collections.ConfigDict:
     """The config a teacher was trained with (this run's, or the one saved with the run)."""
     if source.kind != "run":
         return config
-    ckpts = checkpoint.Checkpoints(pathlib.Path(source.path) / "checkpoints", keep=1)
+    return config_lib.from_saved(_saved_best_config(source.path, source.stage))
+
+
+@functools.lru_cache(maxsize=16)
+def _saved_best_config(path: str, stage: str) -> dict:
+    """The config saved with a finished stage's best checkpoint, read once per process (a stage
+    with feature distillation builds its model several times)."""
+    ckpts = checkpoint.Checkpoints(pathlib.Path(path) / "checkpoints", keep=1)
     try:
         step = ckpts.best_step()
         if step is None:
             raise FileNotFoundError(
-                f"{source.path} has no best checkpoint. Fix: finish that run's {source.stage} "
-                "stage, or point distill.teachers at a finished one."
+                f"{path} has no best checkpoint. Fix: finish that run's {stage} stage, or "
+                "point distill.teachers at a finished one."
             )
-        return config_lib.from_saved(ckpts.saved_config(step))
+        return ckpts.saved_config(step)
     finally:
         ckpts.close()
 
