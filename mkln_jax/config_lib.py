@@ -171,9 +171,9 @@ def _check_method(config: ml_collections.ConfigDict, errors: list[str]) -> None:
         except ValueError as e:
             errors.append(str(e))
     for source in sources:
-        if source.kind == "stage" and "teacher" not in config.stages:
-            pass  # a teacher stage finished earlier in this workdir is fine; checked at load
-        elif source.kind == "run" and not pathlib.Path(source.path, "checkpoints").is_dir():
+        # "teacher" (this run's stage) is checked when it is loaded: it may have finished in an
+        # earlier `mkln train` of the same workdir.
+        if source.kind == "run" and not pathlib.Path(source.path, "checkpoints").is_dir():
             errors.append(
                 f"distill.teachers {source.spec!r}: no checkpoints under {source.path}. Fix: "
                 "give a finished run's stage folder, e.g. run:runs/demo/teacher"
