@@ -14,6 +14,7 @@ import skimage.data
 from flax import nnx
 
 from mkln_jax import models
+from mkln_jax import step as step_lib
 from mkln_jax.models import convert, layers, torch_state
 from mkln_jax.models.efficientnet import EfficientNet
 
@@ -62,11 +63,62 @@ def test_shifted_depthwise_conv_equals_xla_conv_and_its_gradients(kernel, stride
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_efficientnet_depthwise_formulations_give_equal_logits():
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)
-    a = EfficientNet(10, variant="efficientnet_lite0", depthwise_impl="shifted", rngs=nnx.Rngs(0))
-    b = EfficientNet(10, variant="efficientnet_lite0", depthwise_impl="xla", rngs=nnx.Rngs(0))
-    np.testing.assert_allclose(_jit_apply(a, x), _jit_apply(b, x), atol=1e-4, rtol=1e-4)
+@pytest.mark.parametrize("stride,padding", [(1, "VALID"), (2, "SAME"), (2, ((0, 0), (0, 0)))])
+def test_pointwise_conv_equals_xla_conv_and_its_gradients(stride, padding):
+    rng = np.random.default_rng(stride)
+    x = jnp.asarray(rng.normal(size=(3, 9, 9, 5)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(1, 1, 5, 7)), jnp.float32)
+
+    def loss(fn, xx, ww):
+        y = fn(xx, ww, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.sum(jnp.sin(y)), y
+
+    (_, expected), g_ref = jax.value_and_grad(
+        lambda a, b: loss(jax.lax.conv_general_dilated, a, b), (0, 1), has_aux=True
+    )(x, w)
+    (_, got), g_new = jax.value_and_grad(
+        lambda a, b: loss(layers.pointwise_conv, a, b), (0, 1), has_aux=True
+    )(x, w)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g_new, g_ref, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="1x1"):
+        layers.pointwise_conv(x, jnp.zeros((3, 3, 5, 7)), (1, 1), "SAME")
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "xception", "resnet18"])
+def test_cpu_formulations_train_like_xla_convolutions(name):
+    """A whole train-mode forward and every parameter gradient: the CPU formulations (shifted
+    depthwise with its own backward pass, 1x1 as dot) against XLA's convolutions. In float64:
+    the two are the same function, so they agree to ~1e-12 there; in float32 a deep ReLU
+    network can flip a unit whose input is within rounding of zero and move early-layer
+    gradients by ~0.5% (seen in Xception), which would hide a real error of that size."""
+    size = 71 if name == "xception" else 64
+    results = []
+    with jax.enable_x64(True):
+        x = jnp.asarray(np.random.default_rng(0).normal(size=(2, size, size, 3)), jnp.float64)
+        for impl in ("cpu", "xla"):
+            model = models.spec(name).constructor(
+                2, dtype=jnp.float64, conv_impl=impl, rngs=nnx.Rngs(params=0)
+            )
+            graphdef, params, stats = step_lib.split_model(model)
+            params, stats = jax.tree.map(lambda v: v.astype(jnp.float64), (params, stats))
+            fn = step_lib.ModelFn(graphdef, (0.0,) * 3, (1.0,) * 3, compute_dtype=jnp.float64)
+
+            def loss(p, fn=fn, stats=stats):
+                logits, _ = fn.apply(p, stats, x, train=True, call=lambda m, xx, t: m(xx, t))
+                return jnp.sum(logits * jnp.asarray([1.0, -2.0])), logits
+
+            (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+            assert logits.dtype == jnp.float32  # ModelFn's output cast; computed in float64
+            results.append((logits, jax.tree.leaves(grads)))
+    (cpu_logits, cpu_grads), (xla_logits, xla_grads) = results
+    np.testing.assert_allclose(cpu_logits, xla_logits, rtol=1e-6, atol=1e-6)
+    assert len(cpu_grads) == len(xla_grads) > 10
+    overall = max(float(np.max(np.abs(g))) for g in xla_grads)
+    for a, b in zip(cpu_grads, xla_grads, strict=True):
+        assert a.dtype == jnp.float64
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * overall)
 
 
 def _imagenet_top1(name: str, model, image: np.ndarray) -> int:

@@ -96,14 +96,14 @@ class MBConv(nnx.Module):
         *,
         variant: Variant,
         dtype,
-        depthwise,
+        impl,
         rngs,
     ):
         mid = in_ch * expand_ratio
         self.act = ACTIVATIONS[variant.activation]
         self.expand = expand_ratio != 1
         if self.expand:
-            self.expand_conv = layers.conv(in_ch, mid, 1, dtype=dtype, rngs=rngs)
+            self.expand_conv = layers.conv(in_ch, mid, 1, dtype=dtype, impl=impl, rngs=rngs)
             self.bn0 = layers.batch_norm(mid, variant.bn_epsilon, dtype, rngs)
         self.depthwise_conv = layers.conv(
             mid,
@@ -113,7 +113,7 @@ class MBConv(nnx.Module):
             groups=mid,
             padding=variant.padding,
             dtype=dtype,
-            depthwise=depthwise,
+            impl=impl,
             rngs=rngs,
         )
         self.bn1 = layers.batch_norm(mid, variant.bn_epsilon, dtype, rngs)
@@ -123,7 +123,7 @@ class MBConv(nnx.Module):
             if variant.squeeze_excite
             else None
         )
-        self.project_conv = layers.conv(mid, out_ch, 1, dtype=dtype, rngs=rngs)
+        self.project_conv = layers.conv(mid, out_ch, 1, dtype=dtype, impl=impl, rngs=rngs)
         self.bn2 = layers.batch_norm(out_ch, variant.bn_epsilon, dtype, rngs)
         self.skip = stride == 1 and in_ch == out_ch
 
@@ -149,13 +149,13 @@ class EfficientNet(nnx.Module):
         variant: str = "efficientnet_b0",
         in_channels: int = 3,
         dtype: Any = jnp.float32,
-        depthwise_impl: str = "auto",
+        conv_impl: str = "auto",
         rngs: nnx.Rngs,
     ):
         spec = VARIANTS[variant]
         self.variant = variant
         self.act = ACTIVATIONS[spec.activation]
-        depthwise = layers.resolve_depthwise_impl(depthwise_impl)
+        impl = layers.resolve_conv_impl(conv_impl)
         stem = 32 if spec.fixed_stem_head else round_channels(32, spec.width)
         self.stem_conv = layers.conv(
             in_channels, stem, 3, 2, padding=spec.padding, dtype=dtype, rngs=rngs
@@ -175,7 +175,7 @@ class EfficientNet(nnx.Module):
                         stride if r == 0 else 1,
                         variant=spec,
                         dtype=dtype,
-                        depthwise=depthwise,
+                        impl=impl,
                         rngs=rngs,
                     )
                 )
@@ -183,7 +183,7 @@ class EfficientNet(nnx.Module):
                 in_ch = out_ch
         self.blocks = nnx.List(blocks)
         head = 1280 if spec.fixed_stem_head else round_channels(1280, spec.width)
-        self.head_conv = layers.conv(in_ch, head, 1, dtype=dtype, rngs=rngs)
+        self.head_conv = layers.conv(in_ch, head, 1, dtype=dtype, impl=impl, rngs=rngs)
         self.head_bn = layers.batch_norm(head, spec.bn_epsilon, dtype, rngs)
         self.feature_dim = head
         self.classifier = nnx.Linear(head, num_classes, dtype=dtype, rngs=rngs)

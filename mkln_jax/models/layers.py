@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,73 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def _explicit_pads(
+    padding: str | Sequence[tuple[int, int]], shape: Sequence[int], kernel: int, stride: int
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    if isinstance(padding, str):
+        if padding == "SAME":
+            return same_padding(shape[1], kernel, stride), same_padding(shape[2], kernel, stride)
+        if padding == "VALID":
+            return (0, 0), (0, 0)
+        raise ValueError(f"unsupported padding {padding!r}")
+    (a, b), (c, d) = padding
+    return (int(a), int(b)), (int(c), int(d))
+
+
+def _windows(xp: jax.Array, kernel: int, stride: int, out_h: int, out_w: int):
+    """(i, j, xp's strided window for kernel tap (i, j)), NHWC."""
+    n, c = xp.shape[0], xp.shape[-1]
+    for i in range(kernel):
+        for j in range(kernel):
+            limit = (n, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c)
+            yield i, j, jax.lax.slice(xp, (0, i, j, 0), limit, (1, stride, stride, 1))
+
+
+def _shifted_sum(xp: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+    """sum over taps of window(i, j) * w[i, j, 0]: a depthwise VALID convolution of xp."""
+    kernel = w.shape[0]
+    out_h = (xp.shape[1] - kernel) // stride + 1
+    out_w = (xp.shape[2] - kernel) // stride + 1
+    out = None
+    for i, j, window in _windows(xp, kernel, stride, out_h, out_w):
+        term = window * w[i, j, 0]
+        out = term if out is None else out + term
+    return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise(x: jax.Array, w: jax.Array, stride: int, pads) -> jax.Array:
+    return _shifted_sum(jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0))), w, stride)
+
+
+def _depthwise_fwd(x, w, stride, pads):
+    return _depthwise(x, w, stride, pads), (x, w)
+
+
+def _depthwise_bwd(stride, pads, residuals, dy):
+    x, w = residuals
+    kernel = w.shape[0]
+    # dx: the transposed convolution, written as the same shifted sum over dy spread out by the
+    # stride (zeros between rows and columns), padded so the output lines up with x, and the
+    # kernel flipped. Autodiff of the forward instead adds k*k padded copies of dy * w[i, j],
+    # which XLA:CPU fuses into one slow loop.
+    config = [(0, 0, 0)]
+    for axis, (before, after) in zip((1, 2), pads, strict=True):
+        padded = x.shape[axis] + before + after
+        unused = padded - ((dy.shape[axis] - 1) * stride + kernel)  # rows no window reached
+        config.append((kernel - 1 - before, kernel - 1 + unused - after, stride - 1))
+    config.append((0, 0, 0))
+    dy_spread = jax.lax.pad(dy, jnp.zeros((), dy.dtype), config)
+    dx = _shifted_sum(dy_spread, w[::-1, ::-1], 1)
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    taps = _windows(xp, kernel, stride, dy.shape[1], dy.shape[2])
+    dw = jnp.stack([jnp.sum(window * dy, axis=(0, 1, 2)) for _, _, window in taps])
+    return dx, dw.reshape(w.shape).astype(w.dtype)
+
+
+_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
 def shifted_depthwise_conv(
     lhs: jax.Array,
     rhs: jax.Array,
@@ -38,52 +106,71 @@ def shifted_depthwise_conv(
 
     A drop-in for `jax.lax.conv_general_dilated` in `nnx.Conv` for the depthwise case only.
     XLA:CPU lowers depthwise convolutions (and especially their filter gradients) poorly; this
-    formulation is ~3x faster there in training (see ../shared/facts.md) and equal to ~1e-7.
+    formulation, with its own backward pass (`_depthwise_bwd`), is 3-10x faster there in
+    training (docs/performance.md) and the same function (tests/test_models.py).
     """
     # NHWC / HWIO are fixed by nnx.Conv; newer flax also passes sharding hints we do not need.
     del dimension_numbers, precision, preferred_element_type, unused_kwargs
     channels = lhs.shape[-1]
     kh, kw, one, out_channels = rhs.shape
-    if one != 1 or feature_group_count != channels or out_channels != channels:
-        raise ValueError("shifted_depthwise_conv handles depthwise convolutions only")
+    if one != 1 or feature_group_count != channels or out_channels != channels or kh != kw:
+        raise ValueError("shifted_depthwise_conv handles square depthwise convolutions only")
     if any(d != 1 for d in (lhs_dilation or (1, 1))) or any(
         d != 1 for d in (rhs_dilation or (1, 1))
     ):
         raise ValueError("shifted_depthwise_conv does not support dilation")
     sh, sw = window_strides
-    height, width = lhs.shape[1], lhs.shape[2]
-    if isinstance(padding, str):
-        if padding == "SAME":
-            pads = (same_padding(height, kh, sh), same_padding(width, kw, sw))
-        elif padding == "VALID":
-            pads = ((0, 0), (0, 0))
-        else:
-            raise ValueError(f"unsupported padding {padding!r}")
-    else:
-        pads = tuple(tuple(p) for p in padding)
-    x = jnp.pad(lhs, ((0, 0), pads[0], pads[1], (0, 0)))
-    out_h = (x.shape[1] - kh) // sh + 1
-    out_w = (x.shape[2] - kw) // sw + 1
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            window = jax.lax.slice(
-                x,
-                (0, i, j, 0),
-                (x.shape[0], i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, channels),
-                (1, sh, sw, 1),
-            )
-            term = window * rhs[i, j, 0]
-            out = term if out is None else out + term
-    return out
+    if sh != sw:
+        raise ValueError("shifted_depthwise_conv needs equal strides")
+    return _depthwise(lhs, rhs, int(sh), _explicit_pads(padding, lhs.shape, kh, sh))
 
 
-def resolve_depthwise_impl(impl: str) -> str:
-    """'auto' picks the shifted form on CPU and XLA's native depthwise conv elsewhere."""
+def pointwise_conv(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    precision=None,
+    preferred_element_type=None,
+    **unused_kwargs,
+) -> jax.Array:
+    """A 1x1 convolution (NHWC, kernel 11IO, no padding) as one matrix product.
+
+    A drop-in for `jax.lax.conv_general_dilated` in `nnx.Conv`. XLA:CPU computes a 1x1
+    convolution's filter gradient as a convolution over the whole image with transposed
+    operands (3.3x slower than this at 16 x 16 x 728 -> 728, docs/performance.md); as a
+    dot, every pass is a plain matrix product.
+    """
+    del rhs_dilation, dimension_numbers, unused_kwargs
+    kh, kw, _, _ = rhs.shape
+    if (kh, kw) != (1, 1) or feature_group_count != 1:
+        raise ValueError("pointwise_conv handles 1x1 convolutions without groups only")
+    if any(d != 1 for d in (lhs_dilation or (1, 1))):
+        raise ValueError("pointwise_conv does not support input dilation")
+    if _explicit_pads(padding, lhs.shape, 1, window_strides[0]) != ((0, 0), (0, 0)):
+        raise ValueError("pointwise_conv does not support padding")
+    sh, sw = window_strides
+    if (sh, sw) != (1, 1):
+        lhs = lhs[:, ::sh, ::sw, :]
+    return jax.lax.dot_general(
+        lhs,
+        rhs[0, 0],
+        (((3,), (0,)), ((), ())),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+
+
+def resolve_conv_impl(impl: str) -> str:
+    """'auto' picks the CPU formulations on CPU and XLA's own convolutions elsewhere."""
     if impl == "auto":
-        return "shifted" if jax.default_backend() == "cpu" else "xla"
-    if impl not in ("shifted", "xla"):
-        raise ValueError(f"depthwise_impl must be 'auto', 'shifted' or 'xla', got {impl!r}")
+        return "cpu" if jax.default_backend() == "cpu" else "xla"
+    if impl not in ("cpu", "xla"):
+        raise ValueError(f"conv_impl must be 'auto', 'cpu' or 'xla', got {impl!r}")
     return impl
 
 
@@ -97,14 +184,15 @@ def conv(
     padding: str | int = "symmetric",
     bias: bool = False,
     dtype: Any = jnp.float32,
-    depthwise: str = "xla",
+    impl: str = "xla",
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
     """A 2-D convolution as PyTorch models define it.
 
     padding: "symmetric" (k // 2 on every side, PyTorch's usual choice), "same" (TensorFlow:
     the extra pixel goes after), "valid", or an int for explicit symmetric padding.
-    Depthwise convolutions (groups == channels) use `depthwise` ("shifted" or "xla").
+    impl "cpu" computes depthwise convolutions (groups == channels) as shifted multiply-adds
+    and 1x1 convolutions as matrix products; "xla" leaves every convolution to XLA.
     """
     if padding == "symmetric":
         pad: Any = ((kernel // 2, kernel // 2),) * 2
@@ -114,12 +202,14 @@ def conv(
         pad = "VALID"
     else:
         pad = ((int(padding), int(padding)),) * 2
-    is_depthwise = groups > 1 and groups == in_ch == out_ch
-    conv_fn = (
-        shifted_depthwise_conv
-        if is_depthwise and depthwise == "shifted"
-        else jax.lax.conv_general_dilated
-    )
+    conv_fn = jax.lax.conv_general_dilated
+    if impl == "cpu":
+        if groups > 1 and groups == in_ch == out_ch:
+            conv_fn = shifted_depthwise_conv
+        elif kernel == 1 and groups == 1:
+            conv_fn = pointwise_conv
+    elif impl != "xla":
+        raise ValueError(f"impl must be 'cpu' or 'xla', got {impl!r}")
     return nnx.Conv(
         in_ch,
         out_ch,

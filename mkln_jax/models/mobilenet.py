@@ -24,17 +24,17 @@ BN_EPSILON = 1e-5
 
 
 class InvertedResidual(nnx.Module):
-    def __init__(self, in_ch, out_ch, stride, expand_ratio, *, dtype, depthwise, rngs):
+    def __init__(self, in_ch, out_ch, stride, expand_ratio, *, dtype, impl, rngs):
         mid = in_ch * expand_ratio
         self.expand = expand_ratio != 1
         if self.expand:
-            self.expand_conv = layers.conv(in_ch, mid, 1, dtype=dtype, rngs=rngs)
+            self.expand_conv = layers.conv(in_ch, mid, 1, dtype=dtype, impl=impl, rngs=rngs)
             self.expand_bn = layers.batch_norm(mid, BN_EPSILON, dtype, rngs)
         self.depthwise_conv = layers.conv(
-            mid, mid, 3, stride, groups=mid, dtype=dtype, depthwise=depthwise, rngs=rngs
+            mid, mid, 3, stride, groups=mid, dtype=dtype, impl=impl, rngs=rngs
         )
         self.depthwise_bn = layers.batch_norm(mid, BN_EPSILON, dtype, rngs)
-        self.project_conv = layers.conv(mid, out_ch, 1, dtype=dtype, rngs=rngs)
+        self.project_conv = layers.conv(mid, out_ch, 1, dtype=dtype, impl=impl, rngs=rngs)
         self.project_bn = layers.batch_norm(out_ch, BN_EPSILON, dtype, rngs)
         self.skip = stride == 1 and in_ch == out_ch
 
@@ -59,10 +59,10 @@ class MobileNetV2(nnx.Module):
         *,
         in_channels: int = 3,
         dtype: Any = jnp.float32,
-        depthwise_impl: str = "auto",
+        conv_impl: str = "auto",
         rngs: nnx.Rngs,
     ):
-        depthwise = layers.resolve_depthwise_impl(depthwise_impl)
+        impl = layers.resolve_conv_impl(conv_impl)
         self.stem_conv = layers.conv(in_channels, 32, 3, 2, dtype=dtype, rngs=rngs)
         self.stem_bn = layers.batch_norm(32, BN_EPSILON, dtype, rngs)
         blocks, in_ch = [], 32
@@ -70,12 +70,12 @@ class MobileNetV2(nnx.Module):
             for i in range(n):
                 blocks.append(
                     InvertedResidual(
-                        in_ch, c, s if i == 0 else 1, t, dtype=dtype, depthwise=depthwise, rngs=rngs
+                        in_ch, c, s if i == 0 else 1, t, dtype=dtype, impl=impl, rngs=rngs
                     )
                 )
                 in_ch = c
         self.blocks = nnx.List(blocks)
-        self.head_conv = layers.conv(in_ch, 1280, 1, dtype=dtype, rngs=rngs)
+        self.head_conv = layers.conv(in_ch, 1280, 1, dtype=dtype, impl=impl, rngs=rngs)
         self.head_bn = layers.batch_norm(1280, BN_EPSILON, dtype, rngs)
         self.classifier = nnx.Linear(1280, num_classes, dtype=dtype, rngs=rngs)
 

@@ -18,13 +18,13 @@ BN_EPSILON = 1e-5
 class BasicBlock(nnx.Module):
     expansion = 1
 
-    def __init__(self, in_ch: int, width: int, stride: int, *, dtype, rngs):
+    def __init__(self, in_ch: int, width: int, stride: int, *, dtype, impl, rngs):
         out_ch = width * self.expansion
         self.conv1 = layers.conv(in_ch, width, 3, stride, dtype=dtype, rngs=rngs)
         self.bn1 = layers.batch_norm(width, BN_EPSILON, dtype, rngs)
         self.conv2 = layers.conv(width, width, 3, dtype=dtype, rngs=rngs)
         self.bn2 = layers.batch_norm(out_ch, BN_EPSILON, dtype, rngs)
-        self.downsample = _downsample(in_ch, out_ch, stride, dtype, rngs)
+        self.downsample = _downsample(in_ch, out_ch, stride, dtype, impl, rngs)
 
     def __call__(self, x, train: bool):
         ura = not train
@@ -36,16 +36,16 @@ class BasicBlock(nnx.Module):
 class Bottleneck(nnx.Module):
     expansion = 4
 
-    def __init__(self, in_ch: int, width: int, stride: int, *, dtype, rngs):
+    def __init__(self, in_ch: int, width: int, stride: int, *, dtype, impl, rngs):
         out_ch = width * self.expansion
-        self.conv1 = layers.conv(in_ch, width, 1, dtype=dtype, rngs=rngs)
+        self.conv1 = layers.conv(in_ch, width, 1, dtype=dtype, impl=impl, rngs=rngs)
         self.bn1 = layers.batch_norm(width, BN_EPSILON, dtype, rngs)
         # stride on the 3x3 conv (torchvision's "ResNet v1.5")
         self.conv2 = layers.conv(width, width, 3, stride, dtype=dtype, rngs=rngs)
         self.bn2 = layers.batch_norm(width, BN_EPSILON, dtype, rngs)
-        self.conv3 = layers.conv(width, out_ch, 1, dtype=dtype, rngs=rngs)
+        self.conv3 = layers.conv(width, out_ch, 1, dtype=dtype, impl=impl, rngs=rngs)
         self.bn3 = layers.batch_norm(out_ch, BN_EPSILON, dtype, rngs)
-        self.downsample = _downsample(in_ch, out_ch, stride, dtype, rngs)
+        self.downsample = _downsample(in_ch, out_ch, stride, dtype, impl, rngs)
 
     def __call__(self, x, train: bool):
         ura = not train
@@ -55,12 +55,12 @@ class Bottleneck(nnx.Module):
         return jax.nn.relu(h + _shortcut(self.downsample, x, train))
 
 
-def _downsample(in_ch, out_ch, stride, dtype, rngs):
+def _downsample(in_ch, out_ch, stride, dtype, impl, rngs):
     if stride == 1 and in_ch == out_ch:
         return None
     return nnx.List(
         [
-            layers.conv(in_ch, out_ch, 1, stride, dtype=dtype, rngs=rngs),
+            layers.conv(in_ch, out_ch, 1, stride, dtype=dtype, impl=impl, rngs=rngs),
             layers.batch_norm(out_ch, BN_EPSILON, dtype, rngs),
         ]
     )
@@ -83,10 +83,10 @@ class ResNet(nnx.Module):
         variant: str = "resnet18",
         in_channels: int = 3,
         dtype: Any = jnp.float32,
-        depthwise_impl: str = "auto",  # accepted for a uniform zoo signature; no depthwise convs
+        conv_impl: str = "auto",
         rngs: nnx.Rngs,
     ):
-        del depthwise_impl
+        impl = layers.resolve_conv_impl(conv_impl)
         block_cls = Bottleneck if variant == "resnet50" else BasicBlock
         self.variant = variant
         self.conv1 = layers.conv(in_channels, 64, 7, 2, dtype=dtype, rngs=rngs)
@@ -98,7 +98,7 @@ class ResNet(nnx.Module):
             blocks = []
             for j in range(depth):
                 stride = 2 if i > 0 and j == 0 else 1
-                blocks.append(block_cls(in_ch, width, stride, dtype=dtype, rngs=rngs))
+                blocks.append(block_cls(in_ch, width, stride, dtype=dtype, impl=impl, rngs=rngs))
                 in_ch = width * block_cls.expansion
             stages.append(nnx.List(blocks))
         self.layers = nnx.List(stages)

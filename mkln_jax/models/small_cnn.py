@@ -33,10 +33,10 @@ class SmallCNN(nnx.Module):
         in_channels: int = 3,
         widths: tuple[int, ...] = (32, 64, 128, 256),
         dtype: Any = jnp.float32,
-        depthwise_impl: str = "auto",  # accepted for a uniform zoo signature; no depthwise convs
+        conv_impl: str = "auto",  # accepted for a uniform zoo signature; plain 3x3 convs only
         rngs: nnx.Rngs,
     ):
-        del depthwise_impl
+        del conv_impl
         self.stem = ConvBNReLU(in_channels, widths[0] // 2, 1, dtype=dtype, rngs=rngs)
         layers = []
         in_ch = widths[0] // 2

@@ -16,9 +16,9 @@ def count_params(model: nnx.Module) -> int:
 
 def forward_flops(name: str, resolution: int, num_classes: int = 1000) -> float:
     """XLA's FLOP count of one inference forward pass at batch 1 (multiply-add = 2 FLOPs)."""
-    # Abstract model (no weights needed to count); XLA's native depthwise conv so the count does
+    # Abstract model (no weights needed to count); XLA's native convolutions so the count does
     # not depend on the CPU formulation.
-    model = nnx.eval_shape(lambda: models.build(name, num_classes, depthwise_impl="xla"))
+    model = nnx.eval_shape(lambda: models.build(name, num_classes, conv_impl="xla"))
     graphdef, state = nnx.split(model)
 
     def forward(state, images):

@@ -29,11 +29,11 @@ BLOCKS = (
 
 
 class SeparableConv(nnx.Module):
-    def __init__(self, in_ch, out_ch, *, dtype, depthwise, rngs):
+    def __init__(self, in_ch, out_ch, *, dtype, impl, rngs):
         self.conv1 = layers.conv(
-            in_ch, in_ch, 3, 1, groups=in_ch, padding=1, dtype=dtype, depthwise=depthwise, rngs=rngs
+            in_ch, in_ch, 3, 1, groups=in_ch, padding=1, dtype=dtype, impl=impl, rngs=rngs
         )
-        self.pointwise = layers.conv(in_ch, out_ch, 1, dtype=dtype, rngs=rngs)
+        self.pointwise = layers.conv(in_ch, out_ch, 1, dtype=dtype, impl=impl, rngs=rngs)
 
     def __call__(self, x):
         return self.pointwise(self.conv1(x))
@@ -41,7 +41,7 @@ class SeparableConv(nnx.Module):
 
 class Block(nnx.Module):
     def __init__(
-        self, in_ch, out_ch, reps, stride, start_with_relu, grow_first, *, dtype, depthwise, rngs
+        self, in_ch, out_ch, reps, stride, start_with_relu, grow_first, *, dtype, impl, rngs
     ):
         channels = []  # (in, out) of each separable conv, in order
         filters = in_ch
@@ -52,7 +52,7 @@ class Block(nnx.Module):
         if not grow_first:
             channels.append((in_ch, out_ch))
         self.sepconvs = nnx.List(
-            [SeparableConv(a, b, dtype=dtype, depthwise=depthwise, rngs=rngs) for a, b in channels]
+            [SeparableConv(a, b, dtype=dtype, impl=impl, rngs=rngs) for a, b in channels]
         )
         self.bns = nnx.List([layers.batch_norm(b, BN_EPSILON, dtype, rngs) for _, b in channels])
         # PyTorch's Sequential: [ReLU, Sep, BN] per step, the first ReLU dropped when the block
@@ -64,7 +64,7 @@ class Block(nnx.Module):
         self.start_with_relu = start_with_relu
         self.stride = stride
         if out_ch != in_ch or stride != 1:
-            self.skip = layers.conv(in_ch, out_ch, 1, stride, dtype=dtype, rngs=rngs)
+            self.skip = layers.conv(in_ch, out_ch, 1, stride, dtype=dtype, impl=impl, rngs=rngs)
             self.skipbn = layers.batch_norm(out_ch, BN_EPSILON, dtype, rngs)
         else:
             self.skip = None
@@ -93,20 +93,18 @@ class Xception(nnx.Module):
         *,
         in_channels: int = 3,
         dtype: Any = jnp.float32,
-        depthwise_impl: str = "auto",
+        conv_impl: str = "auto",
         rngs: nnx.Rngs,
     ):
-        depthwise = layers.resolve_depthwise_impl(depthwise_impl)
+        impl = layers.resolve_conv_impl(conv_impl)
         self.conv1 = layers.conv(in_channels, 32, 3, 2, padding="valid", dtype=dtype, rngs=rngs)
         self.bn1 = layers.batch_norm(32, BN_EPSILON, dtype, rngs)
         self.conv2 = layers.conv(32, 64, 3, padding="valid", dtype=dtype, rngs=rngs)
         self.bn2 = layers.batch_norm(64, BN_EPSILON, dtype, rngs)
-        self.blocks = nnx.List(
-            [Block(*spec, dtype=dtype, depthwise=depthwise, rngs=rngs) for spec in BLOCKS]
-        )
-        self.conv3 = SeparableConv(1024, 1536, dtype=dtype, depthwise=depthwise, rngs=rngs)
+        self.blocks = nnx.List([Block(*spec, dtype=dtype, impl=impl, rngs=rngs) for spec in BLOCKS])
+        self.conv3 = SeparableConv(1024, 1536, dtype=dtype, impl=impl, rngs=rngs)
         self.bn3 = layers.batch_norm(1536, BN_EPSILON, dtype, rngs)
-        self.conv4 = SeparableConv(1536, 2048, dtype=dtype, depthwise=depthwise, rngs=rngs)
+        self.conv4 = SeparableConv(1536, 2048, dtype=dtype, impl=impl, rngs=rngs)
         self.bn4 = layers.batch_norm(2048, BN_EPSILON, dtype, rngs)
         self.fc = nnx.Linear(2048, num_classes, dtype=dtype, rngs=rngs)
 
