@@ -106,8 +106,8 @@ def shifted_depthwise_conv(
 
     A drop-in for `jax.lax.conv_general_dilated` in `nnx.Conv` for the depthwise case only.
     XLA:CPU lowers depthwise convolutions (and especially their filter gradients) poorly; this
-    formulation, with its own backward pass (`_depthwise_bwd`), is 3-10x faster there in
-    training (docs/performance.md) and the same function (tests/test_models.py).
+    formulation, with its own backward pass (`_depthwise_bwd`), is 3-13x faster there in
+    training (bench/conv_bench.py) and the same function (tests/test_models.py).
     """
     # NHWC / HWIO are fixed by nnx.Conv; newer flax also passes sharding hints we do not need.
     del dimension_numbers, precision, preferred_element_type, unused_kwargs
@@ -142,7 +142,7 @@ def pointwise_conv(
 
     A drop-in for `jax.lax.conv_general_dilated` in `nnx.Conv`. XLA:CPU computes a 1x1
     convolution's filter gradient as a convolution over the whole image with transposed
-    operands (3.3x slower than this at 16 x 16 x 728 -> 728, docs/performance.md); as a
+    operands (2.8x slower than this at 16 x 16 x 728 -> 728, bench/conv_bench.py); as a
     dot, every pass is a plain matrix product.
     """
     del rhs_dilation, dimension_numbers, unused_kwargs

@@ -1,0 +1,139 @@
+"""Single convolution layers, forward + backward, in the formulations the zoo can use on CPU.
+
+For each layer shape of EfficientNet-B0 / Xception at 128 px (batch 32) it times
+jit(grad(sum(sin(conv(x, w))))) with respect to input and kernel, and prints the median ms of
+each formulation and its speed-up over XLA's own convolution, all measured in this run,
+interleaved:
+
+- depthwise: XLA's grouped convolution, the shifted multiply-adds differentiated by autodiff
+  (the zoo's formulation before its own backward pass), and `layers.shifted_depthwise_conv`;
+- 1x1: XLA's convolution and `layers.pointwise_conv` (a dot).
+
+    python bench/conv_bench.py [--repeats 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mkln_jax.models import layers
+
+DIMS = ("NHWC", "HWIO", "NHWC")
+# (spatial size, channels, kernel, stride)
+DEPTHWISE = [
+    (64, 96, 3, 2),
+    (32, 144, 5, 2),
+    (32, 144, 3, 1),
+    (16, 240, 5, 1),
+    (8, 672, 5, 1),
+    (16, 728, 3, 1),
+    (8, 728, 3, 1),
+]
+# (spatial size, input channels, output channels, stride)
+POINTWISE = [(64, 32, 96, 1), (16, 728, 728, 1), (32, 128, 256, 2), (4, 320, 1280, 1)]
+
+
+def _grad_fn(conv):
+    loss = lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+
+def _autodiff_shifted(x, w, stride, pads):
+    return layers._shifted_sum(jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0))), w, stride)
+
+
+def _depthwise_fns(stride: int, pads, channels: int) -> dict:
+    strides = (stride, stride)
+    return {
+        "xla": _grad_fn(
+            lambda x, w: jax.lax.conv_general_dilated(
+                x, w, strides, pads, dimension_numbers=DIMS, feature_group_count=channels
+            )
+        ),
+        "autodiff": _grad_fn(lambda x, w: _autodiff_shifted(x, w, stride, pads)),
+        "ours": _grad_fn(
+            lambda x, w: layers.shifted_depthwise_conv(
+                x, w, strides, pads, feature_group_count=channels
+            )
+        ),
+    }
+
+
+def _pointwise_fns(stride: int) -> dict:
+    strides = (stride, stride)
+    return {
+        "xla": _grad_fn(
+            lambda x, w: jax.lax.conv_general_dilated(
+                x, w, strides, "VALID", dimension_numbers=DIMS
+            )
+        ),
+        "ours": _grad_fn(lambda x, w: layers.pointwise_conv(x, w, strides, "VALID")),
+    }
+
+
+def _compare(fns: dict, x, w, repeats: int) -> dict[str, float]:
+    for fn in fns.values():  # compile, then XLA:CPU's slower first executions
+        for _ in range(12):
+            jax.block_until_ready(fn(x, w))
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(x, w))
+            times[name].append(time.perf_counter() - start)
+    reference = fns["xla"](x, w)
+    for name, fn in fns.items():
+        for got, want in zip(fn(x, w), reference, strict=True):
+            scale = float(jnp.max(jnp.abs(want)))
+            np.testing.assert_allclose(got / scale, want / scale, atol=1e-4, err_msg=name)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=8)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    print(
+        f"{jax.devices()[0].device_kind}, jax {jax.__version__}, batch {args.batch}, float32, "
+        f"forward + backward, median of {args.repeats} interleaved calls, ms\n"
+    )
+    print(
+        "| depthwise (size, channels, kernel, stride) | XLA | shifted, autodiff | shifted, "
+        "own backward | speed-up over XLA |"
+    )
+    print("|---|---|---|---|---|")
+    for size, ch, k, stride in DEPTHWISE:
+        x = jnp.asarray(rng.standard_normal((args.batch, size, size, ch), np.float32))
+        w = jnp.asarray(rng.standard_normal((k, k, 1, ch), np.float32))
+        pads = (layers.same_padding(size, k, stride),) * 2
+        fns = _depthwise_fns(stride, pads, ch)
+        ms = _compare(fns, x, w, args.repeats)
+        print(
+            f"| {size}x{size}x{ch}, {k}, {stride} | {ms['xla']:.1f} | {ms['autodiff']:.1f} | "
+            f"{ms['ours']:.1f} | {ms['xla'] / ms['ours']:.2f}x |",
+            flush=True,
+        )
+    print("\n| 1x1 (size, in -> out, stride) | XLA | dot | speed-up over XLA |")
+    print("|---|---|---|---|")
+    for size, cin, cout, stride in POINTWISE:
+        x = jnp.asarray(rng.standard_normal((args.batch, size, size, cin), np.float32))
+        w = jnp.asarray(rng.standard_normal((1, 1, cin, cout), np.float32) * 0.05)
+        fns = _pointwise_fns(stride)
+        ms = _compare(fns, x, w, args.repeats)
+        print(
+            f"| {size}x{size}x{cin} -> {cout}, {stride} | {ms['xla']:.1f} | {ms['ours']:.1f} | "
+            f"{ms['xla'] / ms['ours']:.2f}x |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
