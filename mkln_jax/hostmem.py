@@ -7,7 +7,9 @@ the first time again: measured on the 2-core CPU of docs/performance.md, an Effi
 step (batch 32, 128 px) took 630,000 minor page faults and 1.0 s of kernel time per step, as much
 as the computation itself. Keeping freed memory in the process (no mmap for large blocks, no
 trimming, one arena so XLA's worker threads share it) removes all of them and doubles the step
-rate; the cost is a higher resident size (the heap keeps its peak). tcmalloc or jemalloc with
+rate; the cost is a higher resident size (the heap keeps its peak, and how high that peak is
+varies from run to run with how soon PJRT's threads free one step's buffers while the next is
+dispatched). tcmalloc or jemalloc with
 decay off, loaded with LD_PRELOAD, do the same with less memory (docs/performance.md).
 
 `tune()` is called when `mkln_jax` is imported, before any JAX computation creates XLA's
