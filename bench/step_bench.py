@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mkln_jax import models
+from mkln_jax import models, xla_options
 from mkln_jax import step as step_lib
 
 # Dense peaks in TFLOP/s from the vendors' datasheets: (float32 via TF32 tensor cores, bf16).
@@ -110,7 +110,9 @@ def _build(
         "jitter": np.float32(0.5),
         "band_drop_prob": np.float32(0.25),
     }
-    compiled = step.lower(state, frozen, data, hparams).compile()
+    # The convolution library the trainer would pick for this student (mkln_jax/xla_options.py).
+    options = xla_options.compiler_options(spec.cpu_convolutions)
+    compiled = step.lower(state, frozen, data, hparams).compile(compiler_options=options)
     return compiled, [state, frozen, data, hparams], None
 
 

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import optax
 
-from mkln_jax import models
+from mkln_jax import models, xla_options
 from mkln_jax import step as step_lib
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -65,7 +65,9 @@ def jax_step(case: str, batch: int, size: int):
     }
     state = [step_lib.init_state(model, tx, 0)]
     start = time.perf_counter()
-    compiled = fn.lower(state[0], frozen, data, hp).compile()
+    # Compiled as the trainer compiles it, with the student's XLA:CPU convolution library.
+    options = xla_options.compiler_options(spec.cpu_convolutions)
+    compiled = fn.lower(state[0], frozen, data, hp).compile(compiler_options=options)
     compile_s = time.perf_counter() - start
 
     def run(steps: int) -> list[float]:

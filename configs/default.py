@@ -128,6 +128,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.mesh_data = -1  # devices on the `data` axis; -1 = all (after fsdp)
     config.train.mesh_fsdp = 1  # devices on the `fsdp` axis (parameter sharding)
     config.train.fsdp_min_size = 16384  # leaves with fewer elements stay replicated
+    # XLA:CPU's library for convolutions in the train step: "auto" (the model's own choice,
+    # Eigen for ResNets), "ynnpack" or "eigen" (docs/performance.md). Ignored off the CPU.
+    config.train.cpu_convolutions = "auto"
 
     config.eval = ml_collections.ConfigDict()
     config.eval.split = "test"

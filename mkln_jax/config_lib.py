@@ -7,7 +7,7 @@ import pathlib
 import jax
 import ml_collections
 
-from mkln_jax import fetch, models
+from mkln_jax import fetch, models, xla_options
 from mkln_jax.input_pipeline import forgeries
 
 
@@ -79,6 +79,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         errors.append(
             f"train.compute_dtype must be one of {tuple(models.DTYPES)}, got "
             f"{config.train.compute_dtype!r}"
+        )
+    cpu_convolutions = config.train.get("cpu_convolutions", "auto")
+    if cpu_convolutions not in ("auto", *xla_options.CONV_LIBRARIES):
+        errors.append(
+            f"train.cpu_convolutions must be auto, ynnpack or eigen, got {cpu_convolutions!r}"
         )
     _check_method(config, errors)
     if config.distill.temperature <= 0:

@@ -22,7 +22,7 @@ from clu import metrics as clu_metrics
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from mkln_jax import checkpoint, config_lib, evaluate, frequency, models, sharding
+from mkln_jax import checkpoint, config_lib, evaluate, frequency, models, sharding, xla_options
 from mkln_jax import metrics as metrics_lib
 from mkln_jax import step as step_lib
 from mkln_jax.input_pipeline import loader
@@ -275,6 +275,14 @@ def _shardings(config, tree, mesh):
     return sharding.state_shardings(tree, mesh, config.train.fsdp_min_size)
 
 
+def cpu_compiler_options(config, stage: str) -> dict[str, str]:
+    """The train step's XLA:CPU convolution library (mkln_jax/xla_options.py); {} elsewhere."""
+    library = config.train.get("cpu_convolutions", "auto")
+    if library == "auto":
+        library = models.spec(config[stage].model).cpu_convolutions
+    return xla_options.compiler_options(library)
+
+
 def create_state(config, stage: str, mesh, state_shardings):
     """The initial TrainState, created already sharded: random init runs inside `jit` with
     the target shardings; pretrained weights are loaded on the host and placed shard by shard."""
@@ -390,7 +398,9 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str,
     data_iter = loader.iterate_from(batches, start, config.data.read_threads)
     first = sharding.host_to_global(next(data_iter), mesh)
     t0 = time.time()
-    compiled = train_step.lower(state, teacher_vars, first, scalars).compile()
+    compiled = train_step.lower(state, teacher_vars, first, scalars).compile(
+        compiler_options=cpu_compiler_options(config, stage)
+    )
     print(
         f"[{stage}] {section.model}: {_count(state.params):,} parameters, mesh "
         f"{dict(mesh.shape)}, step compiled in {time.time() - t0:.1f}s{_costs(compiled)}"

