@@ -86,6 +86,25 @@ def test_pointwise_conv_equals_xla_conv_and_its_gradients(stride, padding):
         layers.pointwise_conv(x, jnp.zeros((3, 3, 5, 7)), (1, 1), "SAME")
 
 
+@pytest.mark.parametrize("size,stride", [(9, 2), (8, 2), (8, 1), (15, 3)])
+def test_cpu_max_pool_has_xlas_values_and_gradients(size, stride):
+    # Values rounded to 0.1 so that windows hold ties: the first maximum in window order must
+    # get the gradient, as XLA's (and PyTorch's) pooling decides.
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, size, size, 5)).round(1))
+    weights = jnp.asarray(np.random.default_rng(1).normal(size=(5,)))
+
+    def loss(impl, x):
+        y = layers.max_pool(x, 3, stride, 1, impl)
+        return jnp.sum(jnp.sin(y) * weights), y
+
+    (_, y_cpu), g_cpu = jax.value_and_grad(lambda x: loss("cpu", x), has_aux=True)(x)
+    (_, y_xla), g_xla = jax.value_and_grad(lambda x: loss("xla", x), has_aux=True)(x)
+    assert y_cpu.shape == y_xla.shape
+    np.testing.assert_array_equal(y_cpu, y_xla)
+    np.testing.assert_allclose(g_cpu, g_xla, rtol=1e-6, atol=1e-7)
+    assert float(jnp.sum(g_cpu != 0)) > 0
+
+
 @pytest.mark.parametrize("name", ["efficientnet_b0", "xception", "resnet18"])
 def test_cpu_formulations_train_like_xla_convolutions(name):
     """A whole train-mode forward and every parameter gradient: the CPU formulations (shifted

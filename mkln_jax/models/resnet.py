@@ -89,6 +89,7 @@ class ResNet(nnx.Module):
         impl = layers.resolve_conv_impl(conv_impl)
         block_cls = Bottleneck if variant == "resnet50" else BasicBlock
         self.variant = variant
+        self.impl = impl
         self.conv1 = layers.conv(in_channels, 64, 7, 2, dtype=dtype, rngs=rngs)
         self.bn1 = layers.batch_norm(64, BN_EPSILON, dtype, rngs)
         in_ch = 64
@@ -107,7 +108,7 @@ class ResNet(nnx.Module):
 
     def features(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=not train))
-        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = layers.max_pool(x, 3, 2, 1, self.impl)
         for stage in self.layers:
             for block in stage:
                 x = block(x, train)

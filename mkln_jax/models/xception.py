@@ -63,6 +63,7 @@ class Block(nnx.Module):
         )
         self.start_with_relu = start_with_relu
         self.stride = stride
+        self.impl = impl
         if out_ch != in_ch or stride != 1:
             self.skip = layers.conv(in_ch, out_ch, 1, stride, dtype=dtype, impl=impl, rngs=rngs)
             self.skipbn = layers.batch_norm(out_ch, BN_EPSILON, dtype, rngs)
@@ -76,7 +77,7 @@ class Block(nnx.Module):
                 h = jax.nn.relu(h)
             h = bn(sep(h), use_running_average=not train)
         if self.stride != 1:
-            h = nnx.max_pool(h, (3, 3), strides=(self.stride,) * 2, padding=((1, 1), (1, 1)))
+            h = layers.max_pool(h, 3, self.stride, 1, self.impl)
         if self.skip is None:
             return h + x
         return h + self.skipbn(self.skip(x), use_running_average=not train)
