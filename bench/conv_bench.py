@@ -1,13 +1,18 @@
-"""Single convolution layers, forward + backward, in the formulations the zoo can use on CPU.
+"""Single convolution and pooling layers, forward + backward, in the forms the zoo uses on CPU.
 
-For each layer shape of EfficientNet-B0 / Xception at 128 px (batch 32) it times
-jit(grad(sum(sin(conv(x, w))))) with respect to input and kernel, and prints the median ms of
+For layer shapes of EfficientNet-B0, Xception and ResNet-18 at 128 px (batch 32) it times
+jit(grad(sum(sin(layer(x, w))))) with respect to input and kernel, and prints the median ms of
 each formulation and its speed-up over XLA's own convolution, all measured in this run,
 interleaved:
 
 - depthwise: XLA's grouped convolution, the shifted multiply-adds differentiated by autodiff
   (the zoo's formulation before its own backward pass), and `layers.shifted_depthwise_conv`;
-- 1x1: XLA's convolution and `layers.pointwise_conv` (a dot).
+- 1x1: XLA's convolution and `layers.pointwise_conv` (a dot);
+- dense (ResNet-18's 3x3 layers and 7x7 stem): XLA's convolution compiled as jaxlib does by
+  default (YNNPACK) and with Eigen's kernels (`xla_options.compiler_options("eigen")`, what the
+  trainer uses for ResNets);
+- max pooling 3x3 (Xception's and ResNet's layers): XLA's reduce-window, differentiated by
+  autodiff, and `layers.max_pool(impl="cpu")`.
 
     python bench/conv_bench.py [--repeats 8]
 """
@@ -22,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mkln_jax import xla_options
 from mkln_jax.models import layers
 
 DIMS = ("NHWC", "HWIO", "NHWC")
@@ -37,6 +43,17 @@ DEPTHWISE = [
 ]
 # (spatial size, input channels, output channels, stride)
 POINTWISE = [(64, 32, 96, 1), (16, 728, 728, 1), (32, 128, 256, 2), (4, 320, 1280, 1)]
+# (spatial size, input channels, output channels, kernel, stride)
+DENSE = [
+    (128, 3, 64, 7, 2),
+    (32, 64, 64, 3, 1),
+    (16, 128, 128, 3, 1),
+    (8, 256, 256, 3, 1),
+    (4, 512, 512, 3, 1),
+    (16, 128, 256, 3, 2),
+]
+# (spatial size, channels, stride), 3x3 windows, padding 1
+POOLING = [(64, 64, 2), (61, 128, 2), (31, 256, 2), (16, 728, 2)]
 
 
 def _grad_fn(conv):
@@ -75,6 +92,24 @@ def _pointwise_fns(stride: int) -> dict:
         ),
         "ours": _grad_fn(lambda x, w: layers.pointwise_conv(x, w, strides, "VALID")),
     }
+
+
+def _dense_fns(x, w, kernel: int, stride: int) -> dict:
+    pad = ((kernel // 2, kernel // 2),) * 2
+    grad = _grad_fn(
+        lambda x, w: jax.lax.conv_general_dilated(x, w, (stride,) * 2, pad, dimension_numbers=DIMS)
+    )
+    lowered = grad.lower(x, w)
+    eigen = xla_options.compiler_options("eigen")
+    return {"xla": lowered.compile(), "ours": lowered.compile(compiler_options=eigen)}
+
+
+def _pool_fns(stride: int) -> dict:
+    def grad(impl):  # w: per-channel weights of the loss, so both arguments get gradients
+        loss = lambda x, w: jnp.sum(jnp.sin(layers.max_pool(x, 3, stride, 1, impl)) * w)
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+    return {"xla": grad("xla"), "ours": grad("cpu")}
 
 
 def _compare(fns: dict, x, w, repeats: int) -> dict[str, float]:
@@ -130,6 +165,33 @@ def main() -> None:
         ms = _compare(fns, x, w, args.repeats)
         print(
             f"| {size}x{size}x{cin} -> {cout}, {stride} | {ms['xla']:.1f} | {ms['ours']:.1f} | "
+            f"{ms['xla'] / ms['ours']:.2f}x |",
+            flush=True,
+        )
+    if xla_options.compiler_options("eigen"):
+        print(
+            "\n| dense (size, in -> out, kernel, stride) | YNNPACK (default) | Eigen | speed-up |"
+        )
+        print("|---|---|---|---|")
+        for size, cin, cout, k, stride in DENSE:
+            x = jnp.asarray(rng.standard_normal((args.batch, size, size, cin), np.float32))
+            w = jnp.asarray(rng.standard_normal((k, k, cin, cout), np.float32) * 0.05)
+            ms = _compare(_dense_fns(x, w, k, stride), x, w, args.repeats)
+            print(
+                f"| {size}x{size}x{cin} -> {cout}, {k}x{k}, {stride} | {ms['xla']:.1f} | "
+                f"{ms['ours']:.1f} | {ms['xla'] / ms['ours']:.2f}x |",
+                flush=True,
+            )
+    else:
+        print("\n(this jaxlib has no YNNPACK fusion option: the dense comparison is skipped)")
+    print("\n| max pool 3x3 (size, channels, stride) | XLA | own backward | speed-up |")
+    print("|---|---|---|---|")
+    for size, ch, stride in POOLING:
+        x = jnp.asarray(rng.standard_normal((args.batch, size, size, ch), np.float32))
+        w = jnp.asarray(rng.standard_normal((ch,), np.float32))
+        ms = _compare(_pool_fns(stride), x, w, args.repeats)
+        print(
+            f"| {size}x{size}x{ch}, {stride} | {ms['xla']:.1f} | {ms['ours']:.1f} | "
             f"{ms['xla'] / ms['ours']:.2f}x |",
             flush=True,
         )
