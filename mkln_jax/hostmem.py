@@ -9,8 +9,8 @@ as the computation itself. Keeping freed memory in the process (no mmap for larg
 trimming, one arena so XLA's worker threads share it) removes all of them and doubles the step
 rate; the cost is a higher resident size (the heap keeps its peak, and how high that peak is
 varies from run to run with how soon PJRT's threads free one step's buffers while the next is
-dispatched). tcmalloc or jemalloc with
-decay off, loaded with LD_PRELOAD, do the same with less memory (docs/performance.md).
+dispatched). tcmalloc or jemalloc with decay off, loaded with LD_PRELOAD, do the same with
+less memory (docs/performance.md).
 
 `tune()` is called when `mkln_jax` is imported, before any JAX computation creates XLA's
 threads. It acts only where JAX will run on the CPU (no accelerator plugin installed, or

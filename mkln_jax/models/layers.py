@@ -35,9 +35,14 @@ def _explicit_pads(
     return (int(a), int(b)), (int(c), int(d))
 
 
-def _windows(xp: jax.Array, kernel: int, stride: int, out_h: int, out_w: int):
-    """(i, j, xp's strided window for kernel tap (i, j)), NHWC."""
+def _windows(
+    xp: jax.Array, kernel: int, stride: int, out_h: int | None = None, out_w: int | None = None
+):
+    """(i, j, xp's strided window for kernel tap (i, j)), NHWC; by default every window that
+    fits in xp (a VALID sliding window)."""
     n, c = xp.shape[0], xp.shape[-1]
+    out_h = (xp.shape[1] - kernel) // stride + 1 if out_h is None else out_h
+    out_w = (xp.shape[2] - kernel) // stride + 1 if out_w is None else out_w
     for i in range(kernel):
         for j in range(kernel):
             limit = (n, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c)
@@ -46,11 +51,8 @@ def _windows(xp: jax.Array, kernel: int, stride: int, out_h: int, out_w: int):
 
 def _shifted_sum(xp: jax.Array, w: jax.Array, stride: int) -> jax.Array:
     """sum over taps of window(i, j) * w[i, j, 0]: a depthwise VALID convolution of xp."""
-    kernel = w.shape[0]
-    out_h = (xp.shape[1] - kernel) // stride + 1
-    out_w = (xp.shape[2] - kernel) // stride + 1
     out = None
-    for i, j, window in _windows(xp, kernel, stride, out_h, out_w):
+    for i, j, window in _windows(xp, w.shape[0], stride):
         term = window * w[i, j, 0]
         out = term if out is None else out + term
     return out
@@ -172,10 +174,8 @@ def _max_pool(x: jax.Array, kernel: int, stride: int, pads) -> jax.Array:
 
 def _max_pool_fwd(x, kernel, stride, pads):
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=-jnp.inf)
-    out_h = (xp.shape[1] - kernel) // stride + 1
-    out_w = (xp.shape[2] - kernel) // stride + 1
     y = None
-    for _, _, window in _windows(xp, kernel, stride, out_h, out_w):
+    for _, _, window in _windows(xp, kernel, stride):
         y = window if y is None else jnp.maximum(y, window)
     return y, (x, y)
 
