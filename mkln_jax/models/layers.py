@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mkln_jax import native as native_kernels
+
 # ImageNet statistics on a 0..1 scale; every backbone here was trained with them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,17 +60,24 @@ def _shifted_sum(xp: jax.Array, w: jax.Array, stride: int) -> jax.Array:
     return out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _depthwise(x: jax.Array, w: jax.Array, stride: int, pads) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _depthwise(x: jax.Array, w: jax.Array, stride: int, pads, native: bool) -> jax.Array:
+    if native:
+        return native_kernels.depthwise_forward(x, w, stride, pads)
     return _shifted_sum(jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0))), w, stride)
 
 
-def _depthwise_fwd(x, w, stride, pads):
-    return _depthwise(x, w, stride, pads), (x, w)
+def _depthwise_fwd(x, w, stride, pads, native):
+    return _depthwise(x, w, stride, pads, native), (x, w)
 
 
-def _depthwise_bwd(stride, pads, residuals, dy):
+def _depthwise_bwd(stride, pads, native, residuals, dy):
     x, w = residuals
+    if native:
+        return (
+            native_kernels.depthwise_input_grad(dy, w, x.shape, stride, pads),
+            native_kernels.depthwise_filter_grad(x, dy, w.shape, stride, pads),
+        )
     kernel = w.shape[0]
     # dx: the transposed convolution, written as the same shifted sum over dy spread out by the
     # stride (zeros between rows and columns), padded so the output lines up with x, and the
@@ -124,7 +133,14 @@ def shifted_depthwise_conv(
     sh, sw = window_strides
     if sh != sw:
         raise ValueError("shifted_depthwise_conv needs equal strides")
-    return _depthwise(lhs, rhs, int(sh), _explicit_pads(padding, lhs.shape, kh, sh))
+    pads = _explicit_pads(padding, lhs.shape, kh, sh)
+    # Our FFI kernels (mkln_jax/native) where they apply: float32 on XLA:CPU, padding < k.
+    native = (
+        max(pads[0][0], pads[1][0]) < kh
+        and lhs.dtype == rhs.dtype
+        and native_kernels.depthwise_available(lhs.dtype)
+    )
+    return _depthwise(lhs, rhs, int(sh), pads, native)
 
 
 def pointwise_conv(

@@ -1,0 +1,180 @@
+"""Our own XLA:CPU kernels, called through the XLA FFI: the depthwise convolution and its two
+gradients (depthwise.cc), NHWC float32.
+
+The library is compiled on first use with the machine's C++ compiler against the headers that
+jaxlib ships (`jax.ffi.include_dir()`), for this CPU (-march=native), and cached under
+$MKLN_NATIVE_CACHE (default ~/.cache/mkln_jax/native) by a hash of the source, the flags, the
+jaxlib version and the CPU's feature flags; a build is written to a temporary file and renamed,
+so processes starting together (several hosts on one file system, the multi-process tests)
+never load a half-written library. Where no compiler is found, the build fails or MKLN_NATIVE=0
+is set, `depthwise_available()` is False and the models use their jnp formulation
+(models/layers.py), with one warning saying why.
+
+`portable()` turns the kernels off while a model is traced for somewhere other than XLA:CPU
+(the ONNX export; jax2onnx cannot convert an FFI call).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import numpy as np
+
+SOURCE = pathlib.Path(__file__).with_name("depthwise.cc")
+_TARGETS = {
+    "forward": "MklnDepthwiseForward",
+    "input_grad": "MklnDepthwiseInputGrad",
+    "filter_grad": "MklnDepthwiseFilterGrad",
+}
+_portable = [0]
+
+
+@contextlib.contextmanager
+def portable():
+    """Within: models use their jnp formulations, never an FFI call (for ONNX export)."""
+    _portable[0] += 1
+    try:
+        yield
+    finally:
+        _portable[0] -= 1
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return ""
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def build(cache_dir: pathlib.Path | None = None) -> pathlib.Path:
+    """Compiles depthwise.cc (or finds it already built); returns the shared library's path.
+
+    Raises RuntimeError naming the compiler's complaint when the build fails."""
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
+    flags = ["-O3", "-std=c++17", "-shared", "-fPIC"]
+    cpu = _cpu_flags()
+    if cpu and os.uname().machine in ("x86_64", "aarch64"):
+        flags.append("-march=native" if os.uname().machine == "x86_64" else "-mcpu=native")
+    key = hashlib.sha256(
+        b"\0".join(
+            s.encode()
+            for s in (SOURCE.read_text(), " ".join(flags), compiler, jax.__version__, cpu)
+        )
+    ).hexdigest()[:16]
+    cache_dir = pathlib.Path(
+        cache_dir
+        or os.environ.get("MKLN_NATIVE_CACHE")
+        or pathlib.Path.home() / ".cache" / "mkln_jax" / "native"
+    )
+    target = cache_dir / f"depthwise-{key}.so"
+    if target.exists():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".so.tmp", delete=False) as tmp:
+        partial = pathlib.Path(tmp.name)
+    command = [compiler, *flags, "-isystem", jax.ffi.include_dir(), str(SOURCE), "-o", str(partial)]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"building {SOURCE} failed ({' '.join(command)}):\n{result.stderr[-2000:]}"
+            )
+        os.replace(partial, target)  # atomic: a concurrent process sees all of it or nothing
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+@functools.cache
+def _load() -> str | None:
+    """Builds, loads and registers the kernels once per process; None, or why not."""
+    if os.environ.get("MKLN_NATIVE", "1") == "0":
+        return "MKLN_NATIVE=0"
+    try:
+        library = ctypes.cdll.LoadLibrary(str(build()))
+        for name, symbol in _TARGETS.items():
+            jax.ffi.register_ffi_target(
+                f"mkln_depthwise_{name}",
+                jax.ffi.pycapsule(getattr(library, symbol)),
+                platform="cpu",
+            )
+    except (RuntimeError, OSError, AttributeError) as e:
+        logging.warning(
+            "mkln_jax: native CPU kernels unavailable, using the jnp formulations "
+            "(slower depthwise convolutions): %s",
+            e,
+        )
+        return str(e)
+    return None
+
+
+def depthwise_available(dtype) -> bool:
+    """Whether a depthwise convolution of this dtype traced now should use the FFI kernels: on
+    XLA:CPU, float32, outside `portable()`, and where the library builds and loads."""
+    return (
+        _portable[0] == 0
+        and np.dtype(dtype) == np.float32
+        and jax.default_backend() == "cpu"
+        and _load() is None
+    )
+
+
+def _call(name: str, shape, a, b, stride: int, pads) -> jax.Array:
+    if (why := _load()) is not None:
+        raise RuntimeError(f"mkln_jax's native CPU kernels are unavailable: {why}")
+    return jax.ffi.ffi_call(
+        f"mkln_depthwise_{name}",
+        jax.ShapeDtypeStruct(tuple(shape), np.float32),
+        vmap_method="sequential",
+    )(
+        a,
+        b,
+        stride=np.int64(stride),
+        pad_h=np.int64(pads[0][0]),
+        pad_w=np.int64(pads[1][0]),
+    )
+
+
+def _out_size(size: int, pad: tuple[int, int], kernel: int, stride: int) -> int:
+    return (size + pad[0] + pad[1] - kernel) // stride + 1
+
+
+def depthwise_forward(x: jax.Array, w: jax.Array, stride: int, pads) -> jax.Array:
+    """x (N, H, W, C), w (k, k, 1, C) or (k, k, C); pads ((top, bottom), (left, right)),
+    each side smaller than k."""
+    n, h, wd, c = x.shape
+    k = w.shape[0]
+    shape = (n, _out_size(h, pads[0], k, stride), _out_size(wd, pads[1], k, stride), c)
+    return _call("forward", shape, x, w.reshape(k, k, c), stride, pads)
+
+
+def depthwise_input_grad(dy: jax.Array, w: jax.Array, x_shape, stride: int, pads) -> jax.Array:
+    k, c = w.shape[0], w.shape[-1]
+    return _call("input_grad", x_shape, dy, w.reshape(k, k, c), stride, pads)
+
+
+def depthwise_filter_grad(x: jax.Array, dy: jax.Array, w_shape, stride: int, pads) -> jax.Array:
+    k, c = w_shape[0], w_shape[-1]
+    return _call("filter_grad", (k, k, c), x, dy, stride, pads).reshape(w_shape)

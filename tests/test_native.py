@@ -1,0 +1,163 @@
+"""Our XLA:CPU FFI kernels (mkln_jax/native): the depthwise convolution and both gradients equal
+XLA's convolution, the zoo uses them where they apply, and a build that cannot happen falls back
+to the jnp formulation with the reason."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mkln_jax import models, native
+from mkln_jax import step as step_lib
+from mkln_jax.models import layers
+
+pytestmark = pytest.mark.skipif(
+    not native.depthwise_available(jnp.float32), reason="native kernels do not build here"
+)
+
+
+def _conv(fn, x, w, stride, padding):
+    return fn(
+        x,
+        w,
+        (stride, stride),
+        padding,
+        feature_group_count=x.shape[-1],
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+
+
+# Channel counts below, at and above the kernel's 64-channel block (70: a block and a tail);
+# strides 1-3; SAME (extra pixel after), symmetric and explicit asymmetric padding; odd sizes
+# and non-square images; batch 3 so rows split unevenly over the thread pool.
+CASES = [
+    (3, 1, (9, 9), 6, "SAME"),
+    (3, 2, (9, 12), 70, "SAME"),
+    (5, 2, (10, 10), 64, "SAME"),
+    (5, 1, (7, 11), 130, ((2, 2), (2, 2))),
+    (3, 3, (13, 13), 17, ((1, 0), (0, 2))),
+    (7, 2, (15, 15), 32, ((3, 3), (3, 3))),
+    (3, 1, (64, 64), 128, "SAME"),  # enough rows for every pool thread to take some
+]
+
+
+@pytest.mark.parametrize("kernel,stride,hw,channels,padding", CASES)
+def test_native_depthwise_equals_xla_conv_and_its_gradients(kernel, stride, hw, channels, padding):
+    rng = np.random.default_rng(kernel * 100 + stride * 10 + channels)
+    x = jnp.asarray(rng.normal(size=(3, *hw, channels)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, 1, channels)), jnp.float32)
+
+    def loss(fn):
+        return jax.jit(
+            jax.value_and_grad(
+                lambda a, b: jnp.sum(jnp.sin(_conv(fn, a, b, stride, padding))), argnums=(0, 1)
+            )
+        )
+
+    text = jax.jit(lambda a, b: _conv(layers.shifted_depthwise_conv, a, b, stride, padding))
+    assert "mkln_depthwise_forward" in text.lower(x, w).as_text()  # the kernel is what runs
+    (v_ref, g_ref), (v_new, g_new) = (
+        loss(jax.lax.conv_general_dilated)(x, w),
+        loss(layers.shifted_depthwise_conv)(x, w),
+    )
+    np.testing.assert_allclose(
+        _conv(layers.shifted_depthwise_conv, x, w, stride, padding),
+        _conv(jax.lax.conv_general_dilated, x, w, stride, padding),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(v_new, v_ref, rtol=1e-5)
+    for got, want in zip(g_new, g_ref, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(abs(want))))
+
+
+def test_portable_and_other_dtypes_trace_without_the_ffi_call():
+    x = jnp.ones((1, 8, 8, 4), jnp.float32)
+    w = jnp.ones((3, 3, 1, 4), jnp.float32)
+    with native.portable():
+        text = jax.jit(lambda a, b: _conv(layers.shifted_depthwise_conv, a, b, 1, "SAME"))
+        assert "mkln_depthwise" not in text.lower(x, w).as_text()
+    bf16 = jax.jit(lambda a, b: _conv(layers.shifted_depthwise_conv, a, b, 1, "SAME"))
+    lowered = bf16.lower(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)).as_text()
+    assert "mkln_depthwise" not in lowered
+
+
+def test_efficientnet_train_step_gradients_match_the_jnp_formulation():
+    """A whole train-mode EfficientNet-B0 forward and backward (16 depthwise layers, strides 1
+    and 2, 3x3 and 5x5) through the kernels against the jnp formulation, float32."""
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 64, 64, 3)), jnp.float32)
+    results = []
+    for portable in (False, True):
+        model = models.build("efficientnet_b0", 2)
+        graphdef, params, stats = step_lib.split_model(model)
+        fn = step_lib.ModelFn(graphdef, (0.0,) * 3, (1.0,) * 3)
+
+        def loss(p, fn=fn, stats=stats):
+            logits, _ = fn.apply(p, stats, x, train=True, call=lambda m, xx, t: m(xx, t))
+            return jnp.sum(logits * jnp.asarray([1.0, -2.0])), logits
+
+        step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+        if portable:
+            with native.portable():
+                lowered = step.lower(params)
+        else:
+            lowered = step.lower(params)
+        assert ("mkln_depthwise_filter_grad" in lowered.as_text()) != portable
+        (_, logits), grads = lowered.compile()(params)
+        results.append((logits, jax.tree.leaves(grads)))
+    (n_logits, n_grads), (j_logits, j_grads) = results
+    np.testing.assert_allclose(n_logits, j_logits, rtol=1e-4, atol=1e-4)
+    overall = max(float(np.max(np.abs(g))) for g in j_grads)
+    for a, b in zip(n_grads, j_grads, strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4 * overall)
+
+
+def test_a_failing_build_names_the_source_and_the_compiler_error(tmp_path):
+    broken = tmp_path / "c++"
+    broken.write_text("#!/bin/sh\necho 'no such thing as a compiler here' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    os.environ["CXX"] = str(broken)
+    try:
+        with pytest.raises(RuntimeError, match=r"(?s)depthwise\.cc failed.*no such thing"):
+            native.build(tmp_path / "cache")
+    finally:
+        del os.environ["CXX"]
+    assert not list((tmp_path / "cache").glob("*.so*"))  # nothing half-written is left
+
+
+def test_without_the_kernels_a_process_trains_on_the_jnp_formulation(tmp_path):
+    """MKLN_NATIVE=0, or a build that fails (a warning with the compiler's reason): the jnp
+    formulation, same numbers as the kernels."""
+    code = (
+        "import jax, jax.numpy as jnp\n"
+        "from mkln_jax import native\n"
+        "from mkln_jax.models import layers\n"
+        "x = jnp.ones((1, 6, 6, 3)); w = jnp.ones((3, 3, 1, 3))\n"
+        "f = lambda a, b: layers.shifted_depthwise_conv(a, b, (1, 1), 'SAME',"
+        " feature_group_count=3)\n"
+        "print(native.depthwise_available(jnp.float32),"
+        " 'mkln_depthwise' in jax.jit(f).lower(x, w).as_text(), float(f(x, w).sum()))\n"
+    )
+    broken = tmp_path / "c++"
+    broken.write_text("#!/bin/sh\necho 'compiler on strike' >&2\nexit 1\n")
+    broken.chmod(0o755)
+
+    def run(**env):
+        env = {**os.environ, "MKLN_NATIVE_CACHE": str(tmp_path / "cache"), **env}
+        return subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+
+    off = run(MKLN_NATIVE="0")
+    assert off.stdout.split() == ["False", "False", "768.0"]  # 3 channels x 16 x 16 taps
+    failed = run(CXX=str(broken))
+    assert failed.stdout.split() == ["False", "False", "768.0"]
+    assert "native CPU kernels unavailable" in failed.stderr
+    assert "compiler on strike" in failed.stderr
+    on = run()
+    assert on.stdout.split() == ["True", "True", "768.0"]
+    assert len(list((tmp_path / "cache").glob("depthwise-*.so"))) == 1
