@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from mkln_jax import models, sharding
+from mkln_jax import models, native, sharding
 
 FORMAT_VERSION = 1
 PROGRAM = "model.jaxexport"
@@ -89,7 +89,9 @@ def export_stage(
     (batch,) = jax.export.symbolic_shape("b")
     weight_specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat.items()}
     image_spec = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8)
-    exported = jax.export.export(jax.jit(infer))(weight_specs, image_spec)
+    # Portable StableHLO: the jnp formulations, not our CPU-only FFI kernels (mkln_jax/native).
+    with native.portable():
+        exported = jax.export.export(jax.jit(infer))(weight_specs, image_spec)
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ def export_onnx(config, workdir: str, artifact_dir: str, stage: str = "student")
             "ONNX export needs the `onnx` extra: pip install 'mkln_jax[onnx]' (jax2onnx, "
             "onnxruntime); it pins orbax-checkpoint < 0.11.37, so use its own environment"
         ) from err
-    from mkln_jax import sharding, train
+    from mkln_jax import native, sharding, train
 
     _compat_shims()
     mesh = sharding.make_mesh(1)
@@ -41,7 +41,8 @@ def export_onnx(config, workdir: str, artifact_dir: str, stage: str = "student")
     out = pathlib.Path(artifact_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / ONNX_FILE
-    to_onnx(infer, [("B", size, size, 3)], return_mode="file", output_path=str(path))
+    with native.portable():  # jax2onnx converts jnp operations, not our FFI kernels
+        to_onnx(infer, [("B", size, size, 3)], return_mode="file", output_path=str(path))
     meta_path = out / "metadata.json"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())

@@ -95,6 +95,8 @@ def test_mutual_student_from_another_runs_teachers_trains_evaluates_and_exports(
         "--config.distill.temperature_end=2.0",
         "--config.mutual.enabled=True",
         "--config.mutual.deploy=ensemble",
+        # A depthwise peer: trained through our CPU kernels, exported without them (portable).
+        "--config.mutual.peer_model=mobilenet_v2",
         "--config.student.stream=two_stream",
         "--config.freq_aug.block=8",
         "--config.freq_aug.noise_prob=0.5",
@@ -115,6 +117,7 @@ def test_mutual_student_from_another_runs_teachers_trains_evaluates_and_exports(
     meta = json.loads((workdir / "export" / "metadata.json").read_text())
     assert "mutual, deploy ensemble" in meta["architecture"]
     assert "two_stream" in meta["architecture"]
+    assert "mobilenet_v2" in meta["architecture"]
 
 
 def test_robustness_report_with_plot_from_one_command(demo_run):
