@@ -15,9 +15,8 @@ from mkln_jax import models, native
 from mkln_jax import step as step_lib
 from mkln_jax.models import layers
 
-pytestmark = pytest.mark.skipif(
-    not native.depthwise_available(jnp.float32), reason="native kernels do not build here"
-)
+# Skipped only where there is no C++ compiler at all; a build that fails fails these tests.
+pytestmark = pytest.mark.skipif(native._compiler() is None, reason="no C++ compiler here")
 
 
 def _conv(fn, x, w, stride, padding):
