@@ -6,8 +6,10 @@ each formulation and its speed-up over XLA's own convolution, all measured in th
 interleaved:
 
 - depthwise: XLA's grouped convolution, the shifted multiply-adds differentiated by autodiff
-  (the zoo's formulation before its own backward pass), and `layers.shifted_depthwise_conv`;
-- 1x1: XLA's convolution and `layers.pointwise_conv` (a dot);
+  (the zoo's formulation before its own backward pass), `layers.shifted_depthwise_conv` with
+  its jnp backward pass (`native.portable()`) and with our FFI kernels (`mkln_jax/native`,
+  what the zoo runs on CPU in float32);
+- 1x1: XLA's convolution and `layers.pointwise_conv` (a dot with its own backward pass);
 - dense (ResNet-18's 3x3 layers and 7x7 stem): XLA's convolution compiled as jaxlib does by
   default (YNNPACK) and with Eigen's kernels (`xla_options.compiler_options("eigen")`, what the
   trainer uses for ResNets);
@@ -27,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mkln_jax import xla_options
+from mkln_jax import native, xla_options
 from mkln_jax.models import layers
 
 DIMS = ("NHWC", "HWIO", "NHWC")
@@ -65,21 +67,25 @@ def _autodiff_shifted(x, w, stride, pads):
     return layers._shifted_sum(jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0))), w, stride)
 
 
-def _depthwise_fns(stride: int, pads, channels: int) -> dict:
+def _depthwise_fns(x, w, stride: int, pads, channels: int) -> dict:
     strides = (stride, stride)
-    return {
+    ours = lambda x, w: layers.shifted_depthwise_conv(
+        x, w, strides, pads, feature_group_count=channels
+    )
+    with native.portable():  # traced now, so without the FFI kernels
+        jnp_own = _grad_fn(ours).lower(x, w).compile()
+    fns = {
         "xla": _grad_fn(
             lambda x, w: jax.lax.conv_general_dilated(
                 x, w, strides, pads, dimension_numbers=DIMS, feature_group_count=channels
             )
         ),
         "autodiff": _grad_fn(lambda x, w: _autodiff_shifted(x, w, stride, pads)),
-        "ours": _grad_fn(
-            lambda x, w: layers.shifted_depthwise_conv(
-                x, w, strides, pads, feature_group_count=channels
-            )
-        ),
+        "jnp": jnp_own,
     }
+    if native.depthwise_available(x.dtype):
+        fns["native"] = _grad_fn(ours).lower(x, w).compile()
+    return fns
 
 
 def _pointwise_fns(stride: int) -> dict:
@@ -142,18 +148,19 @@ def main() -> None:
     )
     print(
         "| depthwise (size, channels, kernel, stride) | XLA | shifted, autodiff | shifted, "
-        "own backward | speed-up over XLA |"
+        "own backward | FFI kernels | best vs XLA |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for size, ch, k, stride in DEPTHWISE:
         x = jnp.asarray(rng.standard_normal((args.batch, size, size, ch), np.float32))
         w = jnp.asarray(rng.standard_normal((k, k, 1, ch), np.float32))
         pads = (layers.same_padding(size, k, stride),) * 2
-        fns = _depthwise_fns(stride, pads, ch)
-        ms = _compare(fns, x, w, args.repeats)
+        ms = _compare(_depthwise_fns(x, w, stride, pads, ch), x, w, args.repeats)
+        kernels = ms.get("native", float("nan"))
+        best = min(ms["jnp"], ms.get("native", ms["jnp"]))
         print(
             f"| {size}x{size}x{ch}, {k}, {stride} | {ms['xla']:.1f} | {ms['autodiff']:.1f} | "
-            f"{ms['ours']:.1f} | {ms['xla'] / ms['ours']:.2f}x |",
+            f"{ms['jnp']:.1f} | {kernels:.1f} | {ms['xla'] / best:.2f}x |",
             flush=True,
         )
     print("\n| 1x1 (size, in -> out, stride) | XLA | dot | speed-up over XLA |")
