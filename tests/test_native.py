@@ -115,16 +115,13 @@ def test_efficientnet_train_step_gradients_match_the_jnp_formulation():
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4 * overall)
 
 
-def test_a_failing_build_names_the_source_and_the_compiler_error(tmp_path):
+def test_a_failing_build_names_the_source_and_the_compiler_error(tmp_path, monkeypatch):
     broken = tmp_path / "c++"
     broken.write_text("#!/bin/sh\necho 'no such thing as a compiler here' >&2\nexit 1\n")
     broken.chmod(0o755)
-    os.environ["CXX"] = str(broken)
-    try:
-        with pytest.raises(RuntimeError, match=r"(?s)depthwise\.cc failed.*no such thing"):
-            native.build(tmp_path / "cache")
-    finally:
-        del os.environ["CXX"]
+    monkeypatch.setenv("CXX", str(broken))
+    with pytest.raises(RuntimeError, match=r"(?s)depthwise\.cc failed.*no such thing"):
+        native.build(tmp_path / "cache")
     assert not list((tmp_path / "cache").glob("*.so*"))  # nothing half-written is left
 
 
