@@ -486,6 +486,10 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str,
                     )
     finally:
         ckpts.wait()
+        if best:
+            # The step whose checkpoint `best` kept: on a tie orbax keeps the later one (seen in
+            # the demo: equal validation AUC at steps 500 and 600, step 600 kept and evaluated).
+            best["best_step"] = ckpts.best_step()
         ckpts.close()
         logger.close()
     return best
