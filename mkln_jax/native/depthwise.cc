@@ -33,25 +33,22 @@ struct Geometry {
   int64_t oh, ow;        // output
 };
 
-// Calls body(item, participant) for every item in [0, items), on the calling thread and on up to
-// pool.num_threads() tasks of XLA's intra-op pool. participant is a dense index < threads + 1 that
-// no two concurrent calls share (for per-participant accumulators). The caller takes items too,
-// so this finishes even where the pool runs nothing; late tasks find no work and return, and they
-// own the state they touch, so they may outlive the call.
+// Calls body(item) for every item in [0, items), on the calling thread and on up to
+// pool.num_threads() tasks of XLA's intra-op pool. The caller takes items too, so this finishes
+// even where the pool runs nothing; late tasks find no work and return, and they own the state
+// they touch, so they may outlive the call.
 template <typename Body>
 void ParallelFor(ffi::ThreadPool& pool, int64_t items, Body body) {
   struct State {
     explicit State(int64_t items, Body body) : items(items), body(std::move(body)) {}
     const int64_t items;
     Body body;
-    std::atomic<int64_t> next{0}, done{0}, slots{0};
+    std::atomic<int64_t> next{0}, done{0};
     void Work() {
-      int64_t slot = -1;
       for (;;) {
         const int64_t item = next.fetch_add(1, std::memory_order_relaxed);
         if (item >= items) return;
-        if (slot < 0) slot = slots.fetch_add(1, std::memory_order_relaxed);
-        body(item, slot);
+        body(item);
         done.fetch_add(1, std::memory_order_release);
       }
     }
@@ -63,8 +60,6 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t items, Body body) {
   while (state->done.load(std::memory_order_acquire) < items) std::this_thread::yield();
 }
 
-int64_t Participants(ffi::ThreadPool& pool) { return pool.num_threads() + 1; }
-
 // Output columns ow whose input column ow * s + j - pw lies in [0, w).
 inline std::pair<int64_t, int64_t> ValidColumns(const Geometry& g, int64_t j) {
   int64_t lo = g.pw - j > 0 ? (g.pw - j + g.s - 1) / g.s : 0;
@@ -73,7 +68,7 @@ inline std::pair<int64_t, int64_t> ValidColumns(const Geometry& g, int64_t j) {
 }
 
 void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* w, float* y) {
-  ParallelFor(pool, g.n * g.oh, [&g, x, w, y](int64_t item, int64_t) {
+  ParallelFor(pool, g.n * g.oh, [&g, x, w, y](int64_t item) {
     const int64_t n = item / g.oh, r = item % g.oh;
     float* yrow = y + (n * g.oh + r) * g.ow * g.c;
     for (int64_t q = 0; q < g.ow; ++q) {
@@ -102,7 +97,7 @@ void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const flo
 // dy[n, oh, ow] * w[i, j]: gathered per input row, so each row is written by one participant.
 void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* dy, const float* w,
                float* dx) {
-  ParallelFor(pool, g.n * g.h, [&g, dy, w, dx](int64_t item, int64_t) {
+  ParallelFor(pool, g.n * g.h, [&g, dy, w, dx](int64_t item) {
     const int64_t n = item / g.h, ih = item % g.h;
     float* dxrow = dx + (n * g.h + ih) * g.w * g.c;
     for (int64_t iw = 0; iw < g.w; ++iw) {
@@ -127,39 +122,48 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* dy, const 
   });
 }
 
-// dw[i, j] = sum over n, oh, ow of x[n, oh * s + i - ph, ow * s + j - pw] * dy[n, oh, ow]: each
-// participant sums its output rows into its own (k, k, C) accumulator; the caller adds them up.
+// dw[i, j] = sum over n, oh, ow of x[n, oh * s + i - ph, ow * s + j - pw] * dy[n, oh, ow]. The
+// output rows are cut into a fixed number of contiguous chunks (set by the shapes alone), each
+// summed in row order into its own (k, k, C) partial, whichever worker takes it; the partials
+// are then added in chunk order. So the result is the same bit for bit on every run, however
+// the pool schedules the work.
+constexpr int64_t kFilterGradChunks = 64;
+
 void FilterGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* dy,
                 float* dw) {
   const int64_t taps = g.k * g.k * g.c;
-  std::vector<float> partial(Participants(pool) * taps, 0.0f);
+  const int64_t rows = g.n * g.oh;
+  const int64_t chunks = std::max<int64_t>(1, std::min(rows, kFilterGradChunks));
+  std::vector<float> partial(chunks * taps, 0.0f);
   float* parts = partial.data();
-  ParallelFor(pool, g.n * g.oh, [&g, x, dy, parts, taps](int64_t item, int64_t slot) {
-    const int64_t n = item / g.oh, r = item % g.oh;
-    const float* dyrow = dy + (n * g.oh + r) * g.ow * g.c;
-    float* mine = parts + slot * taps;
-    for (int64_t i = 0; i < g.k; ++i) {
-      const int64_t ih = r * g.s + i - g.ph;
-      if (ih < 0 || ih >= g.h) continue;
-      const float* xrow = x + (n * g.h + ih) * g.w * g.c;
-      for (int64_t j = 0; j < g.k; ++j) {
-        const auto [lo, hi] = ValidColumns(g, j);
-        for (int64_t c0 = 0; c0 < g.c; c0 += kBlock) {
-          const int64_t cb = std::min(kBlock, g.c - c0);
-          float acc[kBlock] = {};
-          for (int64_t q = lo; q < hi; ++q) {
-            const float* __restrict xv = xrow + (q * g.s + j - g.pw) * g.c + c0;
-            const float* __restrict dv = dyrow + q * g.c + c0;
-            for (int64_t c = 0; c < cb; ++c) acc[c] += xv[c] * dv[c];
+  ParallelFor(pool, chunks, [&g, x, dy, parts, taps, rows, chunks](int64_t chunk) {
+    float* mine = parts + chunk * taps;
+    for (int64_t item = chunk * rows / chunks; item < (chunk + 1) * rows / chunks; ++item) {
+      const int64_t n = item / g.oh, r = item % g.oh;
+      const float* dyrow = dy + (n * g.oh + r) * g.ow * g.c;
+      for (int64_t i = 0; i < g.k; ++i) {
+        const int64_t ih = r * g.s + i - g.ph;
+        if (ih < 0 || ih >= g.h) continue;
+        const float* xrow = x + (n * g.h + ih) * g.w * g.c;
+        for (int64_t j = 0; j < g.k; ++j) {
+          const auto [lo, hi] = ValidColumns(g, j);
+          for (int64_t c0 = 0; c0 < g.c; c0 += kBlock) {
+            const int64_t cb = std::min(kBlock, g.c - c0);
+            float acc[kBlock] = {};
+            for (int64_t q = lo; q < hi; ++q) {
+              const float* __restrict xv = xrow + (q * g.s + j - g.pw) * g.c + c0;
+              const float* __restrict dv = dyrow + q * g.c + c0;
+              for (int64_t c = 0; c < cb; ++c) acc[c] += xv[c] * dv[c];
+            }
+            float* __restrict out = mine + (i * g.k + j) * g.c + c0;
+            for (int64_t c = 0; c < cb; ++c) out[c] += acc[c];
           }
-          float* __restrict out = mine + (i * g.k + j) * g.c + c0;
-          for (int64_t c = 0; c < cb; ++c) out[c] += acc[c];
         }
       }
     }
   });
   std::fill(dw, dw + taps, 0.0f);
-  for (int64_t p = 0; p < Participants(pool); ++p) {
+  for (int64_t p = 0; p < chunks; ++p) {
     const float* __restrict part = parts + p * taps;
     for (int64_t t = 0; t < taps; ++t) dw[t] += part[t];
   }
