@@ -94,7 +94,7 @@ void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const flo
 }
 
 // dx[n, ih, iw] = sum over taps (i, j) with ih = oh * s + i - ph, iw = ow * s + j - pw of
-// dy[n, oh, ow] * w[i, j]: gathered per input row, so each row is written by one participant.
+// dy[n, oh, ow] * w[i, j]: gathered per input row, so each row is written by one worker.
 void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* dy, const float* w,
                float* dx) {
   ParallelFor(pool, g.n * g.h, [&g, dy, w, dx](int64_t item) {
