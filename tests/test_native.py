@@ -176,3 +176,16 @@ def test_gradients_are_bitwise_reproducible():
         again = jax.device_get(grad(x, w))
         for a, b in zip(again, first, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_a_malformed_call_is_an_error_not_a_stray_read():
+    """The kernels check their operands' shapes: a kernel whose channels disagree with the
+    input's is refused with a message, not read past its end."""
+    assert native.depthwise_available(jnp.float32)  # builds and registers
+    x = jnp.ones((1, 8, 8, 4), jnp.float32)
+    w = jnp.ones((3, 3, 2), jnp.float32)
+    call = jax.ffi.ffi_call(
+        "mkln_depthwise_forward", jax.ShapeDtypeStruct((1, 8, 8, 4), jnp.float32)
+    )
+    with pytest.raises(Exception, match="shapes disagree"):
+        jax.block_until_ready(call(x, w, stride=np.int64(1), pad_h=np.int64(1), pad_w=np.int64(1)))

@@ -169,24 +169,31 @@ void FilterGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x, const 
   }
 }
 
-ffi::Error Check(const Geometry& g) {
+// The geometry of one call from its operands' shapes (input, kernel, output in the forward
+// sense), checked so that a malformed call is an error rather than an out-of-bounds access.
+ffi::Error MakeGeometry(ffi::Span<const int64_t> in, ffi::Span<const int64_t> kernel,
+                        ffi::Span<const int64_t> out, int64_t stride, int64_t pad_h,
+                        int64_t pad_w, Geometry& g) {
+  if (in.size() != 4 || kernel.size() != 3 || out.size() != 4) {
+    return ffi::Error::InvalidArgument("depthwise: want NHWC input/output and a (k, k, C) kernel");
+  }
+  g = Geometry{in[0], in[1], in[2], in[3], kernel[0], stride, pad_h, pad_w, out[1], out[2]};
+  if (kernel[1] != g.k || kernel[2] != g.c || out[3] != g.c || out[0] != g.n) {
+    return ffi::Error::InvalidArgument("depthwise: input, kernel and output shapes disagree");
+  }
   if (g.k <= 0 || g.s <= 0 || g.ph < 0 || g.pw < 0 || g.ph >= g.k || g.pw >= g.k) {
     return ffi::Error::InvalidArgument("depthwise: bad kernel, stride or padding");
   }
   return ffi::Error::Success();
 }
 
-Geometry FromShapes(ffi::Span<const int64_t> in, ffi::Span<const int64_t> kernel,
-                    ffi::Span<const int64_t> out, int64_t stride, int64_t pad_h, int64_t pad_w) {
-  return Geometry{in[0], in[1], in[2], in[3], kernel[0], stride, pad_h, pad_w, out[1], out[2]};
-}
-
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t pad_h,
                        int64_t pad_w) {
-  const Geometry g =
-      FromShapes(x.dimensions(), w.dimensions(), y->dimensions(), stride, pad_h, pad_w);
-  if (auto e = Check(g); e.failure()) return e;
+  Geometry g;
+  auto e =
+      MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), stride, pad_h, pad_w, g);
+  if (e.failure()) return e;
   Forward(pool, g, x.typed_data(), w.typed_data(), y->typed_data());
   return ffi::Error::Success();
 }
@@ -194,9 +201,10 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
 ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
                          ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
                          int64_t stride, int64_t pad_h, int64_t pad_w) {
-  const Geometry g =
-      FromShapes(dx->dimensions(), w.dimensions(), dy.dimensions(), stride, pad_h, pad_w);
-  if (auto e = Check(g); e.failure()) return e;
+  Geometry g;
+  auto e =
+      MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), stride, pad_h, pad_w, g);
+  if (e.failure()) return e;
   InputGrad(pool, g, dy.typed_data(), w.typed_data(), dx->typed_data());
   return ffi::Error::Success();
 }
@@ -204,9 +212,10 @@ ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
 ffi::Error FilterGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                           ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
                           int64_t stride, int64_t pad_h, int64_t pad_w) {
-  const Geometry g =
-      FromShapes(x.dimensions(), dw->dimensions(), dy.dimensions(), stride, pad_h, pad_w);
-  if (auto e = Check(g); e.failure()) return e;
+  Geometry g;
+  auto e =
+      MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), stride, pad_h, pad_w, g);
+  if (e.failure()) return e;
   FilterGrad(pool, g, x.typed_data(), dy.typed_data(), dw->typed_data());
   return ffi::Error::Success();
 }
