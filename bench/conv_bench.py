@@ -106,8 +106,12 @@ def _dense_fns(x, w, kernel: int, stride: int) -> dict:
         lambda x, w: jax.lax.conv_general_dilated(x, w, (stride,) * 2, pad, dimension_numbers=DIMS)
     )
     lowered = grad.lower(x, w)
-    eigen = xla_options.compiler_options("eigen")
-    return {"xla": lowered.compile(), "ours": lowered.compile(compiler_options=eigen)}
+    fns = {"xla": lowered.compile()}
+    if eigen := xla_options.compiler_options("eigen"):
+        fns["eigen"] = lowered.compile(compiler_options=eigen)
+    if native.dense_available(x.dtype) and w.shape[-1] % native.dense_lanes() == 0:
+        fns["ffi"] = _grad_fn(lambda x, w: layers.dense_conv(x, w, (stride,) * 2, pad))
+    return fns
 
 
 def _pool_fns(stride: int) -> dict:
@@ -140,68 +144,72 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--sections", default="depthwise,pointwise,dense,pooling")
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
     rng = np.random.default_rng(0)
     print(
         f"{jax.devices()[0].device_kind}, jax {jax.__version__}, batch {args.batch}, float32, "
         f"forward + backward, median of {args.repeats} interleaved calls, ms\n"
     )
-    print(
-        "| depthwise (size, channels, kernel, stride) | XLA | shifted, autodiff | shifted, "
-        "own backward | FFI kernels | best vs XLA |"
-    )
-    print("|---|---|---|---|---|---|")
-    for size, ch, k, stride in DEPTHWISE:
-        x = jnp.asarray(rng.standard_normal((args.batch, size, size, ch), np.float32))
-        w = jnp.asarray(rng.standard_normal((k, k, 1, ch), np.float32))
-        pads = (layers.same_padding(size, k, stride),) * 2
-        ms = _compare(_depthwise_fns(x, w, stride, pads, ch), x, w, args.repeats)
-        kernels = ms.get("native", float("nan"))
-        best = min(ms["jnp"], ms.get("native", ms["jnp"]))
+    if "depthwise" in sections:
         print(
-            f"| {size}x{size}x{ch}, {k}, {stride} | {ms['xla']:.1f} | {ms['autodiff']:.1f} | "
-            f"{ms['jnp']:.1f} | {kernels:.1f} | {ms['xla'] / best:.2f}x |",
-            flush=True,
+            "| depthwise (size, channels, kernel, stride) | XLA | shifted, autodiff | shifted, "
+            "own backward | FFI kernels | best vs XLA |"
         )
-    print("\n| 1x1 (size, in -> out, stride) | XLA | dot | speed-up over XLA |")
-    print("|---|---|---|---|")
-    for size, cin, cout, stride in POINTWISE:
-        x = jnp.asarray(rng.standard_normal((args.batch, size, size, cin), np.float32))
-        w = jnp.asarray(rng.standard_normal((1, 1, cin, cout), np.float32) * 0.05)
-        fns = _pointwise_fns(stride)
-        ms = _compare(fns, x, w, args.repeats)
-        print(
-            f"| {size}x{size}x{cin} -> {cout}, {stride} | {ms['xla']:.1f} | {ms['ours']:.1f} | "
-            f"{ms['xla'] / ms['ours']:.2f}x |",
-            flush=True,
-        )
-    if xla_options.compiler_options("eigen"):
-        print(
-            "\n| dense (size, in -> out, kernel, stride) | YNNPACK (default) | Eigen | speed-up |"
-        )
+        print("|---|---|---|---|---|---|")
+        for size, ch, k, stride in DEPTHWISE:
+            x = jnp.asarray(rng.standard_normal((args.batch, size, size, ch), np.float32))
+            w = jnp.asarray(rng.standard_normal((k, k, 1, ch), np.float32))
+            pads = (layers.same_padding(size, k, stride),) * 2
+            ms = _compare(_depthwise_fns(x, w, stride, pads, ch), x, w, args.repeats)
+            kernels = ms.get("native", float("nan"))
+            best = min(ms["jnp"], ms.get("native", ms["jnp"]))
+            print(
+                f"| {size}x{size}x{ch}, {k}, {stride} | {ms['xla']:.1f} | {ms['autodiff']:.1f} | "
+                f"{ms['jnp']:.1f} | {kernels:.1f} | {ms['xla'] / best:.2f}x |",
+                flush=True,
+            )
+    if "pointwise" in sections:
+        print("\n| 1x1 (size, in -> out, stride) | XLA | dot | speed-up over XLA |")
         print("|---|---|---|---|")
+        for size, cin, cout, stride in POINTWISE:
+            x = jnp.asarray(rng.standard_normal((args.batch, size, size, cin), np.float32))
+            w = jnp.asarray(rng.standard_normal((1, 1, cin, cout), np.float32) * 0.05)
+            fns = _pointwise_fns(stride)
+            ms = _compare(fns, x, w, args.repeats)
+            print(
+                f"| {size}x{size}x{cin} -> {cout}, {stride} | {ms['xla']:.1f} | {ms['ours']:.1f} | "
+                f"{ms['xla'] / ms['ours']:.2f}x |",
+                flush=True,
+            )
+    if "dense" in sections:
+        print(
+            "\n| dense (size, in -> out, kernel, stride) | YNNPACK (XLA default) | Eigen | "
+            "FFI kernels | FFI vs best of XLA's |"
+        )
+        print("|---|---|---|---|---|")
         for size, cin, cout, k, stride in DENSE:
             x = jnp.asarray(rng.standard_normal((args.batch, size, size, cin), np.float32))
             w = jnp.asarray(rng.standard_normal((k, k, cin, cout), np.float32) * 0.05)
             ms = _compare(_dense_fns(x, w, k, stride), x, w, args.repeats)
+            best = min(ms["xla"], ms.get("eigen", ms["xla"]))
+            cells = [f"{ms[name]:.1f}" if name in ms else "-" for name in ("xla", "eigen", "ffi")]
+            ratio = f"{best / ms['ffi']:.2f}x" if "ffi" in ms else "-"
+            shape = f"{size}x{size}x{cin} -> {cout}, {k}x{k}, {stride}"
+            print(f"| {shape} | {' | '.join(cells)} | {ratio} |", flush=True)
+    if "pooling" in sections:
+        print("\n| max pool 3x3 (size, channels, stride) | XLA | own backward | speed-up |")
+        print("|---|---|---|---|")
+        for size, ch, stride in POOLING:
+            x = jnp.asarray(rng.standard_normal((args.batch, size, size, ch), np.float32))
+            w = jnp.asarray(rng.standard_normal((ch,), np.float32))
+            ms = _compare(_pool_fns(stride), x, w, args.repeats)
             print(
-                f"| {size}x{size}x{cin} -> {cout}, {k}x{k}, {stride} | {ms['xla']:.1f} | "
-                f"{ms['ours']:.1f} | {ms['xla'] / ms['ours']:.2f}x |",
+                f"| {size}x{size}x{ch}, {stride} | {ms['xla']:.1f} | {ms['ours']:.1f} | "
+                f"{ms['xla'] / ms['ours']:.2f}x |",
                 flush=True,
             )
-    else:
-        print("\n(this jaxlib has no YNNPACK fusion option: the dense comparison is skipped)")
-    print("\n| max pool 3x3 (size, channels, stride) | XLA | own backward | speed-up |")
-    print("|---|---|---|---|")
-    for size, ch, stride in POOLING:
-        x = jnp.asarray(rng.standard_normal((args.batch, size, size, ch), np.float32))
-        w = jnp.asarray(rng.standard_normal((ch,), np.float32))
-        ms = _compare(_pool_fns(stride), x, w, args.repeats)
-        print(
-            f"| {size}x{size}x{ch}, {stride} | {ms['xla']:.1f} | {ms['ours']:.1f} | "
-            f"{ms['xla'] / ms['ours']:.2f}x |",
-            flush=True,
-        )
 
 
 if __name__ == "__main__":

@@ -209,6 +209,99 @@ def _pointwise_bwd(residuals, dy):
 _pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
+def _xla_conv(x: jax.Array, w: jax.Array, stride: int, pads) -> jax.Array:
+    return jax.lax.conv_general_dilated(
+        x, w, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def _merged_rows_input(x: jax.Array, pads):
+    """For few input channels (a stem), x padded left and right, so the kernels can merge each
+    kernel row's taps into one long reduction (dense.cc, MergeRows); else x as it is."""
+    if x.shape[-1] < 16 and pads[1] != (0, 0):
+        return jnp.pad(x, ((0, 0), (0, 0), pads[1], (0, 0))), (pads[0], (0, 0))
+    return x, pads
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _dense(x: jax.Array, w: jax.Array, stride: int, pads) -> jax.Array:
+    xm, pads_m = _merged_rows_input(x, pads)
+    return native_kernels.dense_forward(xm, w, stride, pads_m)
+
+
+def _dense_fwd(x, w, stride, pads):
+    return _dense(x, w, stride, pads), (x, w)
+
+
+def _dense_bwd(stride, pads, residuals, dy):
+    x, w = residuals
+    if x.shape[-1] % native_kernels.dense_lanes() == 0:
+        dx = native_kernels.dense_input_grad(dy, w, x.shape, stride, pads)
+    else:  # e.g. a 3-channel stem, whose input gradient is rarely wanted: XLA's (DCE'd if unused)
+        dx = jax.vjp(lambda x: _xla_conv(x, w, stride, pads), x)[1](dy)[0]
+    xm, pads_m = _merged_rows_input(x, pads)
+    return dx, native_kernels.dense_filter_grad(xm, dy, w.shape, stride, pads_m)
+
+
+_dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+def dense_conv(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    precision=None,
+    preferred_element_type=None,
+    **unused_kwargs,
+) -> jax.Array:
+    """A dense (one-group) square convolution, NHWC / HWIO, on our FFI kernels where they apply
+    (float32 on XLA:CPU, padding smaller than the kernel, output channels a multiple of the
+    kernels' vector width: `mkln_jax/native/dense.cc`), else XLA's convolution.
+
+    A drop-in for `jax.lax.conv_general_dilated` in `nnx.Conv`. XLA:CPU's convolutions (Eigen or
+    YNNPACK) reach 40-55% of its matrix products' FLOP rate on ResNet's layers; the kernels run
+    at about that of a matrix product (bench/conv_bench.py), and agree with XLA to float32
+    rounding (tests/test_native.py).
+    """
+    del dimension_numbers, unused_kwargs
+    kh, kw, cin, cout = rhs.shape
+    dilated = any(d != 1 for d in (*(lhs_dilation or (1, 1)), *(rhs_dilation or (1, 1))))
+    sh, sw = window_strides
+    pads = _explicit_pads(padding, lhs.shape, kh, sh) if kh == kw else None
+    lanes = native_kernels.dense_lanes() if native_kernels.dense_available(lhs.dtype) else 0
+    if (
+        lanes
+        and pads is not None
+        and not dilated
+        and sh == sw
+        and feature_group_count == 1
+        and cin == lhs.shape[-1]
+        and cout % lanes == 0
+        and max(pads[0][0], pads[1][0]) < kh
+        and lhs.dtype == rhs.dtype
+        and precision is None
+        and preferred_element_type is None
+    ):
+        return _dense(lhs, rhs, int(sh), pads)
+    return jax.lax.conv_general_dilated(
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+        ("NHWC", "HWIO", "NHWC"),
+        feature_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool(x: jax.Array, kernel: int, stride: int, pads) -> jax.Array:
     return _max_pool_fwd(x, kernel, stride, pads)[0]
@@ -316,6 +409,8 @@ def conv(
             conv_fn = shifted_depthwise_conv
         elif kernel == 1 and groups == 1:
             conv_fn = pointwise_conv
+        elif groups == 1:
+            conv_fn = dense_conv
     elif impl != "xla":
         raise ValueError(f"impl must be 'cpu' or 'xla', got {impl!r}")
     return nnx.Conv(

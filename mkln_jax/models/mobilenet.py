@@ -63,7 +63,7 @@ class MobileNetV2(nnx.Module):
         rngs: nnx.Rngs,
     ):
         impl = layers.resolve_conv_impl(conv_impl)
-        self.stem_conv = layers.conv(in_channels, 32, 3, 2, dtype=dtype, rngs=rngs)
+        self.stem_conv = layers.conv(in_channels, 32, 3, 2, dtype=dtype, impl=impl, rngs=rngs)
         self.stem_bn = layers.batch_norm(32, BN_EPSILON, dtype, rngs)
         blocks, in_ch = [], 32
         for t, c, n, s in SETTINGS:

@@ -20,9 +20,9 @@ class BasicBlock(nnx.Module):
 
     def __init__(self, in_ch: int, width: int, stride: int, *, dtype, impl, rngs):
         out_ch = width * self.expansion
-        self.conv1 = layers.conv(in_ch, width, 3, stride, dtype=dtype, rngs=rngs)
+        self.conv1 = layers.conv(in_ch, width, 3, stride, dtype=dtype, impl=impl, rngs=rngs)
         self.bn1 = layers.batch_norm(width, BN_EPSILON, dtype, rngs)
-        self.conv2 = layers.conv(width, width, 3, dtype=dtype, rngs=rngs)
+        self.conv2 = layers.conv(width, width, 3, dtype=dtype, impl=impl, rngs=rngs)
         self.bn2 = layers.batch_norm(out_ch, BN_EPSILON, dtype, rngs)
         self.downsample = _downsample(in_ch, out_ch, stride, dtype, impl, rngs)
 
@@ -41,7 +41,7 @@ class Bottleneck(nnx.Module):
         self.conv1 = layers.conv(in_ch, width, 1, dtype=dtype, impl=impl, rngs=rngs)
         self.bn1 = layers.batch_norm(width, BN_EPSILON, dtype, rngs)
         # stride on the 3x3 conv (torchvision's "ResNet v1.5")
-        self.conv2 = layers.conv(width, width, 3, stride, dtype=dtype, rngs=rngs)
+        self.conv2 = layers.conv(width, width, 3, stride, dtype=dtype, impl=impl, rngs=rngs)
         self.bn2 = layers.batch_norm(width, BN_EPSILON, dtype, rngs)
         self.conv3 = layers.conv(width, out_ch, 1, dtype=dtype, impl=impl, rngs=rngs)
         self.bn3 = layers.batch_norm(out_ch, BN_EPSILON, dtype, rngs)
@@ -90,7 +90,7 @@ class ResNet(nnx.Module):
         block_cls = Bottleneck if variant == "resnet50" else BasicBlock
         self.variant = variant
         self.impl = impl
-        self.conv1 = layers.conv(in_channels, 64, 7, 2, dtype=dtype, rngs=rngs)
+        self.conv1 = layers.conv(in_channels, 64, 7, 2, dtype=dtype, impl=impl, rngs=rngs)
         self.bn1 = layers.batch_norm(64, BN_EPSILON, dtype, rngs)
         in_ch = 64
         stages = []

@@ -98,9 +98,11 @@ class Xception(nnx.Module):
         rngs: nnx.Rngs,
     ):
         impl = layers.resolve_conv_impl(conv_impl)
-        self.conv1 = layers.conv(in_channels, 32, 3, 2, padding="valid", dtype=dtype, rngs=rngs)
+        self.conv1 = layers.conv(
+            in_channels, 32, 3, 2, padding="valid", dtype=dtype, impl=impl, rngs=rngs
+        )
         self.bn1 = layers.batch_norm(32, BN_EPSILON, dtype, rngs)
-        self.conv2 = layers.conv(32, 64, 3, padding="valid", dtype=dtype, rngs=rngs)
+        self.conv2 = layers.conv(32, 64, 3, padding="valid", dtype=dtype, impl=impl, rngs=rngs)
         self.bn2 = layers.batch_norm(64, BN_EPSILON, dtype, rngs)
         self.blocks = nnx.List([Block(*spec, dtype=dtype, impl=impl, rngs=rngs) for spec in BLOCKS])
         self.conv3 = SeparableConv(1024, 1536, dtype=dtype, impl=impl, rngs=rngs)

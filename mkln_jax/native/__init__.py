@@ -1,5 +1,6 @@
-"""Our own XLA:CPU kernels, called through the XLA FFI: the depthwise convolution and its two
-gradients (depthwise.cc), NHWC float32.
+"""Our own XLA:CPU kernels, called through the XLA FFI, NHWC float32: the depthwise convolution
+and its two gradients (depthwise.cc), and the dense (one-group) convolution and its two
+gradients (dense.cc).
 
 The library is compiled on first use with the machine's C++ compiler against the headers that
 jaxlib ships (`jax.ffi.include_dir()`), for this CPU (-march=native), and cached under
@@ -30,11 +31,18 @@ import tempfile
 import jax
 import numpy as np
 
-SOURCE = pathlib.Path(__file__).with_name("depthwise.cc")
+HERE = pathlib.Path(__file__).parent
+SOURCES = (HERE / "depthwise.cc", HERE / "dense.cc")
+HEADERS = (HERE / "parallel.h",)
+# FFI target name -> the handler's symbol in the library.
 _TARGETS = {
-    "forward": "MklnDepthwiseForward",
-    "input_grad": "MklnDepthwiseInputGrad",
-    "filter_grad": "MklnDepthwiseFilterGrad",
+    f"mkln_{kind}_{op}": f"Mkln{kind.capitalize()}{symbol}"
+    for kind in ("depthwise", "dense")
+    for op, symbol in (
+        ("forward", "Forward"),
+        ("input_grad", "InputGrad"),
+        ("filter_grad", "FilterGrad"),
+    )
 }
 _portable = [0]
 
@@ -67,7 +75,7 @@ def _compiler() -> str | None:
 
 
 def build(cache_dir: pathlib.Path | None = None) -> pathlib.Path:
-    """Compiles depthwise.cc (or finds it already built); returns the shared library's path.
+    """Compiles the kernels' sources (or finds them built); returns the shared library's path.
 
     Raises RuntimeError naming the compiler's complaint when the build fails."""
     compiler = _compiler()
@@ -80,7 +88,13 @@ def build(cache_dir: pathlib.Path | None = None) -> pathlib.Path:
     key = hashlib.sha256(
         b"\0".join(
             s.encode()
-            for s in (SOURCE.read_text(), " ".join(flags), compiler, jax.__version__, cpu)
+            for s in (
+                *(f.read_text() for f in (*SOURCES, *HEADERS)),
+                " ".join(flags),
+                compiler,
+                jax.__version__,
+                cpu,
+            )
         )
     ).hexdigest()[:16]
     cache_dir = pathlib.Path(
@@ -88,23 +102,28 @@ def build(cache_dir: pathlib.Path | None = None) -> pathlib.Path:
         or os.environ.get("MKLN_NATIVE_CACHE")
         or pathlib.Path.home() / ".cache" / "mkln_jax" / "native"
     )
-    target = cache_dir / f"depthwise-{key}.so"
+    target = cache_dir / f"kernels-{key}.so"
     if target.exists():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".so.tmp", delete=False) as tmp:
         partial = pathlib.Path(tmp.name)
-    command = [compiler, *flags, "-isystem", jax.ffi.include_dir(), str(SOURCE), "-o", str(partial)]
+    command = [compiler, *flags, "-isystem", jax.ffi.include_dir(), *map(str, SOURCES)]
+    command += ["-o", str(partial)]
     try:
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
+            sources = ", ".join(map(str, SOURCES))
             raise RuntimeError(
-                f"building {SOURCE} failed ({' '.join(command)}):\n{result.stderr[-2000:]}"
+                f"building {sources} failed ({' '.join(command)}):\n{result.stderr[-2000:]}"
             )
         os.replace(partial, target)  # atomic: a concurrent process sees all of it or nothing
     finally:
         partial.unlink(missing_ok=True)
     return target
+
+
+_lanes = [0]
 
 
 @functools.cache
@@ -116,14 +135,13 @@ def _load() -> str | None:
         library = ctypes.cdll.LoadLibrary(str(build()))
         for name, symbol in _TARGETS.items():
             jax.ffi.register_ffi_target(
-                f"mkln_depthwise_{name}",
-                jax.ffi.pycapsule(getattr(library, symbol)),
-                platform="cpu",
+                name, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu"
             )
+        _lanes[0] = int(library.MklnDenseLanes())
     except (RuntimeError, OSError, AttributeError) as e:
         logging.warning(
             "mkln_jax: native CPU kernels unavailable, using the jnp formulations "
-            "(slower depthwise convolutions): %s",
+            "(slower convolutions): %s",
             e,
         )
         return str(e)
@@ -141,11 +159,24 @@ def depthwise_available(dtype) -> bool:
     )
 
 
+def dense_available(dtype) -> bool:
+    """Whether a dense convolution of this dtype traced now should use the FFI kernels (the
+    same conditions as `depthwise_available`)."""
+    return depthwise_available(dtype)
+
+
+def dense_lanes() -> int:
+    """The channel multiple the dense kernels need (the build's vector width in floats): output
+    channels for the forward pass and filter gradient, input channels too for the input
+    gradient. 0 where the kernels are unavailable."""
+    return _lanes[0] if _load() is None else 0
+
+
 def _call(name: str, shape, a, b, stride: int, pads) -> jax.Array:
     if (why := _load()) is not None:
         raise RuntimeError(f"mkln_jax's native CPU kernels are unavailable: {why}")
     return jax.ffi.ffi_call(
-        f"mkln_depthwise_{name}",
+        name,
         jax.ShapeDtypeStruct(tuple(shape), np.float32),
         vmap_method="sequential",
     )(
@@ -167,14 +198,32 @@ def depthwise_forward(x: jax.Array, w: jax.Array, stride: int, pads) -> jax.Arra
     n, h, wd, c = x.shape
     k = w.shape[0]
     shape = (n, _out_size(h, pads[0], k, stride), _out_size(wd, pads[1], k, stride), c)
-    return _call("forward", shape, x, w.reshape(k, k, c), stride, pads)
+    return _call("mkln_depthwise_forward", shape, x, w.reshape(k, k, c), stride, pads)
 
 
 def depthwise_input_grad(dy: jax.Array, w: jax.Array, x_shape, stride: int, pads) -> jax.Array:
     k, c = w.shape[0], w.shape[-1]
-    return _call("input_grad", x_shape, dy, w.reshape(k, k, c), stride, pads)
+    return _call("mkln_depthwise_input_grad", x_shape, dy, w.reshape(k, k, c), stride, pads)
 
 
 def depthwise_filter_grad(x: jax.Array, dy: jax.Array, w_shape, stride: int, pads) -> jax.Array:
     k, c = w_shape[0], w_shape[-1]
-    return _call("filter_grad", (k, k, c), x, dy, stride, pads).reshape(w_shape)
+    return _call("mkln_depthwise_filter_grad", (k, k, c), x, dy, stride, pads).reshape(w_shape)
+
+
+def dense_forward(x: jax.Array, w: jax.Array, stride: int, pads) -> jax.Array:
+    """x (N, H, W, Cin), w (k, k, Cin, Cout); pads ((top, bottom), (left, right)), each side
+    smaller than k; Cout a multiple of `dense_lanes()`."""
+    n, h, wd, _ = x.shape
+    k, co = w.shape[0], w.shape[-1]
+    shape = (n, _out_size(h, pads[0], k, stride), _out_size(wd, pads[1], k, stride), co)
+    return _call("mkln_dense_forward", shape, x, w, stride, pads)
+
+
+def dense_input_grad(dy: jax.Array, w: jax.Array, x_shape, stride: int, pads) -> jax.Array:
+    """dx of `dense_forward`; Cin a multiple of `dense_lanes()` too."""
+    return _call("mkln_dense_input_grad", x_shape, dy, w.transpose(0, 1, 3, 2), stride, pads)
+
+
+def dense_filter_grad(x: jax.Array, dy: jax.Array, w_shape, stride: int, pads) -> jax.Array:
+    return _call("mkln_dense_filter_grad", tuple(w_shape), x, dy, stride, pads)

@@ -11,17 +11,12 @@
 // Built on first use by mkln_jax/native/__init__.py against the headers jaxlib ships.
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <thread>
 #include <utility>
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
+#include "parallel.h"
 
 namespace {
 
@@ -33,39 +28,14 @@ struct Geometry {
   int64_t oh, ow;        // output
 };
 
-// Calls body(item) for every item in [0, items), on the calling thread and on up to
-// pool.num_threads() tasks of XLA's intra-op pool. The caller takes items too, so this finishes
-// even where the pool runs nothing; late tasks find no work and return, and they own the state
-// they touch, so they may outlive the call.
-template <typename Body>
-void ParallelFor(ffi::ThreadPool& pool, int64_t items, Body body) {
-  struct State {
-    explicit State(int64_t items, Body body) : items(items), body(std::move(body)) {}
-    const int64_t items;
-    Body body;
-    std::atomic<int64_t> next{0}, done{0};
-    void Work() {
-      for (;;) {
-        const int64_t item = next.fetch_add(1, std::memory_order_relaxed);
-        if (item >= items) return;
-        body(item);
-        done.fetch_add(1, std::memory_order_release);
-      }
-    }
-  };
-  auto state = std::make_shared<State>(items, std::move(body));
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), items - 1);
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([state] { state->Work(); });
-  state->Work();
-  while (state->done.load(std::memory_order_acquire) < items) std::this_thread::yield();
-}
-
 // Output columns ow whose input column ow * s + j - pw lies in [0, w).
 inline std::pair<int64_t, int64_t> ValidColumns(const Geometry& g, int64_t j) {
   int64_t lo = g.pw - j > 0 ? (g.pw - j + g.s - 1) / g.s : 0;
   int64_t hi = (g.w - 1 + g.pw - j) >= 0 ? (g.w - 1 + g.pw - j) / g.s + 1 : 0;
   return {lo, std::min(hi, g.ow)};
 }
+
+using mkln::ParallelFor;
 
 void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* w, float* y) {
   ParallelFor(pool, g.n * g.oh, [&g, x, w, y](int64_t item) {
