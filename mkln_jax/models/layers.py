@@ -282,7 +282,7 @@ def dense_conv(
         and feature_group_count == 1
         and cin == lhs.shape[-1]
         and cout % lanes == 0
-        and max(pads[0][0], pads[1][0]) < kh
+        and max(*pads[0], *pads[1]) < kh
         and lhs.dtype == rhs.dtype
         and precision is None
         and preferred_element_type is None

@@ -222,7 +222,12 @@ def dense_forward(x: jax.Array, w: jax.Array, stride: int, pads) -> jax.Array:
 
 def dense_input_grad(dy: jax.Array, w: jax.Array, x_shape, stride: int, pads) -> jax.Array:
     """dx of `dense_forward`; Cin a multiple of `dense_lanes()` too."""
-    return _call("mkln_dense_input_grad", x_shape, dy, w.transpose(0, 1, 3, 2), stride, pads)
+    wt = w.transpose(0, 1, 3, 2)
+    if stride == 1:  # a forward convolution of dy with the flipped kernel (and its fast paths)
+        k = w.shape[0]
+        flipped = tuple((k - 1 - a, k - 1 - b) for a, b in pads)
+        return _call("mkln_dense_forward", x_shape, dy, wt[::-1, ::-1], 1, flipped)
+    return _call("mkln_dense_input_grad", x_shape, dy, wt, stride, pads)
 
 
 def dense_filter_grad(x: jax.Array, dy: jax.Array, w_shape, stride: int, pads) -> jax.Array:

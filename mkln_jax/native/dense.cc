@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "parallel.h"
@@ -176,10 +177,79 @@ bool MergeRows(const Geometry& g) {
   return g.ci < kMergeBelowChannels && g.pw == 0 && (g.ow - 1) * g.s + g.k <= g.w;
 }
 
+// Output rows (or, with the column arguments, columns) whose input row o * s + i - p lies in
+// [0, size): [lo, hi).
+inline std::pair<int64_t, int64_t> ValidRange(int64_t i, int64_t pad, int64_t s, int64_t size,
+                                              int64_t out) {
+  const int64_t lo = pad > i ? (pad - i + s - 1) / s : 0;
+  const int64_t hi = size - 1 + pad - i >= 0 ? (size - 1 + pad - i) / s + 1 : 0;
+  return {lo, std::min(hi, out)};
+}
+
+// The forward pass one tap at a time, over only the output pixels that tap reaches (a
+// rectangle per image), accumulating into y. For small maps, where the gather form would
+// multiply many taps in the padding by zeros (31% of the work on a 4 x 4 map with a 3 x 3
+// kernel, 16% on 8 x 8); it reloads each output tile once per tap, which is cheap when the
+// per-tap reduction (ci) is long.
+void TapwiseForward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* w,
+                    float* y) {
+  const int64_t plane = g.oh * g.ow;
+  const int64_t images = std::max<int64_t>(1, std::min(g.n, 96 / plane));  // per work item
+  const int64_t image_groups = (g.n + images - 1) / images;
+  const int64_t column_blocks = (g.co + kColumns - 1) / kColumns;
+  ParallelFor(pool, image_groups * column_blocks, [&](int64_t item) {
+    const int64_t n0 = item / column_blocks * images, n1 = std::min(g.n, n0 + images);
+    const int64_t o0 = (item % column_blocks) * kColumns;
+    const int vectors = static_cast<int>(std::min(kColumns, g.co - o0) / kLanes);
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t p = 0; p < plane; ++p) {
+        std::fill_n(y + (n * plane + p) * g.co + o0, vectors * kLanes, 0.0f);
+      }
+    }
+    const float* src[kR];
+    float* dst[kR];
+    for (int64_t i = 0; i < g.k; ++i) {
+      const auto [r_lo, r_hi] = ValidRange(i, g.ph, g.s, g.h, g.oh);
+      for (int64_t j = 0; j < g.k; ++j) {
+        const auto [q_lo, q_hi] = ValidRange(j, g.pw, g.s, g.w, g.ow);
+        const int64_t rows = r_hi - r_lo, cols = q_hi - q_lo;
+        if (rows <= 0 || cols <= 0) continue;
+        const float* wt = w + (i * g.k + j) * g.ci * g.co + o0;
+        const int64_t count = (n1 - n0) * rows * cols;  // the tap's pixels in these images
+        for (int64_t p0 = 0; p0 < count; p0 += kR) {
+          const int tile = static_cast<int>(std::min<int64_t>(kR, count - p0));
+          for (int r = 0; r < tile; ++r) {
+            const int64_t p = p0 + r, n = n0 + p / (rows * cols);
+            const int64_t oh = r_lo + (p / cols) % rows, ow = q_lo + p % cols;
+            src[r] = x + ((n * g.h + oh * g.s + i - g.ph) * g.w + ow * g.s + j - g.pw) * g.ci;
+            dst[r] = y + ((n * g.oh + oh) * g.ow + ow) * g.co + o0;
+          }
+          RunGatherTile(tile, vectors, 1, src, &wt, g.co, 0, g.ci, dst, true);
+        }
+      }
+    }
+  });
+}
+
+// Whether the tapwise form pays: a long per-tap reduction and a tenth or more of the gather
+// form's (pixel, tap) pairs in the padding.
+bool Tapwise(const Geometry& g) {
+  int64_t reached = 0;
+  for (int64_t i = 0; i < g.k; ++i) {
+    const auto [r_lo, r_hi] = ValidRange(i, g.ph, g.s, g.h, g.oh);
+    for (int64_t j = 0; j < g.k; ++j) {
+      const auto [q_lo, q_hi] = ValidRange(j, g.pw, g.s, g.w, g.ow);
+      reached += std::max<int64_t>(0, r_hi - r_lo) * std::max<int64_t>(0, q_hi - q_lo);
+    }
+  }
+  return g.ci >= 64 && 10 * reached < 9 * g.k * g.k * g.oh * g.ow;
+}
+
 void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* w,
              float* y) {
   const int64_t plane = g.oh * g.ow;
   auto dst = [&g, y](int64_t p) { return y + p * g.co; };
+  if (Tapwise(g)) return TapwiseForward(pool, g, x, w, y);
   if (MergeRows(g)) {  // one tap per kernel row i, over (j, c)
     auto fill = [&g, x, plane](int64_t p, const float** column, int64_t stride) {
       const int64_t n = p / plane, q = p % plane, oh = q / g.ow, ow = q % g.ow;
