@@ -1,6 +1,6 @@
-"""Our XLA:CPU FFI kernels (mkln_jax/native): the depthwise convolution and both gradients equal
-XLA's convolution, the zoo uses them where they apply, and a build that cannot happen falls back
-to the jnp formulation with the reason."""
+"""Our XLA:CPU FFI kernels (mkln_jax/native): the depthwise and dense convolutions and both
+gradients of each equal XLA's convolution, the zoo uses them where they apply, and a build that
+cannot happen falls back to the jnp formulation with the reason."""
 
 import os
 import subprocess
@@ -74,6 +74,81 @@ def test_native_depthwise_equals_xla_conv_and_its_gradients(kernel, stride, hw, 
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(abs(want))))
 
 
+def _dense(fn, x, w, stride, padding):
+    return fn(x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+# (kernel, stride, (H, W), in, out, padding), batch 3. Each exercises a path of dense.cc:
+# gather forward with channel-block tails (out 80 = 64 + 16; 48 = three vectors) and uneven
+# tiles; the reduction cut into two channel blocks (in 128 > 113 per block for 3x3); merged
+# kernel rows for few input channels (in 3 and 5, the input gradient then from XLA); tapwise
+# small maps (in >= 64 on 4x4 and 3x3 with 5x5 kernels); stride-2/3 input gradients
+# (phases, including uneven ones on odd sizes); 1x1; asymmetric and SAME padding.
+DENSE_CASES = [
+    (3, 1, (9, 7), 16, 80, ((1, 1), (1, 1))),
+    (3, 2, (9, 12), 32, 48, "SAME"),
+    (3, 1, (10, 10), 128, 64, ((1, 1), (1, 1))),
+    (7, 2, (21, 19), 3, 64, ((3, 3), (3, 3))),
+    (3, 2, (17, 17), 3, 32, "VALID"),
+    (3, 1, (8, 9), 5, 16, ((1, 1), (1, 1))),
+    (3, 1, (4, 4), 64, 64, ((1, 1), (1, 1))),
+    (5, 1, (3, 3), 96, 32, ((2, 2), (2, 2))),
+    (3, 2, (8, 8), 128, 80, ((1, 1), (1, 1))),
+    (5, 3, (13, 11), 32, 16, ((1, 2), (2, 0))),
+    (1, 1, (6, 6), 48, 32, "VALID"),
+    (3, 1, (32, 32), 64, 64, ((1, 1), (1, 1))),  # every pool thread takes work
+]
+
+
+@pytest.mark.parametrize("kernel,stride,hw,cin,cout,padding", DENSE_CASES)
+def test_native_dense_conv_equals_xla_conv_and_its_gradients(
+    kernel, stride, hw, cin, cout, padding
+):
+    rng = np.random.default_rng(kernel * 1000 + stride * 100 + cin + cout)
+    x = jnp.asarray(rng.normal(size=(3, *hw, cin)), jnp.float32)
+    w = rng.normal(size=(kernel, kernel, cin, cout)) / (kernel * np.sqrt(cin))  # outputs ~1
+    w = jnp.asarray(w, jnp.float32)
+
+    def loss(fn):
+        return jax.jit(
+            jax.value_and_grad(
+                lambda a, b: jnp.sum(jnp.sin(_dense(fn, a, b, stride, padding))), argnums=(0, 1)
+            )
+        )
+
+    lowered = loss(layers.dense_conv).lower(x, w).as_text()
+    assert "mkln_dense_forward" in lowered and "mkln_dense_filter_grad" in lowered
+    np.testing.assert_allclose(
+        _dense(layers.dense_conv, x, w, stride, padding),
+        _dense(jax.lax.conv_general_dilated, x, w, stride, padding),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    (v_ref, g_ref), (v_new, g_new) = (
+        loss(jax.lax.conv_general_dilated)(x, w),
+        loss(layers.dense_conv)(x, w),
+    )
+    np.testing.assert_allclose(v_new, v_ref, rtol=1e-5, atol=1e-6 * x.size)
+    for got, want in zip(g_new, g_ref, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(abs(want))))
+
+
+def test_dense_conv_leaves_what_the_kernels_do_not_cover_to_xla():
+    """Output channels not a multiple of the vector width, bfloat16, padding as wide as the
+    kernel: XLA's convolution, same values."""
+    x = jnp.ones((1, 6, 6, 16), jnp.float32)
+    for w, xx, padding in (
+        (jnp.ones((3, 3, 16, 10), jnp.float32), x, "SAME"),
+        (jnp.ones((3, 3, 16, 16), jnp.bfloat16), x.astype(jnp.bfloat16), "SAME"),
+        (jnp.ones((3, 3, 16, 16), jnp.float32), x, ((3, 3), (1, 1))),
+    ):
+        fn = jax.jit(lambda a, b, p=padding: _dense(layers.dense_conv, a, b, 1, p))
+        assert "mkln_dense" not in fn.lower(xx, w).as_text()
+        np.testing.assert_array_equal(
+            fn(xx, w), _dense(jax.lax.conv_general_dilated, xx, w, 1, padding)
+        )
+
+
 def test_portable_and_other_dtypes_trace_without_the_ffi_call():
     x = jnp.ones((1, 8, 8, 4), jnp.float32)
     w = jnp.ones((3, 3, 1, 4), jnp.float32)
@@ -85,18 +160,29 @@ def test_portable_and_other_dtypes_trace_without_the_ffi_call():
     assert "mkln_depthwise" not in lowered
 
 
-def test_efficientnet_train_step_gradients_match_the_jnp_formulation():
-    """A whole train-mode EfficientNet-B0 forward and backward (16 depthwise layers, strides 1
-    and 2, 3x3 and 5x5) through the kernels against the jnp formulation, float32."""
+@pytest.mark.parametrize(
+    "name,target,train",
+    [
+        ("efficientnet_b0", "mkln_depthwise_filter_grad", True),
+        # Eval-mode BatchNorm: in train mode, batch statistics over 4 images of 2x2 maps
+        # magnify float32 rounding to ~2% between any two convolution implementations (XLA's
+        # YNNPACK and Eigen differ so too, tests/test_xla_options.py).
+        ("resnet18", "mkln_dense_filter_grad", False),
+    ],
+)
+def test_model_gradients_match_the_formulation_without_kernels(name, target, train):
+    """A whole forward and backward through the kernels against the same model without them
+    (`portable()`), float32: EfficientNet-B0 (16 depthwise layers, strides 1 and 2, 3x3 and
+    5x5), ResNet-18 (the 7x7 stem, 3x3 layers at strides 1 and 2, 2x2 to 16x16 maps)."""
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 64, 64, 3)), jnp.float32)
     results = []
     for portable in (False, True):
-        model = models.build("efficientnet_b0", 2)
+        model = models.build(name, 2)
         graphdef, params, stats = step_lib.split_model(model)
         fn = step_lib.ModelFn(graphdef, (0.0,) * 3, (1.0,) * 3)
 
         def loss(p, fn=fn, stats=stats):
-            logits, _ = fn.apply(p, stats, x, train=True, call=lambda m, xx, t: m(xx, t))
+            logits, _ = fn.apply(p, stats, x, train=train, call=lambda m, xx, t: m(xx, t))
             return jnp.sum(logits * jnp.asarray([1.0, -2.0])), logits
 
         step = jax.jit(jax.value_and_grad(loss, has_aux=True))
@@ -105,7 +191,7 @@ def test_efficientnet_train_step_gradients_match_the_jnp_formulation():
                 lowered = step.lower(params)
         else:
             lowered = step.lower(params)
-        assert ("mkln_depthwise_filter_grad" in lowered.as_text()) != portable
+        assert (target in lowered.as_text()) != portable
         (_, logits), grads = lowered.compile()(params)
         results.append((logits, jax.tree.leaves(grads)))
     (n_logits, n_grads), (j_logits, j_grads) = results
@@ -159,6 +245,23 @@ def test_without_the_kernels_a_process_trains_on_the_jnp_formulation(tmp_path):
     assert len(list((tmp_path / "cache").glob("kernels-*.so"))) == 1
 
 
+def test_dense_gradients_are_bitwise_reproducible():
+    """The dense filter gradient's chunk partials are added in a fixed order too."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(16, 16, 16, 64)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 64, 64)), jnp.float32)
+    grad = jax.jit(
+        jax.grad(
+            lambda a, b: jnp.sum(jnp.sin(_dense(layers.dense_conv, a, b, 1, "SAME"))),
+            argnums=(0, 1),
+        )
+    )
+    first = jax.device_get(grad(x, w))
+    for _ in range(20):
+        for a, b in zip(jax.device_get(grad(x, w)), first, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_gradients_are_bitwise_reproducible():
     """Runs repeat exactly: the filter gradient's per-worker partial sums must not depend on
     which thread took which rows."""
@@ -189,3 +292,9 @@ def test_a_malformed_call_is_an_error_not_a_stray_read():
     )
     with pytest.raises(Exception, match="shapes disagree"):
         jax.block_until_ready(call(x, w, stride=np.int64(1), pad_h=np.int64(1), pad_w=np.int64(1)))
+    dense = jax.ffi.ffi_call("mkln_dense_forward", jax.ShapeDtypeStruct((1, 8, 8, 20), jnp.float32))
+    attrs = {"stride": np.int64(1), "pad_h": np.int64(1), "pad_w": np.int64(1)}
+    with pytest.raises(Exception, match="shapes disagree"):
+        jax.block_until_ready(dense(x, jnp.ones((3, 3, 5, 20), jnp.float32), **attrs))
+    with pytest.raises(Exception, match="multiple of the lanes"):  # 20 output channels
+        jax.block_until_ready(dense(x, jnp.ones((3, 3, 4, 20), jnp.float32), **attrs))
