@@ -33,7 +33,7 @@ import numpy as np
 
 HERE = pathlib.Path(__file__).parent
 SOURCES = (HERE / "depthwise.cc", HERE / "dense.cc")
-HEADERS = (HERE / "parallel.h",)
+HEADERS = (HERE / "common.h",)
 # FFI target name -> the handler's symbol in the library.
 _TARGETS = {
     f"mkln_{kind}_{op}": f"Mkln{kind.capitalize()}{symbol}"

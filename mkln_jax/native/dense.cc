@@ -30,30 +30,23 @@
 #include <utility>
 #include <vector>
 
-#include "parallel.h"
+#include "common.h"
 
 namespace {
 
+using mkln::kLanes;
+using mkln::Load;
 using mkln::ParallelFor;
+using mkln::Store;
+using mkln::Vec;
 
 #if defined(__AVX512F__)
-constexpr int kLanes = 16;
 constexpr int kV = 4;
 #else
-constexpr int kLanes = 8;
 constexpr int kV = 2;
 #endif
 constexpr int kR = 6;
 constexpr int64_t kColumns = kLanes * kV;  // output channels per work item
-
-typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
-
-inline Vec Load(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void Store(float* p, Vec v) { std::memcpy(p, &v, sizeof v); }
 
 struct Geometry {
   int64_t n, h, w, ci;   // input

@@ -16,7 +16,7 @@
 #include <utility>
 #include <vector>
 
-#include "parallel.h"
+#include "common.h"
 
 namespace {
 

@@ -1,11 +1,13 @@
 // Shared by our XLA FFI kernels (depthwise.cc, dense.cc): work spread over XLA's own intra-op
-// thread pool.
+// thread pool, and float vectors as GCC/Clang vector extensions (so one source builds for
+// AVX-512, AVX2 or NEON; -march=native picks the width).
 
 #pragma once
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <thread>
 #include <utility>
@@ -15,6 +17,21 @@
 namespace ffi = xla::ffi;
 
 namespace mkln {
+
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;
+#else
+constexpr int kLanes = 8;
+#endif
+
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+
+inline Vec Load(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void Store(float* p, Vec v) { std::memcpy(p, &v, sizeof v); }
 
 // Calls body(item) for every item in [0, items), on the calling thread and on up to
 // pool.num_threads() tasks of XLA's intra-op pool. The caller takes items too, so this finishes
