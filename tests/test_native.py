@@ -293,7 +293,7 @@ def test_a_malformed_call_is_an_error_not_a_stray_read():
     with pytest.raises(Exception, match="shapes disagree"):
         jax.block_until_ready(call(x, w, stride=np.int64(1), pad_h=np.int64(1), pad_w=np.int64(1)))
     dense = jax.ffi.ffi_call("mkln_dense_forward", jax.ShapeDtypeStruct((1, 8, 8, 20), jnp.float32))
-    attrs = {"stride": np.int64(1), "pad_h": np.int64(1), "pad_w": np.int64(1)}
+    attrs = {"stride": np.int64(1), "pad_h": np.int64(1), "pad_w": np.int64(1), "flip": np.int64(0)}
     with pytest.raises(Exception, match="shapes disagree"):
         jax.block_until_ready(dense(x, jnp.ones((3, 3, 5, 20), jnp.float32), **attrs))
     with pytest.raises(Exception, match="multiple of the lanes"):  # 20 output channels

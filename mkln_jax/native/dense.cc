@@ -116,7 +116,7 @@ void RunGatherTile(int rows, int vectors, int64_t taps, const float* const* src,
 // 4 x 4 layers slower (4-pixel tiles reload each weight vector for fewer pixels).
 template <typename Fill, typename Dst>
 void Gather(ffi::ThreadPool& pool, int64_t pixels, int64_t taps, int64_t depth, int64_t out,
-            const float* w, Fill fill, Dst dst) {
+            const float* w, bool flip, Fill fill, Dst dst) {
   // The reduction is cut into blocks of channels whose weights (taps x block x kColumns) stay
   // within about 256 KiB, i.e. in L2, while a work item's tiles run over them.
   const int64_t block =
@@ -151,7 +151,7 @@ void Gather(ffi::ThreadPool& pool, int64_t pixels, int64_t taps, int64_t depth, 
             any |= s != nullptr;
             src[used * rows + r] = s ? s : zero;
           }
-          if (any) wt[used++] = w + t * depth * out + o0;
+          if (any) wt[used++] = w + (flip ? taps - 1 - t : t) * depth * out + o0;
         }
         // With no tap at all, the tile's output is zero (the tile stores its empty sum).
         RunGatherTile(rows, vectors, used, src.data(), wt.data(), out, c_lo, c_hi, rows_out,
@@ -185,7 +185,7 @@ inline std::pair<int64_t, int64_t> ValidRange(int64_t i, int64_t pad, int64_t s,
 // kernel, 16% on 8 x 8); it reloads each output tile once per tap, which is cheap when the
 // per-tap reduction (ci) is long.
 void TapwiseForward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* w,
-                    float* y) {
+                    bool flip, float* y) {
   const int64_t plane = g.oh * g.ow;
   const int64_t images = std::max<int64_t>(1, std::min(g.n, 96 / plane));  // per work item
   const int64_t image_groups = (g.n + images - 1) / images;
@@ -207,7 +207,8 @@ void TapwiseForward(ffi::ThreadPool& pool, const Geometry& g, const float* x, co
         const auto [q_lo, q_hi] = ValidRange(j, g.pw, g.s, g.w, g.ow);
         const int64_t rows = r_hi - r_lo, cols = q_hi - q_lo;
         if (rows <= 0 || cols <= 0) continue;
-        const float* wt = w + (i * g.k + j) * g.ci * g.co + o0;
+        const int64_t tap = flip ? g.k * g.k - 1 - (i * g.k + j) : i * g.k + j;
+        const float* wt = w + tap * g.ci * g.co + o0;
         const int64_t count = (n1 - n0) * rows * cols;  // the tap's pixels in these images
         for (int64_t p0 = 0; p0 < count; p0 += kR) {
           const int tile = static_cast<int>(std::min<int64_t>(kR, count - p0));
@@ -238,12 +239,14 @@ bool Tapwise(const Geometry& g) {
   return g.ci >= 64 && 10 * reached < 9 * g.k * g.k * g.oh * g.ow;
 }
 
-void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* w,
+// flip: the kernel's taps taken in reverse order (w[k - 1 - i, k - 1 - j]), as the input
+// gradient of a stride-1 convolution wants them; cheaper here than a reversed copy in XLA.
+void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* w, bool flip,
              float* y) {
   const int64_t plane = g.oh * g.ow;
   auto dst = [&g, y](int64_t p) { return y + p * g.co; };
-  if (Tapwise(g)) return TapwiseForward(pool, g, x, w, y);
-  if (MergeRows(g)) {  // one tap per kernel row i, over (j, c)
+  if (Tapwise(g)) return TapwiseForward(pool, g, x, w, flip, y);
+  if (MergeRows(g) && !flip) {  // one tap per kernel row i, over (j, c)
     auto fill = [&g, x, plane](int64_t p, const float** column, int64_t stride) {
       const int64_t n = p / plane, q = p % plane, oh = q / g.ow, ow = q % g.ow;
       for (int64_t i = 0; i < g.k; ++i) {
@@ -252,7 +255,7 @@ void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const flo
         column[i * stride] = inside ? x + ((n * g.h + ih) * g.w + ow * g.s) * g.ci : nullptr;
       }
     };
-    return Gather(pool, g.n * plane, g.k, g.k * g.ci, g.co, w, fill, dst);
+    return Gather(pool, g.n * plane, g.k, g.k * g.ci, g.co, w, false, fill, dst);
   }
   auto fill = [&g, x, plane](int64_t p, const float** column, int64_t stride) {
     const int64_t n = p / plane, q = p % plane, oh = q / g.ow, ow = q % g.ow;
@@ -265,7 +268,7 @@ void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const flo
       }
     }
   };
-  Gather(pool, g.n * plane, g.k * g.k, g.ci, g.co, w, fill, dst);
+  Gather(pool, g.n * plane, g.k * g.k, g.ci, g.co, w, flip, fill, dst);
 }
 
 // dx[n, ih, iw, c] = sum over taps (i, j) and output pixels with oh * s + i - ph = ih and
@@ -314,7 +317,7 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* dy, const 
     locate(p, n, ih, iw);
     return dx + ((n * g.h + ih) * g.w + iw) * g.ci;
   };
-  Gather(pool, g.n * g.h * g.w, g.k * g.k, g.co, g.ci, wt, fill, dst);
+  Gather(pool, g.n * g.h * g.w, g.k * g.k, g.co, g.ci, wt, false, fill, dst);
 }
 
 // out[r][0 : V * kLanes] += sum over output pixels (rows [row_lo, row_hi) of the batch's
@@ -447,19 +450,19 @@ ffi::Error MakeGeometry(ffi::Span<const int64_t> in, ffi::Span<const int64_t> ke
 
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t pad_h,
-                       int64_t pad_w) {
+                       int64_t pad_w, int64_t flip) {
   Geometry g;
   auto e = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), stride, pad_h, pad_w,
                         false, g);
   if (e.failure()) return e;
-  Forward(pool, g, x.typed_data(), w.typed_data(), y->typed_data());
+  Forward(pool, g, x.typed_data(), w.typed_data(), flip != 0, y->typed_data());
   return ffi::Error::Success();
 }
 
 // wt: the kernel transposed per tap, (k, k, co, ci).
 ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
                          ffi::Buffer<ffi::F32> wt, ffi::ResultBuffer<ffi::F32> dx,
-                         int64_t stride, int64_t pad_h, int64_t pad_w) {
+                         int64_t stride, int64_t pad_h, int64_t pad_w, int64_t /*flip*/) {
   const auto t = wt.dimensions();
   if (t.size() != 4) return ffi::Error::InvalidArgument("dense conv: want a (k, k, out, in) kernel");
   const int64_t kernel[4] = {t[0], t[1], t[3], t[2]};
@@ -473,7 +476,7 @@ ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
 
 ffi::Error FilterGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                           ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
-                          int64_t stride, int64_t pad_h, int64_t pad_w) {
+                          int64_t stride, int64_t pad_h, int64_t pad_w, int64_t /*flip*/) {
   Geometry g;
   auto e = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), stride, pad_h, pad_w,
                         false, g);
@@ -492,7 +495,8 @@ ffi::Error FilterGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
       .Ret<ffi::Buffer<ffi::F32>>() \
       .Attr<int64_t>("stride")      \
       .Attr<int64_t>("pad_h")       \
-      .Attr<int64_t>("pad_w")
+      .Attr<int64_t>("pad_w")         \
+      .Attr<int64_t>("flip")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MklnDenseForward, ForwardImpl, MKLN_BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MklnDenseInputGrad, InputGradImpl, MKLN_BIND);
