@@ -298,3 +298,14 @@ def test_a_malformed_call_is_an_error_not_a_stray_read():
         jax.block_until_ready(dense(x, jnp.ones((3, 3, 5, 20), jnp.float32), **attrs))
     with pytest.raises(Exception, match="multiple of the lanes"):  # 20 output channels
         jax.block_until_ready(dense(x, jnp.ones((3, 3, 4, 20), jnp.float32), **attrs))
+
+
+def test_the_trainer_says_its_flop_count_leaves_out_the_kernels():
+    from mkln_jax import train
+
+    x = jnp.ones((2, 8, 8, 16), jnp.float32)
+    w = jnp.ones((3, 3, 16, 16), jnp.float32)
+    with_kernels = jax.jit(lambda a, b: _dense(layers.dense_conv, a, b, 1, "SAME")).lower(x, w)
+    without = jax.jit(lambda a, b: _dense(jax.lax.conv_general_dilated, a, b, 1, "SAME"))
+    assert "without mkln_jax's CPU kernels" in train._costs(with_kernels.compile())
+    assert "without" not in train._costs(without.lower(x, w).compile())
