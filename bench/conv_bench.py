@@ -11,12 +11,13 @@ interleaved:
   what the zoo runs on CPU in float32);
 - 1x1: XLA's convolution and `layers.pointwise_conv` (a dot with its own backward pass);
 - dense (ResNet-18's 3x3 layers and 7x7 stem): XLA's convolution compiled as jaxlib does by
-  default (YNNPACK) and with Eigen's kernels (`xla_options.compiler_options("eigen")`, what the
-  trainer uses for ResNets);
+  default (YNNPACK), with Eigen's kernels (`xla_options.compiler_options("eigen")`, what the
+  trainer uses for ResNets where XLA runs them) and `layers.dense_conv` on our FFI kernels
+  (`mkln_jax/native/dense.cc`, what the zoo runs on CPU in float32);
 - max pooling 3x3 (Xception's and ResNet's layers): XLA's reduce-window, differentiated by
   autodiff, and `layers.max_pool(impl="cpu")`.
 
-    python bench/conv_bench.py [--repeats 8]
+    python bench/conv_bench.py [--repeats 8] [--sections depthwise,pointwise,dense,pooling]
 """
 
 from __future__ import annotations
