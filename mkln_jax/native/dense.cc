@@ -380,6 +380,10 @@ void FilterGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x, const 
                 float* dw) {
   const int64_t size = g.k * g.k * g.ci * g.co;
   const int64_t rows = g.n * g.oh;
+  if (rows == 0 || g.ow == 0) {  // no output pixels: nothing to sum
+    std::fill(dw, dw + size, 0.0f);
+    return;
+  }
   // Fixed chunks of output rows, as many as 16 while their partial sums stay within 16 MiB.
   const int64_t chunks =
       std::max<int64_t>(1, std::min({rows, int64_t{16}, (int64_t{4} << 20) / size}));
