@@ -168,12 +168,14 @@ def test_portable_and_other_dtypes_trace_without_the_ffi_call():
         # magnify float32 rounding to ~2% between any two convolution implementations (XLA's
         # YNNPACK and Eigen differ so too, tests/test_xla_options.py).
         ("resnet18", "mkln_dense_filter_grad", False),
+        ("small_cnn", "mkln_dense_filter_grad", True),  # the default student
     ],
 )
 def test_model_gradients_match_the_formulation_without_kernels(name, target, train):
     """A whole forward and backward through the kernels against the same model without them
     (`portable()`), float32: EfficientNet-B0 (16 depthwise layers, strides 1 and 2, 3x3 and
-    5x5), ResNet-18 (the 7x7 stem, 3x3 layers at strides 1 and 2, 2x2 to 16x16 maps)."""
+    5x5), ResNet-18 (the 7x7 stem, 3x3 layers at strides 1 and 2, 2x2 to 16x16 maps), the
+    small CNN student (a full-resolution 3-channel stem, SAME padding at stride 2)."""
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 64, 64, 3)), jnp.float32)
     results = []
     for portable in (False, True):

@@ -8,11 +8,24 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mkln_jax.models import layers as zoo_layers
+
 
 class ConvBNReLU(nnx.Module):
-    def __init__(self, in_ch: int, out_ch: int, stride: int, *, dtype: Any, rngs: nnx.Rngs):
+    def __init__(
+        self, in_ch: int, out_ch: int, stride: int, *, dtype: Any, impl: str, rngs: nnx.Rngs
+    ):
+        # "cpu": our FFI convolution kernels where they apply (layers.dense_conv).
+        conv = zoo_layers.dense_conv if impl == "cpu" else jax.lax.conv_general_dilated
         self.conv = nnx.Conv(
-            in_ch, out_ch, (3, 3), strides=stride, use_bias=False, dtype=dtype, rngs=rngs
+            in_ch,
+            out_ch,
+            (3, 3),
+            strides=stride,
+            use_bias=False,
+            dtype=dtype,
+            conv_general_dilated=conv,
+            rngs=rngs,
         )
         self.bn = nnx.BatchNorm(out_ch, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
 
@@ -33,16 +46,16 @@ class SmallCNN(nnx.Module):
         in_channels: int = 3,
         widths: tuple[int, ...] = (32, 64, 128, 256),
         dtype: Any = jnp.float32,
-        conv_impl: str = "auto",  # accepted for a uniform zoo signature; plain 3x3 convs only
+        conv_impl: str = "auto",
         rngs: nnx.Rngs,
     ):
-        del conv_impl
-        self.stem = ConvBNReLU(in_channels, widths[0] // 2, 1, dtype=dtype, rngs=rngs)
+        impl = zoo_layers.resolve_conv_impl(conv_impl)
+        self.stem = ConvBNReLU(in_channels, widths[0] // 2, 1, dtype=dtype, impl=impl, rngs=rngs)
         layers = []
         in_ch = widths[0] // 2
         for width in widths:
-            layers.append(ConvBNReLU(in_ch, width, 2, dtype=dtype, rngs=rngs))
-            layers.append(ConvBNReLU(width, width, 1, dtype=dtype, rngs=rngs))
+            layers.append(ConvBNReLU(in_ch, width, 2, dtype=dtype, impl=impl, rngs=rngs))
+            layers.append(ConvBNReLU(width, width, 1, dtype=dtype, impl=impl, rngs=rngs))
             in_ch = width
         self.layers = nnx.List(layers)
         self.feature_dim = in_ch
