@@ -2,9 +2,10 @@
 // filter gradient, NHWC float32 with an HWIO (k, k, in, out) kernel, one stride for both axes,
 // explicit top/left padding (the output's size fixes the bottom/right padding).
 //
-// Why: XLA:CPU runs these convolutions with Eigen's or YNNPACK's kernels at 40-55% of what its
-// matrix products reach on the same CPU (bench/conv_bench.py), and ResNet's step is mostly
-// 3x3 convolutions. Each kernel here is an implicit matrix product with a register tile of
+// Why: ResNet's step is mostly 3x3 convolutions, which XLA:CPU runs with Eigen's or YNNPACK's
+// kernels: below its matrix products' rate (Eigen alone 60-95% of it, per kernel and shape),
+// with transposes around the filter gradient and multiplications by the padding on small maps
+// (docs/performance.md, section 3). Each kernel here is an implicit matrix product with a register tile of
 // kR rows by kV vectors of output channels (6 x 4 AVX-512 vectors: 24 accumulators), the
 // classic BLAS micro-kernel shape: per step of the reduction, kV vector loads, kR broadcasts
 // and kR * kV fused multiply-adds, so the FMA units, not memory, set the pace.
