@@ -247,39 +247,28 @@ def test_without_the_kernels_a_process_trains_on_the_jnp_formulation(tmp_path):
     assert len(list((tmp_path / "cache").glob("kernels-*.so"))) == 1
 
 
-def test_dense_gradients_are_bitwise_reproducible():
-    """The dense filter gradient's chunk partials are added in a fixed order too."""
-    rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.normal(size=(16, 16, 16, 64)), jnp.float32)
-    w = jnp.asarray(rng.normal(size=(3, 3, 64, 64)), jnp.float32)
-    grad = jax.jit(
-        jax.grad(
-            lambda a, b: jnp.sum(jnp.sin(_dense(layers.dense_conv, a, b, 1, "SAME"))),
-            argnums=(0, 1),
-        )
-    )
+@pytest.mark.parametrize(
+    "conv,x_shape,w_shape",
+    [
+        (
+            lambda a, b: _conv(layers.shifted_depthwise_conv, a, b, 1, "SAME"),
+            (16, 32, 32, 96),
+            (3, 3, 1, 96),
+        ),
+        (lambda a, b: _dense(layers.dense_conv, a, b, 1, "SAME"), (16, 16, 16, 64), (3, 3, 64, 64)),
+    ],
+    ids=["depthwise", "dense"],
+)
+def test_gradients_are_bitwise_reproducible(conv, x_shape, w_shape):
+    """Runs repeat exactly: the filter gradients' partial sums are kept per fixed chunk and added
+    in order, whichever thread took which rows."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=w_shape), jnp.float32)
+    grad = jax.jit(jax.grad(lambda a, b: jnp.sum(jnp.sin(conv(a, b))), argnums=(0, 1)))
     first = jax.device_get(grad(x, w))
     for _ in range(20):
         for a, b in zip(jax.device_get(grad(x, w)), first, strict=True):
-            np.testing.assert_array_equal(a, b)
-
-
-def test_gradients_are_bitwise_reproducible():
-    """Runs repeat exactly: the filter gradient's per-worker partial sums must not depend on
-    which thread took which rows."""
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(16, 32, 32, 96)), jnp.float32)
-    w = jnp.asarray(rng.normal(size=(3, 3, 1, 96)), jnp.float32)
-    grad = jax.jit(
-        jax.grad(
-            lambda a, b: jnp.sum(jnp.sin(_conv(layers.shifted_depthwise_conv, a, b, 1, "SAME"))),
-            argnums=(0, 1),
-        )
-    )
-    first = jax.device_get(grad(x, w))
-    for _ in range(20):
-        again = jax.device_get(grad(x, w))
-        for a, b in zip(again, first, strict=True):
             np.testing.assert_array_equal(a, b)
 
 

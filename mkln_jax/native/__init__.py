@@ -230,8 +230,8 @@ def dense_input_grad(dy: jax.Array, w: jax.Array, x_shape, stride: int, pads) ->
         # The kernel flips the taps itself (flip=1): XLA's reversed copy of every kernel cost
         # 16 ms per ResNet-18 step, its plain transpose 5.
         return _call("mkln_dense_forward", x_shape, dy, wt, 1, flipped, flip=1)
-    return _call("mkln_dense_input_grad", x_shape, dy, wt, stride, pads, flip=0)
+    return _call("mkln_dense_input_grad", x_shape, dy, wt, stride, pads)
 
 
 def dense_filter_grad(x: jax.Array, dy: jax.Array, w_shape, stride: int, pads) -> jax.Array:
-    return _call("mkln_dense_filter_grad", tuple(w_shape), x, dy, stride, pads, flip=0)
+    return _call("mkln_dense_filter_grad", tuple(w_shape), x, dy, stride, pads)

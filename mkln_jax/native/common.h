@@ -33,6 +33,15 @@ inline Vec Load(const float* p) {
 }
 inline void Store(float* p, Vec v) { std::memcpy(p, &v, sizeof v); }
 
+// Output positions o in [0, out) whose input position o * s + i - pad lies in [0, size), for
+// kernel tap i along one axis: [lo, hi).
+inline std::pair<int64_t, int64_t> ValidRange(int64_t i, int64_t pad, int64_t s, int64_t size,
+                                              int64_t out) {
+  const int64_t lo = pad > i ? (pad - i + s - 1) / s : 0;
+  const int64_t hi = size - 1 + pad - i >= 0 ? (size - 1 + pad - i) / s + 1 : 0;
+  return {lo, std::min(hi, out)};
+}
+
 // Calls body(item) for every item in [0, items), on the calling thread and on up to
 // pool.num_threads() tasks of XLA's intra-op pool. The caller takes items too, so this finishes
 // even where the pool runs nothing; late tasks find no work and return, and they own the state
@@ -61,3 +70,15 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t items, Body body) {
 }
 
 }  // namespace mkln
+
+// The FFI signature every convolution kernel here shares: XLA's intra-op pool, two float32
+// operands, one result, the stride and the top/left padding (a kernel may bind more).
+#define MKLN_CONV_BINDING           \
+  ffi::Ffi::Bind()                  \
+      .Ctx<ffi::ThreadPool>()       \
+      .Arg<ffi::Buffer<ffi::F32>>() \
+      .Arg<ffi::Buffer<ffi::F32>>() \
+      .Ret<ffi::Buffer<ffi::F32>>() \
+      .Attr<int64_t>("stride")      \
+      .Attr<int64_t>("pad_h")       \
+      .Attr<int64_t>("pad_w")

@@ -39,6 +39,7 @@ using mkln::kLanes;
 using mkln::Load;
 using mkln::ParallelFor;
 using mkln::Store;
+using mkln::ValidRange;
 using mkln::Vec;
 
 #if defined(__AVX512F__)
@@ -169,15 +170,6 @@ void Gather(ffi::ThreadPool& pool, int64_t pixels, int64_t taps, int64_t depth, 
 constexpr int64_t kMergeBelowChannels = 16;
 bool MergeRows(const Geometry& g) {
   return g.ci < kMergeBelowChannels && g.pw == 0 && (g.ow - 1) * g.s + g.k <= g.w;
-}
-
-// Output rows (or, with the column arguments, columns) whose input row o * s + i - p lies in
-// [0, size): [lo, hi).
-inline std::pair<int64_t, int64_t> ValidRange(int64_t i, int64_t pad, int64_t s, int64_t size,
-                                              int64_t out) {
-  const int64_t lo = pad > i ? (pad - i + s - 1) / s : 0;
-  const int64_t hi = size - 1 + pad - i >= 0 ? (size - 1 + pad - i) / s + 1 : 0;
-  return {lo, std::min(hi, out)};
 }
 
 // The forward pass one tap at a time, over only the output pixels that tap reaches (a
@@ -405,10 +397,7 @@ void FilterGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x, const 
       const int64_t hi = std::min(r1, lo + pass);
       for (int64_t i = 0; i < g.k; ++i) {
         for (int64_t j = 0; j < columns; ++j) {
-          // Output columns whose input column ow * s + j - pw lies in [0, w).
-          const int64_t q_lo = g.pw > j ? (g.pw - j + g.s - 1) / g.s : 0;
-          const int64_t q_hi =
-              std::min(g.ow, g.w - 1 + g.pw - j >= 0 ? (g.w - 1 + g.pw - j) / g.s + 1 : 0);
+          const auto [q_lo, q_hi] = ValidRange(j, g.pw, g.s, g.w, g.ow);
           for (int64_t c0 = 0; c0 < depth; c0 += kR) {
             const int tile_rows = static_cast<int>(std::min<int64_t>(kR, depth - c0));
             float* out = mine + ((i * g.k + j) * g.ci + c0) * g.co + o0;
@@ -467,7 +456,7 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
 // wt: the kernel transposed per tap, (k, k, co, ci).
 ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
                          ffi::Buffer<ffi::F32> wt, ffi::ResultBuffer<ffi::F32> dx,
-                         int64_t stride, int64_t pad_h, int64_t pad_w, int64_t /*flip*/) {
+                         int64_t stride, int64_t pad_h, int64_t pad_w) {
   const auto t = wt.dimensions();
   if (t.size() != 4) return ffi::Error::InvalidArgument("dense conv: want a (k, k, out, in) kernel");
   const int64_t kernel[4] = {t[0], t[1], t[3], t[2]};
@@ -481,7 +470,7 @@ ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
 
 ffi::Error FilterGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                           ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
-                          int64_t stride, int64_t pad_h, int64_t pad_w, int64_t /*flip*/) {
+                          int64_t stride, int64_t pad_h, int64_t pad_w) {
   Geometry g;
   auto e = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), stride, pad_h, pad_w,
                         false, g);
@@ -492,22 +481,10 @@ ffi::Error FilterGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 
 }  // namespace
 
-#define MKLN_BIND                   \
-  ffi::Ffi::Bind()                  \
-      .Ctx<ffi::ThreadPool>()       \
-      .Arg<ffi::Buffer<ffi::F32>>() \
-      .Arg<ffi::Buffer<ffi::F32>>() \
-      .Ret<ffi::Buffer<ffi::F32>>() \
-      .Attr<int64_t>("stride")      \
-      .Attr<int64_t>("pad_h")       \
-      .Attr<int64_t>("pad_w")         \
-      .Attr<int64_t>("flip")
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MklnDenseForward, ForwardImpl, MKLN_BIND);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MklnDenseInputGrad, InputGradImpl, MKLN_BIND);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MklnDenseFilterGrad, FilterGradImpl, MKLN_BIND);
-
-#undef MKLN_BIND
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MklnDenseForward, ForwardImpl,
+                              MKLN_CONV_BINDING.Attr<int64_t>("flip"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MklnDenseInputGrad, InputGradImpl, MKLN_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MklnDenseFilterGrad, FilterGradImpl, MKLN_CONV_BINDING);
 
 // The channel multiple the kernels need (output channels; input channels for the input
 // gradient): the vector width in floats this library was built for.

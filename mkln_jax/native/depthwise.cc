@@ -28,14 +28,8 @@ struct Geometry {
   int64_t oh, ow;        // output
 };
 
-// Output columns ow whose input column ow * s + j - pw lies in [0, w).
-inline std::pair<int64_t, int64_t> ValidColumns(const Geometry& g, int64_t j) {
-  int64_t lo = g.pw - j > 0 ? (g.pw - j + g.s - 1) / g.s : 0;
-  int64_t hi = (g.w - 1 + g.pw - j) >= 0 ? (g.w - 1 + g.pw - j) / g.s + 1 : 0;
-  return {lo, std::min(hi, g.ow)};
-}
-
 using mkln::ParallelFor;
+using mkln::ValidRange;
 
 void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* w, float* y) {
   ParallelFor(pool, g.n * g.oh, [&g, x, w, y](int64_t item) {
@@ -116,7 +110,7 @@ void FilterGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x, const 
         if (ih < 0 || ih >= g.h) continue;
         const float* xrow = x + (n * g.h + ih) * g.w * g.c;
         for (int64_t j = 0; j < g.k; ++j) {
-          const auto [lo, hi] = ValidColumns(g, j);
+          const auto [lo, hi] = ValidRange(j, g.pw, g.s, g.w, g.ow);
           for (int64_t c0 = 0; c0 < g.c; c0 += kBlock) {
             const int64_t cb = std::min(kBlock, g.c - c0);
             float acc[kBlock] = {};
@@ -192,16 +186,6 @@ ffi::Error FilterGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 
 }  // namespace
 
-#define MKLN_BIND                                       \
-  ffi::Ffi::Bind()                                      \
-      .Ctx<ffi::ThreadPool>()                           \
-      .Arg<ffi::Buffer<ffi::F32>>()                     \
-      .Arg<ffi::Buffer<ffi::F32>>()                     \
-      .Ret<ffi::Buffer<ffi::F32>>()                     \
-      .Attr<int64_t>("stride")                          \
-      .Attr<int64_t>("pad_h")                           \
-      .Attr<int64_t>("pad_w")
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MklnDepthwiseForward, ForwardImpl, MKLN_BIND);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MklnDepthwiseInputGrad, InputGradImpl, MKLN_BIND);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MklnDepthwiseFilterGrad, FilterGradImpl, MKLN_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MklnDepthwiseForward, ForwardImpl, MKLN_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MklnDepthwiseInputGrad, InputGradImpl, MKLN_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MklnDepthwiseFilterGrad, FilterGradImpl, MKLN_CONV_BINDING);
