@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from mkln_jax import models, native
 from mkln_jax import step as step_lib
@@ -133,6 +134,71 @@ def test_native_dense_conv_equals_xla_conv_and_its_gradients(
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(abs(want))))
 
 
+# Windows 2/3/5 at strides 1-3, with and without padding; channels as one vector (16), a
+# register block and a vector after it (80), a block and a scalar tail (70), vectors and a
+# tail (35); odd and non-square maps; one case large enough for every pool thread.
+POOL_CASES = [
+    (3, 2, (13, 11), 70, 1),
+    (3, 2, (9, 9), 35, 1),
+    (2, 2, (8, 8), 16, 0),
+    (3, 1, (10, 11), 80, 1),
+    (5, 3, (13, 14), 20, 2),
+    (3, 2, (33, 33), 128, 1),
+]
+
+
+@pytest.mark.parametrize("kernel,stride,hw,channels,padding", POOL_CASES)
+def test_native_max_pool_equals_xla_and_its_gradient(kernel, stride, hw, channels, padding):
+    """Values (ties everywhere: inputs on a 0.5 grid) equal XLA's reduce-window exactly, and
+    the gradient goes where XLA's select-and-scatter sends it (the first maximum of each window
+    in row-major order)."""
+    rng = np.random.default_rng(kernel * 100 + channels)
+    x = jnp.asarray(np.round(rng.normal(size=(3, *hw, channels)) * 2) / 2, jnp.float32)
+    pads = ((padding, padding), (padding, padding))
+
+    def xla(a):
+        return nnx.max_pool(a, (kernel, kernel), strides=(stride, stride), padding=pads)
+
+    def ours(a):
+        return layers.max_pool(a, kernel, stride, padding, "cpu")
+
+    assert "mkln_max_pool_forward" in jax.jit(ours).lower(x).as_text()
+    y = jax.jit(ours)(x)
+    np.testing.assert_array_equal(y, xla(x))
+    dy = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+    grad = jax.jit(lambda a, g: jax.vjp(ours, a)[1](g)[0])(x, dy)
+    np.testing.assert_allclose(grad, jax.vjp(xla, x)[1](dy)[0], rtol=1e-6, atol=1e-6)
+
+
+def test_native_max_pool_infinities_and_nans():
+    """-inf is an ordinary value, and padding counts as -inf: a window of -inf pools to -inf and
+    passes its gradient to its first tap, here padding, as XLA does. A NaN wins its windows
+    (XLA's maximum propagates it) and takes their gradient, as PyTorch's max pooling does (XLA's
+    select-and-scatter gives it to another tap)."""
+    pads = ((1, 1), (1, 1))
+
+    def xla(a):
+        return nnx.max_pool(a, (3, 3), strides=(2, 2), padding=pads)
+
+    def ours(a):
+        return layers.max_pool(a, 3, 2, 1, "cpu")
+
+    def grad(fn, a, g):
+        return jax.vjp(fn, a)[1](g)[0]
+
+    dy = jnp.arange(1, 1 + 9 * 17, dtype=jnp.float32).reshape(1, 3, 3, 17)
+    x = np.zeros((1, 5, 5, 17), np.float32)
+    x[0, :3, :3] = -np.inf
+    x = jnp.asarray(x)
+    np.testing.assert_array_equal(jax.jit(ours)(x), xla(x))
+    np.testing.assert_array_equal(jax.jit(grad, static_argnums=0)(ours, x, dy), grad(xla, x, dy))
+    x = x.at[0, 4, 4, 5].set(jnp.nan)  # the last pixel: window (2, 2) alone covers it
+    np.testing.assert_array_equal(jax.jit(ours)(x), xla(x))  # NaN where XLA has it
+    dx = jax.jit(grad, static_argnums=0)(ours, x, dy)
+    assert dx[0, 4, 4, 5] == dy[0, 2, 2, 5]
+    assert float(jnp.sum(dx)) == float(jnp.sum(dy)) - float(jnp.sum(dy[0, 0, 0]))  # (0, 0): padding
+
+
 def test_dense_conv_leaves_what_the_kernels_do_not_cover_to_xla():
     """Output channels not a multiple of the vector width, bfloat16, padding as wide as the
     kernel: XLA's convolution, same values."""
@@ -169,13 +235,15 @@ def test_portable_and_other_dtypes_trace_without_the_ffi_call():
         # YNNPACK and Eigen differ so too, tests/test_xla_options.py).
         ("resnet18", "mkln_dense_filter_grad", False),
         ("small_cnn", "mkln_dense_filter_grad", True),  # the default student
+        ("xception", "mkln_max_pool_input_grad", False),
     ],
 )
 def test_model_gradients_match_the_formulation_without_kernels(name, target, train):
     """A whole forward and backward through the kernels against the same model without them
     (`portable()`), float32: EfficientNet-B0 (16 depthwise layers, strides 1 and 2, 3x3 and
     5x5), ResNet-18 (the 7x7 stem, 3x3 layers at strides 1 and 2, 2x2 to 16x16 maps), the
-    small CNN student (a full-resolution 3-channel stem, SAME padding at stride 2)."""
+    small CNN student (a full-resolution 3-channel stem, SAME padding at stride 2), Xception
+    (four max poolings after BatchNorm, 29x29 down to 4x4, and every other kernel too)."""
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 64, 64, 3)), jnp.float32)
     results = []
     for portable in (False, True):
@@ -208,7 +276,7 @@ def test_a_failing_build_names_the_source_and_the_compiler_error(tmp_path, monke
     broken.write_text("#!/bin/sh\necho 'no such thing as a compiler here' >&2\nexit 1\n")
     broken.chmod(0o755)
     monkeypatch.setenv("CXX", str(broken))
-    with pytest.raises(RuntimeError, match=r"(?s)depthwise\.cc, .*dense\.cc failed.*no such thing"):
+    with pytest.raises(RuntimeError, match=r"(?s)depthwise\.cc, .*pool\.cc failed.*no such thing"):
         native.build(tmp_path / "cache")
     assert not list((tmp_path / "cache").glob("*.so*"))  # nothing half-written is left
 
@@ -289,6 +357,21 @@ def test_a_malformed_call_is_an_error_not_a_stray_read():
         jax.block_until_ready(dense(x, jnp.ones((3, 3, 5, 20), jnp.float32), **attrs))
     with pytest.raises(Exception, match="multiple of the lanes"):  # 20 output channels
         jax.block_until_ready(dense(x, jnp.ones((3, 3, 4, 20), jnp.float32), **attrs))
+    pool_grad = jax.ffi.ffi_call(
+        "mkln_max_pool_input_grad", jax.ShapeDtypeStruct((1, 8, 8, 4), jnp.float32)
+    )
+    attrs = {
+        "kernel": np.int64(3),
+        "stride": np.int64(2),
+        "pad_h": np.int64(1),
+        "pad_w": np.int64(1),
+    }
+    dy = jnp.ones((1, 4, 4, 4), jnp.float32)
+    with pytest.raises(Exception, match="output and taps shapes disagree"):
+        jax.block_until_ready(pool_grad(dy, jnp.zeros((1, 4, 3, 4), jnp.uint8), **attrs))
+    with pytest.raises(Exception, match="bad window"):  # a 6th output row: rows 9-11 of 8
+        tall = jnp.ones((1, 6, 4, 4), jnp.float32)
+        jax.block_until_ready(pool_grad(tall, jnp.zeros((1, 6, 4, 4), jnp.uint8), **attrs))
 
 
 def test_the_trainer_says_its_flop_count_leaves_out_the_kernels():

@@ -355,14 +355,36 @@ def _max_pool_bwd(kernel, stride, pads, residuals, dy):
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _native_max_pool(x: jax.Array, kernel: int, stride: int, pads) -> jax.Array:
+    return native_kernels.max_pool_forward(x, kernel, stride, pads)[0]
+
+
+def _native_max_pool_fwd(x, kernel, stride, pads):
+    y, taps = native_kernels.max_pool_forward(x, kernel, stride, pads)
+    return y, (taps, x.shape)
+
+
+def _native_max_pool_bwd(kernel, stride, pads, residuals, dy):
+    taps, x_shape = residuals
+    return (native_kernels.max_pool_input_grad(dy, taps, x_shape, kernel, stride, pads),)
+
+
+_native_max_pool.defvjp(_native_max_pool_fwd, _native_max_pool_bwd)
+
+
 def max_pool(x: jax.Array, kernel: int, stride: int, padding: int, impl: str = "xla") -> jax.Array:
     """Max pooling over square windows, NHWC, padding with -inf on every side.
 
-    impl "cpu": shifted maxima with a backward pass that gathers instead of scattering (2x
-    faster than XLA's on Xception's pooling layers, same gradients: tests/test_models.py).
+    impl "cpu": the FFI kernels (mkln_jax/native/pool.cc: the winning tap of each window kept
+    as a byte, a gathering backward pass) where they apply, else shifted maxima with a backward
+    pass that gathers instead of scattering (2x faster than XLA's on Xception's pooling layers);
+    same values and gradients as XLA's: tests/test_models.py, tests/test_native.py.
     """
     pads = ((padding, padding), (padding, padding))
     if impl == "cpu":
+        if native_kernels.max_pool_available(x.dtype) and padding < kernel:
+            return _native_max_pool(x, kernel, stride, pads)
         return _max_pool(x, kernel, stride, pads)
     return nnx.max_pool(x, (kernel, kernel), strides=(stride, stride), padding=pads)
 

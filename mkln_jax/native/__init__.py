@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 HERE = pathlib.Path(__file__).parent
-SOURCES = (HERE / "depthwise.cc", HERE / "dense.cc")
+SOURCES = (HERE / "depthwise.cc", HERE / "dense.cc", HERE / "pool.cc")
 HEADERS = (HERE / "common.h",)
 # FFI target name -> the handler's symbol in the library.
 _TARGETS = {
@@ -43,6 +43,9 @@ _TARGETS = {
         ("input_grad", "InputGrad"),
         ("filter_grad", "FilterGrad"),
     )
+} | {
+    "mkln_max_pool_forward": "MklnMaxPoolForward",
+    "mkln_max_pool_input_grad": "MklnMaxPoolInputGrad",
 }
 _portable = [0]
 
@@ -165,6 +168,12 @@ def dense_available(dtype) -> bool:
     return depthwise_available(dtype)
 
 
+def max_pool_available(dtype) -> bool:
+    """Whether a max pooling of this dtype traced now should use the FFI kernels (the same
+    conditions as `depthwise_available`)."""
+    return depthwise_available(dtype)
+
+
 def dense_lanes() -> int:
     """The channel multiple the dense kernels need (the build's vector width in floats): output
     channels for the forward pass and filter gradient, input channels too for the input
@@ -235,3 +244,38 @@ def dense_input_grad(dy: jax.Array, w: jax.Array, x_shape, stride: int, pads) ->
 
 def dense_filter_grad(x: jax.Array, dy: jax.Array, w_shape, stride: int, pads) -> jax.Array:
     return _call("mkln_dense_filter_grad", tuple(w_shape), x, dy, stride, pads)
+
+
+def _pool_attrs(kernel: int, stride: int, pads) -> dict:
+    return {
+        "kernel": np.int64(kernel),
+        "stride": np.int64(stride),
+        "pad_h": np.int64(pads[0][0]),
+        "pad_w": np.int64(pads[1][0]),
+    }
+
+
+def max_pool_forward(x: jax.Array, kernel: int, stride: int, pads) -> tuple[jax.Array, jax.Array]:
+    """Max pooling of x (N, H, W, C) over kernel x kernel windows; pads ((top, bottom), (left,
+    right)), each side smaller than the kernel, padding never winning. Returns the pooled
+    values and, per output, the winning tap (row-major index in the window) as uint8."""
+    if (why := _load()) is not None:
+        raise RuntimeError(f"mkln_jax's native CPU kernels are unavailable: {why}")
+    n, h, wd, c = x.shape
+    shape = (n, _out_size(h, pads[0], kernel, stride), _out_size(wd, pads[1], kernel, stride), c)
+    return jax.ffi.ffi_call(
+        "mkln_max_pool_forward",
+        (jax.ShapeDtypeStruct(shape, np.float32), jax.ShapeDtypeStruct(shape, np.uint8)),
+        vmap_method="sequential",
+    )(x, **_pool_attrs(kernel, stride, pads))
+
+
+def max_pool_input_grad(dy: jax.Array, taps: jax.Array, x_shape, kernel: int, stride: int, pads):
+    """dx of `max_pool_forward`: each output's gradient to the input pixel that won it."""
+    if (why := _load()) is not None:
+        raise RuntimeError(f"mkln_jax's native CPU kernels are unavailable: {why}")
+    return jax.ffi.ffi_call(
+        "mkln_max_pool_input_grad",
+        jax.ShapeDtypeStruct(tuple(x_shape), np.float32),
+        vmap_method="sequential",
+    )(dy, taps, **_pool_attrs(kernel, stride, pads))
