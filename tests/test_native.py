@@ -199,6 +199,35 @@ def test_native_max_pool_infinities_and_nans():
     assert float(jnp.sum(dx)) == float(jnp.sum(dy)) - float(jnp.sum(dy[0, 0, 0]))  # (0, 0): padding
 
 
+@pytest.mark.parametrize(
+    "shape,cin,cout,kernel_expected",
+    [
+        ((4, 64, 64), 64, 128, True),  # 16384 pixels, >= 64 input channels: the kernels
+        ((4, 32, 32), 64, 128, False),  # too few pixels: XLA's dot
+        ((4, 64, 64), 32, 128, False),  # too few input channels
+        ((4, 64, 64), 64, 24, False),  # output channels not a multiple of the vector width
+    ],
+)
+def test_pointwise_filter_gradient_on_the_kernels_where_it_pays(shape, cin, cout, kernel_expected):
+    """The 1x1 convolutions' filter gradient takes the dense kernels for large, wide layers and
+    XLA's dot elsewhere; either way it equals the plain convolution's."""
+    rng = np.random.default_rng(cin + cout)
+    x = jnp.asarray(rng.normal(size=(*shape, cin)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(1, 1, cin, cout)), jnp.float32)
+
+    def grads(conv):
+        return jax.jit(
+            jax.grad(lambda a, b: jnp.sum(jnp.cos(_dense(conv, a, b, 1, "VALID"))), (0, 1))
+        )
+
+    text = grads(layers.pointwise_conv).lower(x, w).as_text()
+    assert ("mkln_dense_filter_grad" in text) == kernel_expected
+    for a, b in zip(
+        grads(layers.pointwise_conv)(x, w), grads(jax.lax.conv_general_dilated)(x, w), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4 * float(np.max(np.abs(b))))
+
+
 def test_dense_conv_leaves_what_the_kernels_do_not_cover_to_xla():
     """Output channels not a multiple of the vector width, bfloat16, padding as wide as the
     kernel: XLA's convolution, same values."""
