@@ -105,6 +105,49 @@ def test_cpu_max_pool_has_xlas_values_and_gradients(size, stride):
     assert float(jnp.sum(g_cpu != 0)) > 0
 
 
+def test_batch_norm_train_pass_equals_flax_batch_norm(monkeypatch):
+    """layers.BatchNorm (the zoo's) computes what nnx.BatchNorm does in train mode, outputs and
+    running statistics (float32), and its own backward pass gives autodiff's gradients for the
+    input, scale and bias, with cotangents on the batch statistics too (float64, to 1e-10)."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 5, 4, 7)) * 3 + 1, jnp.float32)
+    ours = layers.batch_norm(7, 1e-3, jnp.float32, nnx.Rngs(0))
+    plain = nnx.BatchNorm(7, momentum=0.9, epsilon=1e-3, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    scale, bias = (jnp.asarray(rng.normal(size=7), jnp.float32) for _ in range(2))
+    for bn in (ours, plain):
+        bn.scale[...], bn.bias[...] = scale, bias
+        bn.mean[...], bn.var[...] = jnp.full((7,), 0.5), jnp.full((7,), 2.0)
+    calls = []
+    own = layers.batch_norm_train
+    monkeypatch.setattr(layers, "batch_norm_train", lambda *a: calls.append(1) or own(*a))
+    np.testing.assert_allclose(
+        ours(x, use_running_average=False), plain(x, use_running_average=False), atol=1e-5
+    )
+    assert calls  # the train-mode pass is ours
+    np.testing.assert_allclose(ours.mean[...], plain.mean[...], rtol=1e-6)
+    np.testing.assert_allclose(ours.var[...], plain.var[...], rtol=1e-6)
+    np.testing.assert_array_equal(
+        ours(x, use_running_average=True), plain(x, use_running_average=True)
+    )
+
+    def reference(x, scale, bias):
+        mean = jnp.mean(x, (0, 1, 2))
+        var = jnp.maximum(jnp.mean(x * x, (0, 1, 2)) - mean * mean, 0.0)
+        return (x - mean) * (jax.lax.rsqrt(var + 1e-3) * scale) + bias, mean, var
+
+    with jax.enable_x64(True):
+        args = tuple(jnp.asarray(a, jnp.float64) for a in (x, scale, bias))
+        cotangents = tuple(
+            jnp.asarray(rng.normal(size=shape), jnp.float64) for shape in (x.shape, (7,), (7,))
+        )
+        for stats in (0.0, 1.0):  # training's case (statistics feed no loss), then in general
+            ct = (cotangents[0], *(c * stats for c in cotangents[1:]))
+            got = jax.vjp(lambda *a: layers.batch_norm_train(*a, 1e-3), *args)[1](ct)
+            want = jax.vjp(reference, *args)[1](ct)
+            for a, b in zip(got, want, strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("name", ["efficientnet_b0", "xception", "resnet18"])
 def test_cpu_formulations_train_like_xla_convolutions(name):
     """A whole train-mode forward and every parameter gradient: the CPU formulations (shifted

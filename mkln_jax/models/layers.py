@@ -473,6 +473,75 @@ def conv(
     )
 
 
+def _batch_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    # flax's fast variance: E[x^2] - E[x]^2, clipped at 0, both means in one pass over x.
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axes)
+    return mean, jnp.maximum(jnp.mean(x * x, axes) - mean * mean, 0.0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float):
+    """Train-mode BatchNorm over every axis but the last: (y, batch mean, batch variance), the
+    same function as flax's BatchNorm (fast variance). Its backward pass keeps only x and
+    per-channel vectors: XLA saved x - mean for autodiff's, a whole extra tensor per layer."""
+    mean, var = _batch_stats(x)
+    return (x - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias, mean, var
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon):
+    mean, var = _batch_stats(x)
+    rstd = jax.lax.rsqrt(var + epsilon)
+    y = (x - mean) * (rstd * scale) + bias
+    return (y, mean, var), (x, mean, rstd, scale)
+
+
+def _batch_norm_train_bwd(epsilon, residuals, cotangents):
+    del epsilon
+    x, mean, rstd, scale = residuals
+    dy, dmean, dvar = cotangents
+    axes = tuple(range(x.ndim - 1))
+    n = x.size // x.shape[-1]
+    centred = x - mean  # recomputed inside the fusions below, never stored
+    dbias = jnp.sum(dy, axes)
+    dy_centred = jnp.sum(dy * centred, axes)
+    dscale = dy_centred * rstd
+    # dx = d/dx of y (through x, the mean and the variance) plus the statistics' own cotangents
+    # (zero in training: they only feed the running averages): per channel, a * dy + b * (x -
+    # mean) + c.
+    a = scale * rstd
+    b = 2.0 * dvar / n - a * rstd * rstd * dy_centred / n
+    c = (dmean - a * dbias) / n
+    return a * dy + b * centred + c, dscale, dbias
+
+
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
+class BatchNorm(nnx.BatchNorm):
+    """nnx.BatchNorm (same parameters, statistics and results) whose train-mode pass is
+    `batch_norm_train`."""
+
+    def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+        ura = self.use_running_average if use_running_average is None else use_running_average
+        plain = (
+            ura
+            or mask is not None
+            or self.axis_name is not None
+            or self.axis not in (-1, x.ndim - 1)
+            or self.scale is None
+            or self.bias is None
+            or not x.dtype == self.scale.dtype == (self.dtype or x.dtype)
+        )
+        if plain:
+            return super().__call__(x, use_running_average=use_running_average, mask=mask)
+        y, mean, var = batch_norm_train(x, self.scale[...], self.bias[...], self.epsilon)
+        stop = jax.lax.stop_gradient
+        self.mean[...] = stop(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
+        self.var[...] = stop(self.momentum * self.var[...] + (1 - self.momentum) * var)
+        return y
+
+
 def batch_norm(features: int, epsilon: float, dtype: Any, rngs: nnx.Rngs) -> nnx.BatchNorm:
     """BatchNorm with PyTorch's default momentum (0.1 there = 0.9 here) and the given epsilon."""
-    return nnx.BatchNorm(features, momentum=0.9, epsilon=epsilon, dtype=dtype, rngs=rngs)
+    return BatchNorm(features, momentum=0.9, epsilon=epsilon, dtype=dtype, rngs=rngs)

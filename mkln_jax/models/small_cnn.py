@@ -27,7 +27,7 @@ class ConvBNReLU(nnx.Module):
             conv_general_dilated=conv,
             rngs=rngs,
         )
-        self.bn = nnx.BatchNorm(out_ch, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+        self.bn = zoo_layers.batch_norm(out_ch, 1e-5, dtype, rngs)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         return jax.nn.relu(self.bn(self.conv(x), use_running_average=not train))
