@@ -15,7 +15,8 @@ interleaved:
   trainer uses for ResNets where XLA runs them) and `layers.dense_conv` on our FFI kernels
   (`mkln_jax/native/dense.cc`, what the zoo runs on CPU in float32);
 - max pooling 3x3 (Xception's and ResNet's layers): XLA's reduce-window, differentiated by
-  autodiff, and `layers.max_pool(impl="cpu")`.
+  autodiff, against `layers.max_pool(impl="cpu")` in its jnp formulation and on our FFI kernels
+  (mkln_jax/native/pool.cc); loss sum(y * w), so the loss itself costs little.
 
     python bench/conv_bench.py [--repeats 8] [--sections depthwise,pointwise,dense,pooling]
 """
@@ -115,12 +116,17 @@ def _dense_fns(x, w, kernel: int, stride: int) -> dict:
     return fns
 
 
-def _pool_fns(stride: int) -> dict:
+def _pool_fns(x, w, stride: int) -> dict:
     def grad(impl):  # w: per-channel weights of the loss, so both arguments get gradients
-        loss = lambda x, w: jnp.sum(jnp.sin(layers.max_pool(x, 3, stride, 1, impl)) * w)
+        loss = lambda x, w: jnp.sum(layers.max_pool(x, 3, stride, 1, impl) * w)
         return jax.jit(jax.grad(loss, argnums=(0, 1)))
 
-    return {"xla": grad("xla"), "ours": grad("cpu")}
+    fns = {"xla": grad("xla")}
+    with native.portable():  # the jnp formulation: shifted maxima, gathering backward pass
+        fns["jnp"] = grad("cpu").lower(x, w).compile()
+    if native.max_pool_available(x.dtype):
+        fns["ffi"] = grad("cpu")
+    return fns
 
 
 def _compare(fns: dict, x, w, repeats: int) -> dict[str, float]:
@@ -200,17 +206,14 @@ def main() -> None:
             shape = f"{size}x{size}x{cin} -> {cout}, {k}x{k}, {stride}"
             print(f"| {shape} | {' | '.join(cells)} | {ratio} |", flush=True)
     if "pooling" in sections:
-        print("\n| max pool 3x3 (size, channels, stride) | XLA | own backward | speed-up |")
+        print("\n| max pool 3x3 (size, channels, stride) | XLA | jnp formulation | FFI kernels |")
         print("|---|---|---|---|")
         for size, ch, stride in POOLING:
             x = jnp.asarray(rng.standard_normal((args.batch, size, size, ch), np.float32))
             w = jnp.asarray(rng.standard_normal((ch,), np.float32))
-            ms = _compare(_pool_fns(stride), x, w, args.repeats)
-            print(
-                f"| {size}x{size}x{ch}, {stride} | {ms['xla']:.1f} | {ms['ours']:.1f} | "
-                f"{ms['xla'] / ms['ours']:.2f}x |",
-                flush=True,
-            )
+            ms = _compare(_pool_fns(x, w, stride), x, w, args.repeats)
+            cells = [f"{ms[name]:.1f}" if name in ms else "-" for name in ("xla", "jnp", "ffi")]
+            print(f"| {size}x{size}x{ch}, {stride} | {' | '.join(cells)} |", flush=True)
 
 
 if __name__ == "__main__":

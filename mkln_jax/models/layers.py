@@ -401,8 +401,10 @@ def max_pool(x: jax.Array, kernel: int, stride: int, padding: int, impl: str = "
 
     impl "cpu": the FFI kernels (mkln_jax/native/pool.cc: the winning tap of each window kept
     as a byte, a gathering backward pass) where they apply, else shifted maxima with a backward
-    pass that gathers instead of scattering (2x faster than XLA's on Xception's pooling layers);
-    same values and gradients as XLA's: tests/test_models.py, tests/test_native.py.
+    pass that gathers instead of scattering (2x faster than XLA's on Xception's pooling layers).
+    Same values as XLA's; same gradients (ties to the first tap in window order), except that
+    the kernels give a window's gradient to its NaN, as PyTorch does: tests/test_models.py,
+    tests/test_native.py.
     """
     pads = ((padding, padding), (padding, padding))
     if impl == "cpu":
