@@ -1,6 +1,6 @@
 """Our own XLA:CPU kernels, called through the XLA FFI, NHWC float32: the depthwise convolution
-and its two gradients (depthwise.cc), and the dense (one-group) convolution and its two
-gradients (dense.cc).
+and its two gradients (depthwise.cc), the dense (one-group) convolution and its two gradients
+(dense.cc), and max pooling and its gradient (pool.cc).
 
 The library is compiled on first use with the machine's C++ compiler against the headers that
 jaxlib ships (`jax.ffi.include_dir()`), for this CPU (-march=native), and cached under
@@ -181,9 +181,13 @@ def dense_lanes() -> int:
     return _lanes[0] if _load() is None else 0
 
 
-def _call(name: str, shape, a, b, stride: int, pads, **attrs) -> jax.Array:
+def _require() -> None:
     if (why := _load()) is not None:
         raise RuntimeError(f"mkln_jax's native CPU kernels are unavailable: {why}")
+
+
+def _call(name: str, shape, a, b, stride: int, pads, **attrs) -> jax.Array:
+    _require()
     return jax.ffi.ffi_call(
         name,
         jax.ShapeDtypeStruct(tuple(shape), np.float32),
@@ -259,8 +263,7 @@ def max_pool_forward(x: jax.Array, kernel: int, stride: int, pads) -> tuple[jax.
     """Max pooling of x (N, H, W, C) over kernel x kernel windows; pads ((top, bottom), (left,
     right)), each side smaller than the kernel, padding never winning. Returns the pooled
     values and, per output, the winning tap (row-major index in the window) as uint8."""
-    if (why := _load()) is not None:
-        raise RuntimeError(f"mkln_jax's native CPU kernels are unavailable: {why}")
+    _require()
     n, h, wd, c = x.shape
     shape = (n, _out_size(h, pads[0], kernel, stride), _out_size(wd, pads[1], kernel, stride), c)
     return jax.ffi.ffi_call(
@@ -272,8 +275,7 @@ def max_pool_forward(x: jax.Array, kernel: int, stride: int, pads) -> tuple[jax.
 
 def max_pool_input_grad(dy: jax.Array, taps: jax.Array, x_shape, kernel: int, stride: int, pads):
     """dx of `max_pool_forward`: each output's gradient to the input pixel that won it."""
-    if (why := _load()) is not None:
-        raise RuntimeError(f"mkln_jax's native CPU kernels are unavailable: {why}")
+    _require()
     return jax.ffi.ffi_call(
         "mkln_max_pool_input_grad",
         jax.ShapeDtypeStruct(tuple(x_shape), np.float32),
