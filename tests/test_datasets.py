@@ -4,6 +4,7 @@ augmentations and Self-Blended Images."""
 
 import json
 import pathlib
+import re
 import shutil
 
 import cv2
@@ -335,7 +336,8 @@ def test_prepare_ffpp_from_the_command_line_then_train_on_it(ffpp_root, tmp_path
     assert table.returncode == 2 and "nowhere/eval/test.json not found" in table.stderr
     table = mkln("compare", str(tmp_path / "run"), f"--out={tmp_path / 'cmp.md'}")
     assert table.returncode == 0 and "| teacher |" in table.stdout
-    assert "FaceSwap 0." in (tmp_path / "cmp.md").read_text()  # the unseen method
+    # The unseen method's column names it with its AUC and interval (a tiny run may reach 1.0).
+    assert re.search(r"\| FaceSwap [01]\.\d{4} \[", (tmp_path / "cmp.md").read_text())
     missing = mkln(
         "prepare",
         "celebdf",
