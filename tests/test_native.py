@@ -75,6 +75,27 @@ def test_native_depthwise_equals_xla_conv_and_its_gradients(kernel, stride, hw, 
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(abs(want))))
 
 
+@pytest.fixture(autouse=True)
+def dense_kernels_at_every_size(monkeypatch):
+    """The tests here take the kernels' every path on small maps, whatever the vector width
+    (the zoo leaves small maps to XLA on 8-lane CPUs: see the routing test below)."""
+    monkeypatch.setattr(layers, "MIN_PIXELS_WITH_8_LANES", 0)
+
+
+def test_with_8_lanes_the_zoo_leaves_small_dense_maps_to_xla(monkeypatch):
+    """On AVX2 (8 floats a vector) the kernels take maps of >= 256 pixels only; with AVX-512
+    every size. This machine's lowering follows the same rule."""
+    monkeypatch.setattr(layers, "MIN_PIXELS_WITH_8_LANES", 256)
+    assert layers._dense_kernels_pay(255, 16) and layers._dense_kernels_pay(256, 8)
+    assert not layers._dense_kernels_pay(255, 8)
+    w = jnp.ones((3, 3, 16, 16), jnp.float32)
+    for hw in (8, 16):
+        x = jnp.ones((2, hw, hw, 16), jnp.float32)
+        text = jax.jit(lambda a, b: _dense(layers.dense_conv, a, b, 1, "SAME")).lower(x, w)
+        expected = layers._dense_kernels_pay(hw * hw, native.dense_lanes())
+        assert ("mkln_dense_forward" in text.as_text()) == expected
+
+
 def _dense(fn, x, w, stride, padding):
     return fn(x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 

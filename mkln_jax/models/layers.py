@@ -269,6 +269,17 @@ def _dense_bwd(stride, pads, residuals, dy):
 _dense.defvjp(_dense_fwd, _dense_bwd)
 
 
+# With 8-float vectors (AVX2) the kernels lose to XLA's Eigen convolutions on maps below 16x16
+# (a 2-core Zen 3: 8x8x256 fwd + both gradients 93 vs 65 ms, 4x4x512 111 vs 72); the ResNet-18
+# train step, kernels on every layer / on maps of >= 256 pixels only: 22.8 / 25.7 images/s
+# (docs/performance.md, section 3). With 16-float vectors (AVX-512) they win at every size.
+MIN_PIXELS_WITH_8_LANES = 256
+
+
+def _dense_kernels_pay(pixels: int, lanes: int) -> bool:
+    return lanes >= 16 or pixels >= MIN_PIXELS_WITH_8_LANES
+
+
 def dense_conv(
     lhs: jax.Array,
     rhs: jax.Array,
@@ -284,7 +295,8 @@ def dense_conv(
 ) -> jax.Array:
     """A dense (one-group) square convolution, NHWC / HWIO, on our FFI kernels where they apply
     (float32 on XLA:CPU, padding smaller than the kernel, output channels a multiple of the
-    kernels' vector width: `mkln_jax/native/dense.cc`), else XLA's convolution.
+    kernels' vector width: `mkln_jax/native/dense.cc`; with 8-float vectors only on maps of at
+    least `MIN_PIXELS_WITH_8_LANES` pixels), else XLA's convolution.
 
     A drop-in for `jax.lax.conv_general_dilated` in `nnx.Conv`. The kernels run at about the
     rate of XLA's matrix products, skip the padding on small maps, and need no transposes for
@@ -306,6 +318,7 @@ def dense_conv(
         and feature_group_count == 1
         and cin == lhs.shape[-1]
         and cout % lanes == 0
+        and _dense_kernels_pay(lhs.shape[1] * lhs.shape[2], lanes)
         and max(*pads[0], *pads[1]) < kh
         and lhs.dtype == rhs.dtype
         and precision is None
