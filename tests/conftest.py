@@ -1,12 +1,22 @@
-"""Test set-up: 8 fake CPU devices (set before jax is imported), absl flags parsed for grain."""
+"""Test set-up: 8 fake CPU devices and a compilation cache (set before jax is imported), absl
+flags parsed for grain."""
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent XLA compilation cache for the run, which the CLI subprocesses inherit (jax reads
+# the variable): the tests train, resume, sweep and evaluate the same tiny configs many times.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _XLA_CACHE = tempfile.mkdtemp(prefix="mkln-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+else:
+    _XLA_CACHE = None
 
 import pytest
 from absl import flags
@@ -14,6 +24,11 @@ from absl import flags
 flags.FLAGS.mark_as_parsed()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _XLA_CACHE is not None:
+        shutil.rmtree(_XLA_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
