@@ -2,6 +2,7 @@
 gradients of each equal XLA's convolution, the zoo uses them where they apply, and a build that
 cannot happen falls back to the jnp formulation with the reason."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -83,8 +84,8 @@ def dense_kernels_at_every_size(monkeypatch):
 
 
 def test_with_8_lanes_the_zoo_leaves_small_dense_maps_to_xla(monkeypatch):
-    """On AVX2 (8 floats a vector) the kernels take maps of >= 256 pixels only; with AVX-512
-    every size. This machine's lowering follows the same rule."""
+    """On AVX2 (8 floats a vector) the zoo's kernels take maps of >= 256 pixels only; with
+    AVX-512 every size. This machine's lowering follows the same rule."""
     monkeypatch.setattr(layers, "MIN_PIXELS_WITH_8_LANES", 256)
     assert layers._dense_kernels_pay(255, 16) and layers._dense_kernels_pay(256, 8)
     assert not layers._dense_kernels_pay(255, 8)
@@ -94,6 +95,10 @@ def test_with_8_lanes_the_zoo_leaves_small_dense_maps_to_xla(monkeypatch):
         text = jax.jit(lambda a, b: _dense(layers.dense_conv, a, b, 1, "SAME")).lower(x, w)
         expected = layers._dense_kernels_pay(hw * hw, native.dense_lanes())
         assert ("mkln_dense_forward" in text.as_text()) == expected
+    # The small CNN student keeps every size on the kernels (results independent of threads).
+    every = functools.partial(layers.dense_conv, small_maps_on_kernels=True)
+    text = jax.jit(lambda a, b: _dense(every, a, b, 1, "SAME")).lower(jnp.ones((2, 8, 8, 16)), w)
+    assert "mkln_dense_forward" in text.as_text()
 
 
 def _dense(fn, x, w, stride, padding):

@@ -291,12 +291,14 @@ def dense_conv(
     feature_group_count: int = 1,
     precision=None,
     preferred_element_type=None,
+    small_maps_on_kernels: bool = False,
     **unused_kwargs,
 ) -> jax.Array:
     """A dense (one-group) square convolution, NHWC / HWIO, on our FFI kernels where they apply
     (float32 on XLA:CPU, padding smaller than the kernel, output channels a multiple of the
     kernels' vector width: `mkln_jax/native/dense.cc`; with 8-float vectors only on maps of at
-    least `MIN_PIXELS_WITH_8_LANES` pixels), else XLA's convolution.
+    least `MIN_PIXELS_WITH_8_LANES` pixels unless `small_maps_on_kernels`), else XLA's
+    convolution.
 
     A drop-in for `jax.lax.conv_general_dilated` in `nnx.Conv`. The kernels run at about the
     rate of XLA's matrix products, skip the padding on small maps, and need no transposes for
@@ -318,7 +320,7 @@ def dense_conv(
         and feature_group_count == 1
         and cin == lhs.shape[-1]
         and cout % lanes == 0
-        and _dense_kernels_pay(lhs.shape[1] * lhs.shape[2], lanes)
+        and (small_maps_on_kernels or _dense_kernels_pay(lhs.shape[1] * lhs.shape[2], lanes))
         and max(*pads[0], *pads[1]) < kh
         and lhs.dtype == rhs.dtype
         and precision is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -15,8 +16,14 @@ class ConvBNReLU(nnx.Module):
     def __init__(
         self, in_ch: int, out_ch: int, stride: int, *, dtype: Any, impl: str, rngs: nnx.Rngs
     ):
-        # "cpu": our FFI convolution kernels where they apply (layers.dense_conv).
-        conv = zoo_layers.dense_conv if impl == "cpu" else jax.lax.conv_general_dilated
+        # "cpu": our FFI convolution kernels where they apply (layers.dense_conv), small maps
+        # too: their results do not depend on the thread or process layout, XLA's can (two
+        # processes then train the default student differently from one in the last bits).
+        conv = (
+            functools.partial(zoo_layers.dense_conv, small_maps_on_kernels=True)
+            if impl == "cpu"
+            else jax.lax.conv_general_dilated
+        )
         self.conv = nnx.Conv(
             in_ch,
             out_ch,
