@@ -270,9 +270,10 @@ _dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 # With 8-float vectors (AVX2) the kernels lose to XLA's Eigen convolutions on maps below 16x16
-# (a 2-core Zen 3: 8x8x256 fwd + both gradients 93 vs 65 ms, 4x4x512 111 vs 72); the ResNet-18
-# train step, kernels on every layer / on maps of >= 256 pixels only: 22.8 / 25.7 images/s
-# (docs/performance.md, section 3). With 16-float vectors (AVX-512) they win at every size.
+# (a 2-core Zen 3: 8x8x256 fwd + both gradients 87.9 vs 65.6 ms, 4x4x512 111.0 vs 72.2); the
+# ResNet-18 train step, kernels on every layer / on maps of >= 256 pixels only: 22.8 / 25.7
+# images/s (docs/performance.md, "On the AVX2 machine"). With 16-float vectors (AVX-512) they
+# win at every size.
 MIN_PIXELS_WITH_8_LANES = 256
 
 

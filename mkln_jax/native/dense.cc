@@ -316,7 +316,7 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* dy, const 
 // out[r][0 : V * kLanes] += sum over output pixels (rows [row_lo, row_hi) of the batch's
 // output, columns valid for tap (i, j)) of x[tap's input pixel, c0 + r] * dy[pixel, o0 : ...].
 // Not inlined: inside FilterGrad's loops GCC spilled six of AVX2's twelve accumulators to the
-// stack in the pixel loop (filter gradient 52-64 GFLOP/s against the forward pass's 110-140 on
+// stack in the pixel loop (filter gradient 52-64 GFLOP/s against the forward pass's 96-143 on
 // a 2-core Zen 3); compiled alone, all stay in registers (32x32x64: 38.0 -> 24.2 ms).
 template <int R, int V>
 __attribute__((noinline)) void FilterTile(const Geometry& g, const float* x, const float* dy,
