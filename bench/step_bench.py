@@ -111,7 +111,7 @@ def _build(
         "band_drop_prob": np.float32(0.25),
     }
     # The convolution library the trainer would pick for this student (mkln_jax/xla_options.py).
-    options = xla_options.compiler_options(spec.cpu_convolutions)
+    options = xla_options.for_model(spec)
     compiled = step.lower(state, frozen, data, hparams).compile(compiler_options=options)
     return compiled, [state, frozen, data, hparams], None
 

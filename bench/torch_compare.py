@@ -66,7 +66,7 @@ def jax_step(case: str, batch: int, size: int):
     state = [step_lib.init_state(model, tx, 0)]
     start = time.perf_counter()
     # Compiled as the trainer compiles it, with the student's XLA:CPU convolution library.
-    options = xla_options.compiler_options(spec.cpu_convolutions)
+    options = xla_options.for_model(spec)
     compiled = fn.lower(state[0], frozen, data, hp).compile(compiler_options=options)
     compile_s = time.perf_counter() - start
 

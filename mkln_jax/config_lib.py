@@ -80,11 +80,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             f"train.compute_dtype must be one of {tuple(models.DTYPES)}, got "
             f"{config.train.compute_dtype!r}"
         )
-    cpu_convolutions = config.train.get("cpu_convolutions", "auto")
-    if cpu_convolutions not in ("auto", *xla_options.CONV_LIBRARIES):
-        errors.append(
-            f"train.cpu_convolutions must be auto, ynnpack or eigen, got {cpu_convolutions!r}"
-        )
+    for key in ("cpu_convolutions", "cpu_dots"):
+        library = config.train.get(key, "auto")
+        if library not in ("auto", *xla_options.CONV_LIBRARIES):
+            errors.append(f"train.{key} must be auto, ynnpack or eigen, got {library!r}")
     _check_method(config, errors)
     if config.distill.temperature <= 0:
         errors.append(f"distill.temperature must be > 0, got {config.distill.temperature}")

@@ -276,11 +276,13 @@ def _shardings(config, tree, mesh):
 
 
 def cpu_compiler_options(config, stage: str) -> dict[str, str]:
-    """The train step's XLA:CPU convolution library (mkln_jax/xla_options.py); {} elsewhere."""
-    library = config.train.get("cpu_convolutions", "auto")
-    if library == "auto":
-        library = models.spec(config[stage].model).cpu_convolutions
-    return xla_options.compiler_options(library)
+    """The train step's XLA:CPU convolution and dot libraries (mkln_jax/xla_options.py); {}
+    elsewhere."""
+    return xla_options.for_model(
+        models.spec(config[stage].model),
+        config.train.get("cpu_convolutions", "auto"),
+        config.train.get("cpu_dots", "auto"),
+    )
 
 
 def create_state(config, stage: str, mesh, state_shardings):

@@ -1,4 +1,5 @@
-"""Per-compilation XLA options for the CPU backend: which library runs the convolutions.
+"""Per-compilation XLA options for the CPU backend: which library runs the convolutions and
+the matrix products.
 
 jaxlib 0.12's XLA:CPU hands dots, convolutions and reductions to YNNPACK by default
 ("ynn fusions"); with convolutions left out, XLA runs them with its Eigen kernels. Eigen's are
@@ -7,6 +8,13 @@ faster for the dense 3x3 convolutions of ResNets (a ResNet-18 train step, batch 
 and timed interleaved), and no faster for EfficientNet/Xception, whose depthwise and 1x1
 convolutions the zoo computes without convolution ops on CPU (`conv_impl="cpu"`). So each model
 names its choice (`ModelSpec.cpu_convolutions`) and the train step is compiled with it.
+
+Dots follow the same switch. On CPUs without AVX-512 (8-float vectors), Xception's step, whose
+time is two thirds 1x1-convolution products, runs 5-6% faster with its dots on Eigen (13.09 ->
+13.85 and 12.99 -> 13.61 images/s, batch 32, 128 px, both compiled in one process, interleaved),
+while EfficientNet-B0, ResNet-18 and the distillation step do not move (within 1%); with AVX-512
+YNNPACK's dots were the faster (Xception 29.1 vs 28.2 images/s). So Xception names Eigen for
+its dots on 8-lane CPUs (`ModelSpec.cpu_dots_with_8_lanes`); docs/performance.md has the runs.
 
 The choice is a compile option, not an XLA_FLAGS entry: it applies to one computation, and a
 jaxlib that does not know the option raises an error we can catch (an unknown XLA_FLAGS entry
@@ -22,8 +30,13 @@ import jax.numpy as jnp
 
 CONV_LIBRARIES = ("ynnpack", "eigen")
 _OPTION = "xla_cpu_experimental_ynn_fusion_type"
-# jaxlib 0.12's default list is dots, convolutions and reductions; "eigen" drops convolutions.
-_WITHOUT_CONVOLUTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+# jaxlib 0.12's default list is dots, convolutions and reductions; naming Eigen for either drops
+# it from the list. Reductions stay on YNNPACK (all three on Eigen: Xception 13.6 -> 10.1).
+_FUSION = {
+    "dot": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+    "conv": "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
+    "reduce": "LIBRARY_FUSION_TYPE_REDUCE",
+}
 
 
 @functools.cache
@@ -36,16 +49,45 @@ def _understood(option: str, value: str) -> bool:
     return True
 
 
-def compiler_options(conv_library: str, backend: str | None = None) -> dict[str, str]:
-    """Compile options that make XLA:CPU use `conv_library` for convolutions.
+def compiler_options(
+    conv_library: str, backend: str | None = None, dot_library: str = "ynnpack"
+) -> dict[str, str]:
+    """Compile options that make XLA:CPU use `conv_library` for convolutions and `dot_library`
+    for matrix products.
 
-    Empty where nothing needs setting: "ynnpack" (the default), a non-CPU backend, or a jaxlib
-    that lacks the option.
+    Empty where nothing needs setting: both "ynnpack" (the default), a non-CPU backend, or a
+    jaxlib that lacks the option.
     """
-    if conv_library not in CONV_LIBRARIES:
-        raise ValueError(f"conv_library must be one of {CONV_LIBRARIES}, got {conv_library!r}")
-    if conv_library == "ynnpack" or (backend or jax.default_backend()) != "cpu":
+    for what, library in (("conv_library", conv_library), ("dot_library", dot_library)):
+        if library not in CONV_LIBRARIES:
+            raise ValueError(f"{what} must be one of {CONV_LIBRARIES}, got {library!r}")
+    if (conv_library, dot_library) == ("ynnpack", "ynnpack"):
         return {}
-    if not _understood(_OPTION, _WITHOUT_CONVOLUTIONS):
+    if (backend or jax.default_backend()) != "cpu":
         return {}
-    return {_OPTION: _WITHOUT_CONVOLUTIONS}
+    kinds = [
+        *(["dot"] if dot_library == "ynnpack" else []),
+        *(["conv"] if conv_library == "ynnpack" else []),
+        "reduce",
+    ]
+    value = ",".join(_FUSION[k] for k in kinds)
+    if not _understood(_OPTION, value):
+        return {}
+    return {_OPTION: value}
+
+
+def for_model(
+    spec, conv_library: str = "auto", dot_library: str = "auto", backend: str | None = None
+) -> dict[str, str]:
+    """`compiler_options` for a model's train step: "auto" takes the model's own choices
+    (`ModelSpec.cpu_convolutions`, and `ModelSpec.cpu_dots_with_8_lanes` on CPUs whose dense
+    kernels use 8-float vectors); {} off the CPU."""
+    if (backend or jax.default_backend()) != "cpu":
+        return {}
+    if conv_library == "auto":
+        conv_library = spec.cpu_convolutions
+    if dot_library == "auto":
+        from mkln_jax import native  # the build's vector width, read from the kernels' library
+
+        dot_library = spec.cpu_dots_with_8_lanes if native.dense_lanes() == 8 else "ynnpack"
+    return compiler_options(conv_library, backend, dot_library)

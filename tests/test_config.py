@@ -20,6 +20,7 @@ def test_validate_lists_every_problem_at_once():
     config.student.model = "resnet18"
     config.student.pretrained = "imagenet"  # no ResNet weights ship in a package
     config.train.cpu_convolutions = "onednn"
+    config.train.cpu_dots = "mkl"
     with pytest.raises(config_lib.ConfigError) as err:
         config_lib.validate(config, num_devices=8)
     message = str(err.value)
@@ -27,6 +28,7 @@ def test_validate_lists_every_problem_at_once():
     assert "resnet9000" in message
     assert "morphing" in message
     assert "train.cpu_convolutions must be auto, ynnpack or eigen, got 'onednn'" in message
+    assert "train.cpu_dots must be auto, ynnpack or eigen, got 'mkl'" in message
     assert "student.batch_size=12" in message
     assert "student.pretrained: resnet18 has no ImageNet weights" in message
 

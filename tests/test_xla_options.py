@@ -1,4 +1,5 @@
-"""The train step's XLA:CPU convolution library: chosen per model, same numbers either way."""
+"""The train step's XLA:CPU convolution and dot libraries: chosen per model (and for dots per
+vector width), same numbers either way."""
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ from mkln_jax import models, train, xla_options
 from mkln_jax import step as step_lib
 
 EIGEN = xla_options.compiler_options("eigen")
+EIGEN_DOTS = xla_options.compiler_options("ynnpack", dot_library="eigen")
 needs_option = pytest.mark.skipif(
     not EIGEN, reason="this jaxlib's XLA:CPU has no YNNPACK fusion option to set"
 )
@@ -35,6 +37,9 @@ def test_choices_and_where_nothing_is_set():
     assert not xla_options._understood("xla_cpu_option_that_does_not_exist", "1")
     with pytest.raises(ValueError, match="conv_library must be one of"):
         xla_options.compiler_options("onednn")
+    with pytest.raises(ValueError, match="dot_library must be one of"):
+        xla_options.compiler_options("ynnpack", dot_library="mkl")
+    assert xla_options.for_model(models.spec("xception"), backend="gpu") == {}
     assert models.spec("resnet18").cpu_convolutions == "eigen"
     assert models.spec("efficientnet_b0").cpu_convolutions == "ynnpack"
 
@@ -43,6 +48,53 @@ def test_choices_and_where_nothing_is_set():
 def test_eigen_takes_the_convolution_away_from_ynnpack():
     assert "ynn_fusion" in _conv_text(None)
     assert "ynn_fusion" not in _conv_text(EIGEN)
+
+
+def _dot_text(options):
+    f = jax.jit(lambda a, b: a @ b)
+    return f.lower(jnp.ones((256, 128)), jnp.ones((128, 64))).compile(compiler_options=options)
+
+
+@needs_option
+def test_eigen_dots_take_the_product_away_from_ynnpack_and_keep_reductions_there():
+    assert "ynn_fusion" in _dot_text(None).as_text()
+    assert "ynn_fusion" not in _dot_text(EIGEN_DOTS).as_text()
+    assert "ynn_fusion" in _dot_text(EIGEN).as_text()  # convolutions only
+    both = xla_options.compiler_options("eigen", dot_library="eigen")
+    assert "ynn_fusion" not in _dot_text(both).as_text()
+    reduce = jax.jit(lambda a: jnp.sum(a, axis=0)).lower(jnp.ones((256, 128)))
+    assert "ynn_fusion" in reduce.compile(compiler_options=both).as_text()
+    rng = np.random.default_rng(0)
+    a, b = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((256, 128), (128, 64)))
+    np.testing.assert_allclose(
+        _dot_text(EIGEN_DOTS)(a, b), _dot_text(None)(a, b), rtol=1e-5, atol=1e-4
+    )
+
+
+@needs_option
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_xception_takes_eigen_dots_only_on_8_lane_cpus(lanes, monkeypatch):
+    from mkln_jax import native
+
+    monkeypatch.setattr(native, "dense_lanes", lambda: lanes)
+    config = ml_collections.ConfigDict(
+        {
+            "train": {"cpu_convolutions": "auto", "cpu_dots": "auto"},
+            "student": {"model": "xception"},
+        }
+    )
+    assert train.cpu_compiler_options(config, "student") == (EIGEN_DOTS if lanes == 8 else {})
+    config.student.model = "efficientnet_b0"
+    assert train.cpu_compiler_options(config, "student") == {}
+    config.student.model = "resnet18"
+    assert train.cpu_compiler_options(config, "student") == EIGEN
+    config.train.cpu_dots = "eigen"  # told otherwise: convolutions and dots on Eigen
+    assert train.cpu_compiler_options(config, "student") == xla_options.compiler_options(
+        "eigen", dot_library="eigen"
+    )
+    config.student.model = "xception"
+    config.train.cpu_dots = "ynnpack"
+    assert train.cpu_compiler_options(config, "student") == {}
 
 
 @needs_option

@@ -41,6 +41,9 @@ class ModelSpec:
     # XLA:CPU's convolution library for its train step (mkln_jax/xla_options.py): Eigen is
     # faster for ResNets' dense 3x3 convolutions; the others have few convolution ops on CPU.
     cpu_convolutions: str = "ynnpack"
+    # ... and for its matrix products on CPUs without AVX-512 (8-float vectors): Eigen is faster
+    # there for Xception's 1x1-convolution products (xla_options.py).
+    cpu_dots_with_8_lanes: str = "ynnpack"
 
 
 def _variant(cls, variant):
@@ -88,6 +91,7 @@ REGISTRY: dict[str, ModelSpec] = {
         INCEPTION_MEAN,
         INCEPTION_STD,
         reference="timm legacy_xception = Cadene pretrainedmodels = FaceForensics++ xception",
+        cpu_dots_with_8_lanes="eigen",
     ),
 }
 
