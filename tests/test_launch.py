@@ -111,7 +111,7 @@ def test_sweep_dry_run_on_slurm_prints_one_job_per_point(capsys, tmp_path):
     assert "--config.distill.alpha=0.95" in out
 
 
-def test_local_sweep_of_three_temperatures_writes_the_aggregated_table(tmp_path, cache_dir):
+def test_local_sweep_of_two_temperatures_writes_the_aggregated_table(tmp_path, cache_dir):
     import subprocess
     import sys
 
@@ -134,17 +134,17 @@ def test_local_sweep_of_three_temperatures_writes_the_aggregated_table(tmp_path,
         [
             "--config=configs/tiny.py",
             f"--workdir={workdir}",
-            "--grid=distill.temperature=1,4,8",
+            "--grid=distill.temperature=1,8",
             *(f"--set={o}" for o in fast),
             f"--mkln={pathlib.Path(sys.executable).parent / 'mkln'}",
         ]
     )
     assert code == 0
     rows = json.loads((workdir / "results.json").read_text())
-    assert [r["distill.temperature"] for r in rows] == ["1", "4", "8"]
+    assert [r["distill.temperature"] for r in rows] == ["1", "8"]
     assert all(0.0 <= r["test_auc_all"] <= 1.0 for r in rows)
     assert "test_auc_face_swap" in rows[0]  # the held-out method has its own column
-    assert (workdir / "results.md").read_text().count("\n") == 5
+    assert (workdir / "results.md").read_text().count("\n") == 4
     assert (workdir / "results.png").stat().st_size > 1000
 
 
