@@ -84,13 +84,13 @@ def dense_kernels_at_every_size(monkeypatch):
 
 
 def test_with_8_lanes_the_zoo_leaves_small_dense_maps_to_xla(monkeypatch):
-    """On AVX2 (8 floats a vector) the zoo's kernels take maps of >= 256 pixels only; with
+    """On AVX2 (8 floats a vector) the zoo's kernels take maps of >= 1024 pixels only; with
     AVX-512 every size. This machine's lowering follows the same rule."""
-    monkeypatch.setattr(layers, "MIN_PIXELS_WITH_8_LANES", 256)
-    assert layers._dense_kernels_pay(255, 16) and layers._dense_kernels_pay(256, 8)
-    assert not layers._dense_kernels_pay(255, 8)
+    monkeypatch.setattr(layers, "MIN_PIXELS_WITH_8_LANES", 1024)
+    assert layers._dense_kernels_pay(1023, 16) and layers._dense_kernels_pay(1024, 8)
+    assert not layers._dense_kernels_pay(1023, 8)
     w = jnp.ones((3, 3, 16, 16), jnp.float32)
-    for hw in (8, 16):
+    for hw in (16, 32):
         x = jnp.ones((2, hw, hw, 16), jnp.float32)
         text = jax.jit(lambda a, b: _dense(layers.dense_conv, a, b, 1, "SAME")).lower(x, w)
         expected = layers._dense_kernels_pay(hw * hw, native.dense_lanes())

@@ -269,12 +269,13 @@ def _dense_bwd(stride, pads, residuals, dy):
 _dense.defvjp(_dense_fwd, _dense_bwd)
 
 
-# With 8-float vectors (AVX2) the kernels lose to XLA's Eigen convolutions on maps below 16x16
-# (a 2-core Zen 3: 8x8x256 fwd + both gradients 87.9 vs 65.6 ms, 4x4x512 111.0 vs 72.2); the
-# ResNet-18 train step, kernels on every layer / on maps of >= 256 pixels only: 22.8 / 25.7
-# images/s (docs/performance.md, "On the AVX2 machine"). With 16-float vectors (AVX-512) they
-# win at every size.
-MIN_PIXELS_WITH_8_LANES = 256
+# With 8-float vectors (AVX2) the kernels lose to XLA's Eigen convolutions on small maps (a
+# 2-core Zen 3: 8x8x256 fwd + both gradients 87.9 vs 65.6 ms, 4x4x512 111.0 vs 72.2). The
+# ResNet-18 train step (batch 32, 128 px) with the kernels on every layer / on maps of >= 256 /
+# >= 1024 pixels: 22.8 / 25.7 / 25.6 images/s in one session, 36.2 / 38.1 / 39.7 and - / 38.4
+# / 39.2 in two runs of a later one (docs/performance.md, "On the AVX2 machine"); so 16x16
+# maps go to Eigen too. With 16-float vectors (AVX-512) the kernels win at every size.
+MIN_PIXELS_WITH_8_LANES = 1024
 
 
 def _dense_kernels_pay(pixels: int, lanes: int) -> bool:
