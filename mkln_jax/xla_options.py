@@ -65,12 +65,10 @@ def compiler_options(
         return {}
     if (backend or jax.default_backend()) != "cpu":
         return {}
-    kinds = [
-        *(["dot"] if dot_library == "ynnpack" else []),
-        *(["conv"] if conv_library == "ynnpack" else []),
-        "reduce",
+    kept = [
+        kind for kind, lib in (("dot", dot_library), ("conv", conv_library)) if lib == "ynnpack"
     ]
-    value = ",".join(_FUSION[k] for k in kinds)
+    value = ",".join(_FUSION[kind] for kind in (*kept, "reduce"))
     if not _understood(_OPTION, value):
         return {}
     return {_OPTION: value}

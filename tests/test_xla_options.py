@@ -50,24 +50,24 @@ def test_eigen_takes_the_convolution_away_from_ynnpack():
     assert "ynn_fusion" not in _conv_text(EIGEN)
 
 
-def _dot_text(options):
+def _compiled_dot(options):
     f = jax.jit(lambda a, b: a @ b)
     return f.lower(jnp.ones((256, 128)), jnp.ones((128, 64))).compile(compiler_options=options)
 
 
 @needs_option
 def test_eigen_dots_take_the_product_away_from_ynnpack_and_keep_reductions_there():
-    assert "ynn_fusion" in _dot_text(None).as_text()
-    assert "ynn_fusion" not in _dot_text(EIGEN_DOTS).as_text()
-    assert "ynn_fusion" in _dot_text(EIGEN).as_text()  # convolutions only
+    assert "ynn_fusion" in _compiled_dot(None).as_text()
+    assert "ynn_fusion" not in _compiled_dot(EIGEN_DOTS).as_text()
+    assert "ynn_fusion" in _compiled_dot(EIGEN).as_text()  # convolutions only
     both = xla_options.compiler_options("eigen", dot_library="eigen")
-    assert "ynn_fusion" not in _dot_text(both).as_text()
+    assert "ynn_fusion" not in _compiled_dot(both).as_text()
     reduce = jax.jit(lambda a: jnp.sum(a, axis=0)).lower(jnp.ones((256, 128)))
     assert "ynn_fusion" in reduce.compile(compiler_options=both).as_text()
     rng = np.random.default_rng(0)
     a, b = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((256, 128), (128, 64)))
     np.testing.assert_allclose(
-        _dot_text(EIGEN_DOTS)(a, b), _dot_text(None)(a, b), rtol=1e-5, atol=1e-4
+        _compiled_dot(EIGEN_DOTS)(a, b), _compiled_dot(None)(a, b), rtol=1e-5, atol=1e-4
     )
 
 
