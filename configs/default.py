@@ -131,8 +131,8 @@ def get_config() -> ml_collections.ConfigDict:
     # XLA:CPU's library for convolutions in the train step: "auto" (the model's own choice,
     # Eigen for ResNets), "ynnpack" or "eigen" (docs/performance.md). Ignored off the CPU.
     config.train.cpu_convolutions = "auto"
-    # ... and for matrix products: "auto" (the model's choice for this CPU: Eigen for Xception
-    # without AVX-512, else YNNPACK), "ynnpack" or "eigen".
+    # ... and for matrix products: "auto" (the model's own choice: Eigen for Xception, else
+    # YNNPACK), "ynnpack" or "eigen".
     config.train.cpu_dots = "auto"
 
     config.eval = ml_collections.ConfigDict()

@@ -9,12 +9,14 @@ and timed interleaved), and no faster for EfficientNet/Xception, whose depthwise
 convolutions the zoo computes without convolution ops on CPU (`conv_impl="cpu"`). So each model
 names its choice (`ModelSpec.cpu_convolutions`) and the train step is compiled with it.
 
-Dots follow the same switch. On CPUs without AVX-512 (8-float vectors), Xception's step, whose
-time is two thirds 1x1-convolution products, runs 5-6% faster with its dots on Eigen (13.09 ->
-13.85 and 12.99 -> 13.61 images/s, batch 32, 128 px, both compiled in one process, interleaved),
-while EfficientNet-B0, ResNet-18 and the distillation step do not move (within 1%); with AVX-512
-YNNPACK's dots were the faster (Xception 29.1 vs 28.2 images/s). So Xception names Eigen for
-its dots on 8-lane CPUs (`ModelSpec.cpu_dots_with_8_lanes`); docs/performance.md has the runs.
+Dots follow the same switch. Xception's step, whose time is two thirds 1x1-convolution
+products, runs faster with its dots on Eigen on both CPUs of December 2026 (batch 32, 128 px,
+both compiled in one process, interleaved): a 2-core AVX2 Zen 3, 13.09 -> 13.85 and
+12.99 -> 13.61 images/s; a 2-core AVX-512 Zen 4, 16.61 -> 16.53, 16.13 -> 16.50,
+15.82 -> 17.22 and 14.72 -> 14.99 (and forward + backward alone 1993 -> 1894 ms). There EfficientNet-B0 (75.96 -> 73.05) and the distillation step (49.26 ->
+45.17) lost and ResNet-18 did not move, so only Xception names Eigen for its dots
+(`ModelSpec.cpu_dots`). An earlier A/B on an AVX-512 Zen 5, before the pooling kernel, had
+Xception 3% slower with Eigen's dots (28.2 vs 29.1); docs/performance.md has the runs.
 
 The choice is a compile option, not an XLA_FLAGS entry: it applies to one computation, and a
 jaxlib that does not know the option raises an error we can catch (an unknown XLA_FLAGS entry
@@ -78,14 +80,11 @@ def for_model(
     spec, conv_library: str = "auto", dot_library: str = "auto", backend: str | None = None
 ) -> dict[str, str]:
     """`compiler_options` for a model's train step: "auto" takes the model's own choices
-    (`ModelSpec.cpu_convolutions`, and `ModelSpec.cpu_dots_with_8_lanes` on CPUs whose dense
-    kernels use 8-float vectors); {} off the CPU."""
+    (`ModelSpec.cpu_convolutions`, `ModelSpec.cpu_dots`); {} off the CPU."""
     if (backend or jax.default_backend()) != "cpu":
         return {}
     if conv_library == "auto":
         conv_library = spec.cpu_convolutions
     if dot_library == "auto":
-        from mkln_jax import native  # the build's vector width, read from the kernels' library
-
-        dot_library = spec.cpu_dots_with_8_lanes if native.dense_lanes() == 8 else "ynnpack"
+        dot_library = spec.cpu_dots
     return compiler_options(conv_library, backend, dot_library)

@@ -1,5 +1,5 @@
-"""The train step's XLA:CPU convolution and dot libraries: chosen per model (and for dots per
-vector width), same numbers either way."""
+"""The train step's XLA:CPU convolution and dot libraries: chosen per model, same numbers
+either way."""
 
 import jax
 import jax.numpy as jnp
@@ -72,18 +72,14 @@ def test_eigen_dots_take_the_product_away_from_ynnpack_and_keep_reductions_there
 
 
 @needs_option
-@pytest.mark.parametrize("lanes", [8, 16])
-def test_xception_takes_eigen_dots_only_on_8_lane_cpus(lanes, monkeypatch):
-    from mkln_jax import native
-
-    monkeypatch.setattr(native, "dense_lanes", lambda: lanes)
+def test_xception_takes_eigen_dots_and_the_others_do_not():
     config = ml_collections.ConfigDict(
         {
             "train": {"cpu_convolutions": "auto", "cpu_dots": "auto"},
             "student": {"model": "xception"},
         }
     )
-    assert train.cpu_compiler_options(config, "student") == (EIGEN_DOTS if lanes == 8 else {})
+    assert train.cpu_compiler_options(config, "student") == EIGEN_DOTS
     config.student.model = "efficientnet_b0"
     assert train.cpu_compiler_options(config, "student") == {}
     config.student.model = "resnet18"
