@@ -14,8 +14,9 @@ products, runs as fast or faster with its dots on Eigen on both CPUs of December
 32, 128 px, both compiled in one process, interleaved; YNNPACK -> Eigen): a 2-core AVX2 Zen 3,
 13.09 -> 13.85 and 12.99 -> 13.61 images/s; a 2-core AVX-512 Zen 4, 16.61 -> 16.53,
 16.13 -> 16.50, 15.82 -> 17.22, 14.72 -> 14.99 and 16.40 -> 16.33 (10 rounds), forward +
-backward alone 1993 -> 1894 ms; alone, its largest products run 10-50% faster on Eigen there. There EfficientNet-B0 (75.96 -> 73.05) and the distillation step (49.26 ->
-45.17) lost and ResNet-18 did not move, so only Xception names Eigen for its dots
+backward alone 1993 -> 1894 ms (alone, its products run from 8% to 2x faster on Eigen there).
+On the Zen 4, EfficientNet-B0 (75.96 -> 73.05) and the distillation step (49.26 -> 45.17)
+lost and ResNet-18 did not move, so only Xception names Eigen for its dots
 (`ModelSpec.cpu_dots`). An earlier A/B on an AVX-512 Zen 5, before the pooling kernel, had
 Xception 3% slower with Eigen's dots (28.2 vs 29.1); docs/performance.md has the runs.
 
