@@ -317,6 +317,7 @@ def test_prepare_ffpp_from_the_command_line_then_train_on_it(ffpp_root, tmp_path
         "--config.stages=('teacher',)",
         f"--workdir={tmp_path / 'run'}",
         "--config.teacher.pretrained=",
+        devices=1,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "[teacher] step 4 validation" in run.stdout
@@ -324,13 +325,13 @@ def test_prepare_ffpp_from_the_command_line_then_train_on_it(ffpp_root, tmp_path
     workdir = f"--workdir={tmp_path / 'run'}"
     stages = "--config.stages=('teacher',)"
     assert mkln("prepare", "--config=configs/tiny.py").returncode == 0
-    cross = mkln("evaluate", *common, stages, workdir, "--eval_data=configs/tiny.py")
+    cross = mkln("evaluate", *common, stages, workdir, "--eval_data=configs/tiny.py", devices=1)
     assert cross.returncode == 0, cross.stderr[-3000:]
     report = json.loads((tmp_path / "run" / "eval" / "mkln_demo_test.json").read_text())
     metrics = report["teacher"]["metrics"]
     assert "seen methods" not in metrics and {"self_blend", "face_swap"} <= set(metrics)
     assert "NOT seen in training" in cross.stdout
-    own = mkln("evaluate", *common, stages, workdir)
+    own = mkln("evaluate", *common, stages, workdir, devices=1)
     assert own.returncode == 0, own.stderr[-3000:]
     table = mkln("compare", str(tmp_path / "run"), str(tmp_path / "nowhere"))
     assert table.returncode == 2 and "nowhere/eval/test.json not found" in table.stderr

@@ -104,7 +104,9 @@ def test_mutual_student_from_another_runs_teachers_trains_evaluates_and_exports(
         "--config.eval.deepfakebench_report=True",
     ]
     for action in ("train", "evaluate", "export"):
-        result = mkln(action, "--config=configs/tiny.py", f"--workdir={workdir}", *overrides)
+        result = mkln(
+            action, "--config=configs/tiny.py", f"--workdir={workdir}", *overrides, devices=1
+        )
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
         if action == "train":
             assert f"run:{source}/teacher, best step" in result.stdout
