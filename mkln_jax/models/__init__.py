@@ -41,8 +41,8 @@ class ModelSpec:
     # XLA:CPU's convolution library for its train step (mkln_jax/xla_options.py): Eigen is
     # faster for ResNets' dense 3x3 convolutions; the others have few convolution ops on CPU.
     cpu_convolutions: str = "ynnpack"
-    # ... and for its matrix products: Eigen is faster for Xception's 1x1-convolution products
-    # on the 2-core AVX2 and AVX-512 (Zen 4) CPUs measured (xla_options.py).
+    # ... and for its matrix products: Eigen is as fast or faster for Xception's 1x1-convolution
+    # products on the 2-core AVX2 and AVX-512 (Zen 4) CPUs measured (xla_options.py).
     cpu_dots: str = "ynnpack"
 
 
