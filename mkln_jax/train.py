@@ -558,7 +558,7 @@ def _costs(compiled) -> str:
         if analysis and analysis.get("flops"):
             # XLA cannot see inside our FFI kernels (mkln_jax/native): say so, rather than
             # print a figure that looks like the whole step's (bench/step_bench.py counts all).
-            partial = "mkln_d" in compiled.as_text()
+            partial = 'custom_call_target="mkln_' in compiled.as_text()
             note = " (XLA's count, without mkln_jax's CPU kernels)" if partial else ""
             parts.append(f"{analysis['flops'] / 1e9:.2f} GFLOP per step{note}")
     except Exception:  # not every backend reports costs

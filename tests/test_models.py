@@ -126,6 +126,9 @@ def test_batch_norm_train_pass_equals_flax_batch_norm(monkeypatch):
     assert calls  # the train-mode pass is ours
     np.testing.assert_allclose(ours.mean[...], plain.mean[...], rtol=1e-6)
     np.testing.assert_allclose(ours.var[...], plain.var[...], rtol=1e-6)
+    # Eval mode is flax's own pass: the same outputs from the same running statistics (ours
+    # differ from flax's in the last bits: on CPU the batch sums are taken in double).
+    ours.mean[...], ours.var[...] = plain.mean[...], plain.var[...]
     np.testing.assert_array_equal(
         ours(x, use_running_average=True), plain(x, use_running_average=True)
     )

@@ -225,6 +225,33 @@ def test_native_max_pool_infinities_and_nans():
     assert float(jnp.sum(dx)) == float(jnp.sum(dy)) - float(jnp.sum(dy[0, 0, 0]))  # (0, 0): padding
 
 
+# Channels below, at and past one vector (with a tail), and past a 4-vector block; rank 2; fewer
+# rows than the kernel's 32 chunks; one row.
+BN_SHAPES = [(3, 5, 4, 7), (2, 9, 9, 16), (4, 6, 5, 70), (33, 40), (5, 200), (1, 3)]
+
+
+@pytest.mark.parametrize("shape", BN_SHAPES)
+def test_native_batch_norm_sums_equal_float64(shape):
+    """BatchNorm's statistics from the kernels (one pass, sums in double) against float64: the
+    batch mean and the fast variance (a constant channel's is exactly 0, never negative), and
+    the backward pass's sum(dy) and sum(dy * (x - mean))."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape) * 3 + 1
+    x[..., 0] = 2.5  # a constant channel
+    dy = rng.normal(size=shape)
+    x32, dy32 = jnp.asarray(x, jnp.float32), jnp.asarray(dy, jnp.float32)
+    mean, var = jax.jit(native.batch_norm_stats)(x32)
+    x64 = np.asarray(x32, np.float64).reshape(-1, shape[-1])
+    np.testing.assert_allclose(mean, x64.mean(0), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(var, x64.var(0), rtol=1e-6, atol=1e-6)
+    assert float(var[0]) == 0.0
+    total, weighted = jax.jit(native.batch_norm_grad_stats)(x32, dy32, mean)
+    d64 = np.asarray(dy32, np.float64).reshape(-1, shape[-1])
+    np.testing.assert_allclose(total, d64.sum(0), rtol=1e-6, atol=1e-5)
+    want = (d64 * (x64 - np.asarray(mean, np.float64))).sum(0)
+    np.testing.assert_allclose(weighted, want, rtol=1e-6, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "shape,cin,cout,kernel_expected",
     [
@@ -279,6 +306,16 @@ def test_portable_and_other_dtypes_trace_without_the_ffi_call():
     bf16 = jax.jit(lambda a, b: _conv(layers.shifted_depthwise_conv, a, b, 1, "SAME"))
     lowered = bf16.lower(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)).as_text()
     assert "mkln_depthwise" not in lowered
+    scale = jnp.ones((4,), jnp.float32)
+
+    def bn(*args):  # a fresh function each time: jit would reuse its first trace
+        loss = lambda a, s: jnp.sum(layers.batch_norm_train(a, s, s, 1e-5)[0] ** 2)
+        return jax.jit(jax.grad(loss)).lower(*args).as_text()
+
+    assert "mkln_batch_norm_grad_stats" in bn(x, scale)
+    with native.portable():
+        assert "mkln_batch_norm" not in bn(x, scale)
+    assert "mkln_batch_norm" not in bn(x.astype(jnp.bfloat16), scale.astype(jnp.bfloat16))
 
 
 @pytest.mark.parametrize(
@@ -331,7 +368,8 @@ def test_a_failing_build_names_the_source_and_the_compiler_error(tmp_path, monke
     broken.write_text("#!/bin/sh\necho 'no such thing as a compiler here' >&2\nexit 1\n")
     broken.chmod(0o755)
     monkeypatch.setenv("CXX", str(broken))
-    with pytest.raises(RuntimeError, match=r"(?s)depthwise\.cc, .*pool\.cc failed.*no such thing"):
+    failed = r"(?s)depthwise\.cc, .*batchnorm\.cc failed.*no such thing"
+    with pytest.raises(RuntimeError, match=failed):
         native.build(tmp_path / "cache")
     assert not list((tmp_path / "cache").glob("*.so*"))  # nothing half-written is left
 
@@ -379,12 +417,13 @@ def test_without_the_kernels_a_process_trains_on_the_jnp_formulation(tmp_path):
             (3, 3, 1, 96),
         ),
         (lambda a, b: _dense(layers.dense_conv, a, b, 1, "SAME"), (16, 16, 16, 64), (3, 3, 64, 64)),
+        (lambda a, b: layers.batch_norm_train(a, b, 0.5 * b, 1e-5)[0], (16, 32, 32, 96), (96,)),
     ],
-    ids=["depthwise", "dense"],
+    ids=["depthwise", "dense", "batch_norm"],
 )
 def test_gradients_are_bitwise_reproducible(conv, x_shape, w_shape):
-    """Runs repeat exactly: the filter gradients' partial sums are kept per fixed chunk and added
-    in order, whichever thread took which rows."""
+    """Runs repeat exactly: the filter gradients' (and BatchNorm's) partial sums are kept per
+    fixed chunk and added in order, whichever thread took which rows."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
     w = jnp.asarray(rng.normal(size=w_shape), jnp.float32)
@@ -427,6 +466,12 @@ def test_a_malformed_call_is_an_error_not_a_stray_read():
     with pytest.raises(Exception, match="bad window"):  # a 6th output row: rows 9-11 of 8
         tall = jnp.ones((1, 6, 4, 4), jnp.float32)
         jax.block_until_ready(pool_grad(tall, jnp.zeros((1, 6, 4, 4), jnp.uint8), **attrs))
+    sums = jax.ffi.ffi_call("mkln_batch_norm_grad_stats", jax.ShapeDtypeStruct((2, 4), jnp.float32))
+    with pytest.raises(Exception, match="want dy shaped as x"):
+        jax.block_until_ready(sums(x, jnp.ones((1, 8, 7, 4), jnp.float32), jnp.zeros((4,))))
+    stats = jax.ffi.ffi_call("mkln_batch_norm_stats", jax.ShapeDtypeStruct((2, 5), jnp.float32))
+    with pytest.raises(Exception, match=r"a \(2, C\) result"):
+        jax.block_until_ready(stats(x))
 
 
 def test_the_trainer_says_its_flop_count_leaves_out_the_kernels():

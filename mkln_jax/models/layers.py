@@ -493,7 +493,10 @@ def conv(
 
 
 def _batch_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    # flax's fast variance: E[x^2] - E[x]^2, clipped at 0, both means in one pass over x.
+    # flax's fast variance: E[x^2] - E[x]^2, clipped at 0; on XLA:CPU both sums in one pass of
+    # our kernel (mkln_jax/native/batchnorm.cc), else in XLA's reductions.
+    if native_kernels.batch_norm_available(x.dtype):
+        return native_kernels.batch_norm_stats(x)
     axes = tuple(range(x.ndim - 1))
     mean = jnp.mean(x, axes)
     return mean, jnp.maximum(jnp.mean(x * x, axes) - mean * mean, 0.0)
@@ -522,8 +525,11 @@ def _batch_norm_train_bwd(epsilon, residuals, cotangents):
     axes = tuple(range(x.ndim - 1))
     n = x.size // x.shape[-1]
     centred = x - mean  # recomputed inside the fusions below, never stored
-    dbias = jnp.sum(dy, axes)
-    dy_centred = jnp.sum(dy * centred, axes)
+    if native_kernels.batch_norm_available(x.dtype) and dy.dtype == x.dtype:
+        dbias, dy_centred = native_kernels.batch_norm_grad_stats(x, dy, mean)
+    else:
+        dbias = jnp.sum(dy, axes)
+        dy_centred = jnp.sum(dy * centred, axes)
     dscale = dy_centred * rstd
     # dx = d/dx of y (through x, the mean and the variance) plus the statistics' own cotangents
     # (zero in training: they only feed the running averages): per channel, a * dy + b * (x -

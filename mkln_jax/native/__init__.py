@@ -1,6 +1,7 @@
 """Our own XLA:CPU kernels, called through the XLA FFI, NHWC float32: the depthwise convolution
 and its two gradients (depthwise.cc), the dense (one-group) convolution and its two gradients
-(dense.cc), and max pooling and its gradient (pool.cc).
+(dense.cc), max pooling and its gradient (pool.cc), and BatchNorm's per-channel sums
+(batchnorm.cc).
 
 The library is compiled on first use with the machine's C++ compiler against the headers that
 jaxlib ships (`jax.ffi.include_dir()`), for this CPU (-march=native), and cached under
@@ -32,7 +33,7 @@ import jax
 import numpy as np
 
 HERE = pathlib.Path(__file__).parent
-SOURCES = (HERE / "depthwise.cc", HERE / "dense.cc", HERE / "pool.cc")
+SOURCES = tuple(HERE / f"{name}.cc" for name in ("depthwise", "dense", "pool", "batchnorm"))
 HEADERS = (HERE / "common.h",)
 # FFI target name -> the handler's symbol in the library.
 _TARGETS = {
@@ -46,6 +47,8 @@ _TARGETS = {
 } | {
     "mkln_max_pool_forward": "MklnMaxPoolForward",
     "mkln_max_pool_input_grad": "MklnMaxPoolInputGrad",
+    "mkln_batch_norm_stats": "MklnBatchNormStats",
+    "mkln_batch_norm_grad_stats": "MklnBatchNormGradStats",
 }
 _portable = [0]
 
@@ -174,6 +177,12 @@ def max_pool_available(dtype) -> bool:
     return depthwise_available(dtype)
 
 
+def batch_norm_available(dtype) -> bool:
+    """Whether BatchNorm statistics of this dtype traced now should use the FFI kernels (the
+    same conditions as `depthwise_available`)."""
+    return depthwise_available(dtype)
+
+
 def dense_lanes() -> int:
     """The channel multiple the dense kernels need (the build's vector width in floats): output
     channels for the forward pass and filter gradient, input channels too for the input
@@ -281,3 +290,31 @@ def max_pool_input_grad(dy: jax.Array, taps: jax.Array, x_shape, kernel: int, st
         jax.ShapeDtypeStruct(tuple(x_shape), np.float32),
         vmap_method="sequential",
     )(dy, taps, **_pool_attrs(kernel, stride, pads))
+
+
+def batch_norm_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-channel (last axis) mean and variance of x over every other axis, the variance as
+    E[x^2] - E[x]^2 clipped at 0 (flax's fast variance), from one pass over x (sums in double)."""
+    _require()
+    c = x.shape[-1]
+    out = jax.ffi.ffi_call(
+        "mkln_batch_norm_stats",
+        jax.ShapeDtypeStruct((2, c), np.float32),
+        vmap_method="sequential",
+    )(x)
+    return out[0], out[1]
+
+
+def batch_norm_grad_stats(
+    x: jax.Array, dy: jax.Array, mean: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Per-channel sum(dy) and sum(dy * (x - mean)) over every axis but the last, from one
+    pass over x and dy."""
+    _require()
+    c = x.shape[-1]
+    out = jax.ffi.ffi_call(
+        "mkln_batch_norm_grad_stats",
+        jax.ShapeDtypeStruct((2, c), np.float32),
+        vmap_method="sequential",
+    )(x, dy, mean)
+    return out[0], out[1]
