@@ -16,9 +16,15 @@ interleaved:
   (`mkln_jax/native/dense.cc`, what the zoo runs on CPU in float32);
 - max pooling 3x3 (Xception's and ResNet's layers): XLA's reduce-window, differentiated by
   autodiff, against `layers.max_pool(impl="cpu")` in its jnp formulation and on our FFI kernels
-  (mkln_jax/native/pool.cc); loss sum(y * w), so the loss itself costs little.
+  (mkln_jax/native/pool.cc); loss sum(y * w), so the loss itself costs little;
+- BatchNorm in train mode (Xception's and EfficientNet-B0's layers): `layers.batch_norm_train`
+  with its statistics and backward sums in XLA's reductions (`native.portable()`) against our
+  FFI kernels (mkln_jax/native/batchnorm.cc, one pass each); loss sum(y * x * w) (with
+  sum(y * w) the input gradient is zero up to rounding; sum(y * y * w) cancels so badly in
+  float32 that both sides are ~1% off float64).
 
-    python bench/conv_bench.py [--repeats 8] [--sections depthwise,pointwise,dense,pooling]
+    python bench/conv_bench.py [--repeats 8]
+        [--sections depthwise,pointwise,dense,pooling,batchnorm]
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ DENSE = [
 ]
 # (spatial size, channels, stride), 3x3 windows, padding 1
 POOLING = [(64, 64, 2), (61, 128, 2), (31, 256, 2), (16, 728, 2)]
+# (spatial size, channels)
+BATCHNORM = [(64, 96), (61, 128), (31, 256), (16, 728), (8, 728)]
 
 
 def _grad_fn(conv):
@@ -129,6 +137,21 @@ def _pool_fns(x, w, stride: int) -> dict:
     return fns
 
 
+def _batch_norm_fns(x, w) -> dict:
+    def grad():  # w: per-channel weights of the loss; gradients for x and the scale
+        def loss(x, scale):
+            y = layers.batch_norm_train(x, scale, 0.5 * scale, 1e-5)[0]
+            return jnp.sum(y * x * w)
+
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+    with native.portable():  # XLA's reductions
+        fns = {"xla": grad().lower(x, w).compile()}
+    if native.batch_norm_available(x.dtype):
+        fns["ffi"] = grad().lower(x, w).compile()
+    return fns
+
+
 def _compare(fns: dict, x, w, repeats: int) -> dict[str, float]:
     for fn in fns.values():  # compile, then XLA:CPU's slower first executions
         for _ in range(12):
@@ -151,7 +174,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=8)
-    parser.add_argument("--sections", default="depthwise,pointwise,dense,pooling")
+    parser.add_argument("--sections", default="depthwise,pointwise,dense,pooling,batchnorm")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
     rng = np.random.default_rng(0)
@@ -214,6 +237,16 @@ def main() -> None:
             ms = _compare(_pool_fns(x, w, stride), x, w, args.repeats)
             cells = [f"{ms[name]:.1f}" if name in ms else "-" for name in ("xla", "jnp", "ffi")]
             print(f"| {size}x{size}x{ch}, {stride} | {' | '.join(cells)} |", flush=True)
+    if "batchnorm" in sections:
+        print("\n| BatchNorm, train (size, channels) | XLA's reductions | FFI kernels | speed-up |")
+        print("|---|---|---|---|")
+        for size, ch in BATCHNORM:
+            x = jnp.asarray(rng.standard_normal((args.batch, size, size, ch), np.float32))
+            w = jnp.asarray(rng.standard_normal((ch,), np.float32))
+            ms = _compare(_batch_norm_fns(x, w), x, w, args.repeats)
+            ratio = f"{ms['xla'] / ms['ffi']:.2f}x" if "ffi" in ms else "-"
+            ffi = f"{ms['ffi']:.1f}" if "ffi" in ms else "-"
+            print(f"| {size}x{size}x{ch} | {ms['xla']:.1f} | {ffi} | {ratio} |", flush=True)
 
 
 if __name__ == "__main__":
