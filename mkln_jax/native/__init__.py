@@ -292,17 +292,22 @@ def max_pool_input_grad(dy: jax.Array, taps: jax.Array, x_shape, kernel: int, st
     )(dy, taps, **_pool_attrs(kernel, stride, pads))
 
 
+def _per_channel_sums(name: str, *operands: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The two (C,) rows of a batchnorm.cc kernel's (2, C) result, C being operands[0]'s last
+    axis."""
+    _require()
+    out = jax.ffi.ffi_call(
+        name,
+        jax.ShapeDtypeStruct((2, operands[0].shape[-1]), np.float32),
+        vmap_method="sequential",
+    )(*operands)
+    return out[0], out[1]
+
+
 def batch_norm_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-channel (last axis) mean and variance of x over every other axis, the variance as
     E[x^2] - E[x]^2 clipped at 0 (flax's fast variance), from one pass over x (sums in double)."""
-    _require()
-    c = x.shape[-1]
-    out = jax.ffi.ffi_call(
-        "mkln_batch_norm_stats",
-        jax.ShapeDtypeStruct((2, c), np.float32),
-        vmap_method="sequential",
-    )(x)
-    return out[0], out[1]
+    return _per_channel_sums("mkln_batch_norm_stats", x)
 
 
 def batch_norm_grad_stats(
@@ -310,11 +315,4 @@ def batch_norm_grad_stats(
 ) -> tuple[jax.Array, jax.Array]:
     """Per-channel sum(dy) and sum(dy * (x - mean)) over every axis but the last, from one
     pass over x and dy."""
-    _require()
-    c = x.shape[-1]
-    out = jax.ffi.ffi_call(
-        "mkln_batch_norm_grad_stats",
-        jax.ShapeDtypeStruct((2, c), np.float32),
-        vmap_method="sequential",
-    )(x, dy, mean)
-    return out[0], out[1]
+    return _per_channel_sums("mkln_batch_norm_grad_stats", x, dy, mean)

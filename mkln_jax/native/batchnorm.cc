@@ -24,11 +24,11 @@ namespace {
 using mkln::kLanes;
 using mkln::Load;
 using mkln::ParallelFor;
-using mkln::Vec;
-constexpr int64_t kChunks = 32;      // fixed, so the sums do not depend on the thread count
-constexpr int64_t kBlockRows = 64;   // rows summed in float before they join the double sums
-
 using mkln::Store;
+using mkln::Vec;
+
+constexpr int64_t kChunks = 32;     // fixed, so the sums do not depend on the thread count
+constexpr int64_t kBlockRows = 64;  // rows summed in float before they join the double sums
 
 // fa += x, fb += x * x (or, with Grad, fa += dy, fb += dy * (x - mean)) for row pairs (r, r + 1)
 // and channels [k, k + kLanes): rows are read whole and in order, the running sums of a block

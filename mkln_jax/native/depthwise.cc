@@ -71,6 +71,22 @@ inline void TapsPixel(const float* a, const int64_t* a_off, const float* b, cons
   if (c0 < c) TapsTail(a + c0, a_off, b + c0, b_off, count, c - c0, out + c0);
 }
 
+// For every column col in [0, width): run(col, taps(col)), where taps(col) fills the tap
+// offsets (relative to the column) and returns their count. In the interior [inner_lo,
+// inner_hi), where every tap is in range, the offsets are the same for each column and are
+// computed once.
+template <typename Taps, typename Run>
+void ForColumns(int64_t width, int64_t inner_lo, int64_t inner_hi, Taps taps, Run run) {
+  for (int64_t col = 0; col < width; ++col) {
+    if (col == inner_lo && inner_lo < inner_hi) {
+      const int count = taps(col);
+      for (; col < inner_hi; ++col) run(col, count);
+      if (col >= width) break;
+    }
+    run(col, taps(col));
+  }
+}
+
 void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* w, float* y) {
   // Columns q whose k taps all fall inside x: the same offsets from x + q * s * c for each.
   const int64_t inner_lo = ValidRange(0, g.pw, g.s, g.w, g.ow).first;
@@ -94,17 +110,9 @@ void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const flo
       }
       return count;
     };
-    for (int64_t q = 0; q < g.ow; ++q) {
-      if (q == inner_lo && inner_lo < inner_hi) {  // the interior: one set of offsets
-        const int count = taps(q);
-        for (; q < inner_hi; ++q) {
-          TapsPixel(x + q * g.s * g.c, x_off.data(), w, w_off.data(), count, g.c, yrow + q * g.c);
-        }
-        if (q >= g.ow) break;
-      }
-      const int count = taps(q);
+    ForColumns(g.ow, inner_lo, inner_hi, taps, [&](int64_t q, int count) {
       TapsPixel(x + q * g.s * g.c, x_off.data(), w, w_off.data(), count, g.c, yrow + q * g.c);
-    }
+    });
   });
 }
 
@@ -139,17 +147,9 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* dy, const 
       }
       return count;
     };
-    for (int64_t iw = 0; iw < g.w; ++iw) {
-      if (iw == inner_lo && inner_lo < inner_hi) {
-        const int count = taps(iw);
-        for (; iw < inner_hi; ++iw) {
-          TapsPixel(dy + iw * g.c, dy_off.data(), w, w_off.data(), count, g.c, dxrow + iw * g.c);
-        }
-        if (iw >= g.w) break;
-      }
-      const int count = taps(iw);
+    ForColumns(g.w, inner_lo, inner_hi, taps, [&](int64_t iw, int count) {
       TapsPixel(dy + iw * g.c, dy_off.data(), w, w_off.data(), count, g.c, dxrow + iw * g.c);
-    }
+    });
   });
 }
 
