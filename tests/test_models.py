@@ -1,8 +1,4 @@
-import collections
-import io
 import pickle
-import sys
-import types
 import zipfile
 
 import cv2
@@ -11,10 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import skimage.data
+import weight_files
 from flax import nnx
 
 from mkln_jax import models
 from mkln_jax import step as step_lib
+from mkln_jax.errors import WeightFileError
 from mkln_jax.models import convert, layers, torch_state
 from mkln_jax.models.efficientnet import EfficientNet
 
@@ -310,7 +308,7 @@ def test_rgb_weights_adapt_to_a_twelve_channel_stem():
 def test_convert_weights_writes_a_checkpoint_that_configs_can_name(tmp_path):
     source = models.build("mobilenet_v2", 1000, seed=3)
     pth = tmp_path / "mobilenet.pth"
-    _write_zip_pth(pth, _torch_layout(source))
+    weight_files.write(pth, _torch_layout(source))
     out = convert.convert_weights(pth, "mobilenet_v2", tmp_path / "converted")
     detector = models.build("mobilenet_v2", 2, pretrained=str(out))
     x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 32, 32, 3)), jnp.float32)
@@ -319,79 +317,11 @@ def test_convert_weights_writes_a_checkpoint_that_configs_can_name(tmp_path):
     broken = _torch_layout(source)
     del broken["features.3.conv.1.0.weight"]
     bad = tmp_path / "broken.pth"
-    _write_zip_pth(bad, broken)
+    weight_files.write(bad, broken)
     with pytest.raises(convert.WeightMismatchError, match=r"features\.3\.conv\.1\.0\.weight"):
         convert.convert_weights(bad, "mobilenet_v2", tmp_path / "never")
     assert not (tmp_path / "never").exists()
     assert not (tmp_path / "never.partial").exists()
-
-
-def _write_zip_pth(path, tensors: dict[str, np.ndarray]) -> None:
-    """Writes a state dict in torch's zip format without torch (fake `torch` globals)."""
-    fake_torch = types.ModuleType("torch")
-    fake_utils = types.ModuleType("torch._utils")
-
-    class FloatStorage:
-        pass
-
-    def _rebuild_tensor_v2(*args):
-        raise AssertionError("only pickled, never called")
-
-    FloatStorage.__module__, FloatStorage.__qualname__ = "torch", "FloatStorage"
-    _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = (
-        "torch._utils",
-        ("_rebuild_tensor_v2"),
-    )
-    fake_torch.FloatStorage, fake_utils._rebuild_tensor_v2 = FloatStorage, _rebuild_tensor_v2
-    fake_torch._utils = fake_utils
-
-    class Tensor:
-        def __init__(self, key, array):
-            self.key, self.array = key, array
-
-        def __reduce__(self):
-            strides = tuple(s // self.array.itemsize for s in self.array.strides)
-            return (
-                _rebuild_tensor_v2,
-                (
-                    Storage(self.key, self.array.size),
-                    0,
-                    self.array.shape,
-                    strides,
-                    False,
-                    collections.OrderedDict(),
-                ),
-            )
-
-    class Storage:
-        def __init__(self, key, numel):
-            self.key, self.numel = key, numel
-
-    class Pickler(pickle.Pickler):
-        def persistent_id(self, obj):
-            if isinstance(obj, Storage):
-                return ("storage", FloatStorage, obj.key, "cpu", obj.numel)
-            return None
-
-    saved = {k: sys.modules.get(k) for k in ("torch", "torch._utils")}
-    sys.modules["torch"], sys.modules["torch._utils"] = fake_torch, fake_utils
-    try:
-        buffer = io.BytesIO()
-        payload = collections.OrderedDict(
-            (name, Tensor(str(i), np.ascontiguousarray(a, np.float32)))
-            for i, (name, a) in enumerate(tensors.items())
-        )
-        Pickler(buffer, protocol=2).dump(payload)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("archive/data.pkl", buffer.getvalue())
-        for i, array in enumerate(tensors.values()):
-            archive.writestr(f"archive/data/{i}", np.ascontiguousarray(array, "<f4").tobytes())
 
 
 def test_zip_format_state_dict_is_read_without_torch(tmp_path):
@@ -400,7 +330,7 @@ def test_zip_format_state_dict_is_read_without_torch(tmp_path):
         "b.bias": np.array([1.5, -2.0], np.float32),
     }
     path = tmp_path / "tiny.pth"
-    _write_zip_pth(path, tensors)
+    weight_files.write(path, tensors)
     loaded = torch_state.load_state_dict(path)
     assert set(loaded) == set(tensors)
     for name, array in tensors.items():
@@ -416,5 +346,5 @@ def test_state_dict_reader_refuses_arbitrary_code(tmp_path):
 
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("archive/data.pkl", pickle.dumps({"x": Evil()}, protocol=2))
-    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+    with pytest.raises(WeightFileError, match="refusing"):
         torch_state.load_state_dict(path)
