@@ -25,6 +25,8 @@ from jax.experimental import multihost_utils
 from mkln_jax import checkpoint, config_lib, evaluate, frequency, models, sharding, xla_options
 from mkln_jax import metrics as metrics_lib
 from mkln_jax import step as step_lib
+from mkln_jax import workdir as workdir_lib
+from mkln_jax.errors import WorkdirError
 from mkln_jax.input_pipeline import loader
 from mkln_jax.logging_utils import MetricLogger, Progress
 from mkln_jax.models import detectors
@@ -196,7 +198,7 @@ def source_config(config, source: TeacherSource) -> ml_collections.ConfigDict:
 def _saved_best_config(path: str, stage: str) -> dict:
     """The config saved with a finished stage's best checkpoint, read once per process (a stage
     with feature distillation builds its model several times)."""
-    ckpts = checkpoint.Checkpoints(pathlib.Path(path) / "checkpoints", keep=1)
+    ckpts = checkpoint.Checkpoints(pathlib.Path(path) / "checkpoints", keep=1, read_only=True)
     try:
         step = ckpts.best_step()
         if step is None:
@@ -204,7 +206,7 @@ def _saved_best_config(path: str, stage: str) -> dict:
                 f"{path} has no best checkpoint. Fix: finish that run's {stage} stage, or "
                 "point distill.teachers at a finished one."
             )
-        return ckpts.saved_config(step)
+        return ckpts.saved_config(step, which="best")
     finally:
         ckpts.close()
 
@@ -304,17 +306,22 @@ def create_state(config, stage: str, mesh, state_shardings):
 def load_best(config, workdir, stage: str, mesh) -> tuple[step_lib.ModelFn, step_lib.Frozen, int]:
     """The best-by-validation checkpoint of a finished stage, as frozen variables."""
     graphdef, abstract = abstract_train_state(config, stage)
-    ckpts = checkpoint.Checkpoints(stage_dir(workdir, stage) / "checkpoints", keep=1)
-    best = ckpts.best_step()
-    if best is None:
+    ckpts = checkpoint.Checkpoints(
+        stage_dir(workdir, stage) / "checkpoints", keep=1, read_only=True
+    )
+    try:
+        best = ckpts.best_step()
+        if best is None:
+            raise FileNotFoundError(
+                f"no {stage} checkpoint under {stage_dir(workdir, stage)}. Fix: run `mkln train` "
+                f"with the same --workdir (stages {tuple(config.stages)}) first."
+            )
+        target = checkpoint.abstract_like(abstract, _shardings(config, abstract, mesh))
+        # A corrupt best is refused (CheckpointError names its step): nothing is exported or
+        # evaluated from weights that changed on disk.
+        state = ckpts.restore("best", best, target)
+    finally:
         ckpts.close()
-        raise FileNotFoundError(
-            f"no {stage} checkpoint under {stage_dir(workdir, stage)}. Fix: run `mkln train` with "
-            f"the same --workdir (stages {tuple(config.stages)}) first."
-        )
-    target = checkpoint.abstract_like(abstract, _shardings(config, abstract, mesh))
-    state = ckpts.restore("best", best, target)
-    ckpts.close()
     frozen = step_lib.Frozen(params=state.params, batch_stats=state.batch_stats)
     return model_fn(config, stage, graphdef), frozen, best
 
@@ -358,19 +365,26 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str,
     ckpts = checkpoint.Checkpoints(out_dir / "checkpoints", keep=config.train.keep_checkpoints)
     graphdef, abstract = abstract_train_state(config, stage)
     state_shardings = _shardings(config, abstract, mesh)
-    start = ckpts.latest_step()
-    if start is not None:
-        changed = checkpoint.config_differences(
-            ckpts.saved_config(start), config, ignore=IGNORED_ON_RESUME[stage]
-        )
+
+    def same_run(saved: dict) -> None:
+        changed = checkpoint.config_differences(saved, config, ignore=IGNORED_ON_RESUME[stage])
         if changed:
-            ckpts.close()
             raise config_lib.ConfigError(
                 f"{out_dir} holds a run with a different config ({'; '.join(changed)}). Fix: "
                 "use a new --workdir, or the config that run was started with."
             )
-        state = ckpts.restore("latest", start, checkpoint.abstract_like(abstract, state_shardings))
-        print(f"[{stage}] resumed from step {start}")
+
+    try:
+        start, state = ckpts.restore_latest_intact(
+            checkpoint.abstract_like(abstract, state_shardings),
+            same_run,
+            log=lambda line: print(f"[{stage}] {line}", flush=True),
+        )
+    except BaseException:
+        ckpts.close()
+        raise
+    if start is not None:
+        print(f"[{stage}] resumed from step {start} (checkpoint verified)")
     else:
         start = 0
         state = create_state(config, stage, mesh, state_shardings)
@@ -478,16 +492,16 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str,
                 stop = preemption.reached(done)
                 if metrics or done % config.train.checkpoint_every == 0 or stop:
                     _check_finite(state, stage, done, last_saved)
-                    ckpts.save(done, state, config, metrics)
+                    _save(ckpts, done, state, config, metrics, out_dir)
                     last_saved = done
                 if stop:
-                    ckpts.wait()
+                    _wait(ckpts, out_dir)
                     raise Preempted(
                         f"[{stage}] preempted (SIGTERM) at step {done}: checkpoint "
                         "saved; rerun the same command to resume"
                     )
     finally:
-        ckpts.wait()
+        _wait(ckpts, out_dir)
         if best:
             # The step whose checkpoint `best` kept: on a tie orbax keeps the later one (seen in
             # the demo: equal validation AUC at steps 500 and 600, step 600 kept and evaluated).
@@ -512,11 +526,44 @@ class NonFiniteError(RuntimeError):
 def _check_finite(state, stage: str, step: int, last_saved: int) -> None:
     count = int(jax.device_get(state.nonfinite))
     if count:
+        kept = (
+            f"The last checkpoint, step {last_saved}, holds the state before them"
+            if last_saved
+            else "No checkpoint was saved before them"
+        )
         raise NonFiniteError(
             f"[{stage}] {count} step(s) up to step {step} had a non-finite loss or gradient; "
-            f"their updates were not applied and training stops. The last checkpoint (step "
-            f"{last_saved}) is intact. Fix: lower the learning rate or check the input data."
+            f"their updates were not applied and training stops. {kept}. Fix: lower the "
+            "learning rate or check the input data."
         )
+
+
+def _disk_full_error(ckpts: checkpoint.Checkpoints, out_dir: pathlib.Path) -> WorkdirError:
+    ckpts.latest.reload()
+    steps = ckpts.latest.all_steps()
+    last = f"step {max(steps)}" if steps else "none"
+    return WorkdirError(
+        f"no space left on the device holding {out_dir / 'checkpoints'}; training stopped. The "
+        f"last complete checkpoint: {last}. Fix: free space, then rerun the same command."
+    )
+
+
+def _save(ckpts, step: int, state, config, metrics, out_dir: pathlib.Path) -> None:
+    try:
+        ckpts.save(step, state, config, metrics)
+    except Exception as err:
+        if workdir_lib.is_disk_full(err):
+            raise _disk_full_error(ckpts, out_dir) from None
+        raise
+
+
+def _wait(ckpts, out_dir: pathlib.Path) -> None:
+    try:
+        ckpts.wait()
+    except Exception as err:
+        if workdir_lib.is_disk_full(err):
+            raise _disk_full_error(ckpts, out_dir) from None
+        raise
 
 
 class PreemptionWatch:
@@ -584,6 +631,12 @@ def _costs(compiled) -> str:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
     """Runs the configured stages in order; returns each stage's best validation result."""
     config_lib.validate(config)
+    # One writer per workdir (process 0 holds the lock for a multi-process run).
+    lock = workdir_lib.WorkdirLock(workdir) if jax.process_index() == 0 else None
+    if lock is not None:
+        lock.acquire()
+    else:
+        workdir_lib.ensure_writable(workdir)
     mesh = make_mesh(config)
     results = {}
     # Watch for SIGTERM from the start, so a preemption during set-up or compilation is
@@ -594,4 +647,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             results[stage] = train_stage(config, workdir, stage, mesh, preemption)
     finally:
         preemption.restore()
+        if lock is not None:
+            lock.release()
     return results
