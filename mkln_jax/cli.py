@@ -37,12 +37,6 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.py"
 
 FLAGS = flags.FLAGS
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    str(DEFAULT_CONFIG) if DEFAULT_CONFIG.exists() else None,
-    "Config file (a Python file with get_config()); override fields with --config.a.b=value.",
-    lock_config=True,
-)
 flags.DEFINE_string("workdir", "runs/demo", "Run folder: checkpoints, logs, evaluation, export.")
 flags.DEFINE_string("artifact", "", "Export folder (default <workdir>/export).")
 flags.DEFINE_string("split", "", "Split for `evaluate` (default config.eval.split).")
@@ -78,20 +72,21 @@ flags.DEFINE_integer("num_processes", 0, "Processes in the run, with --coordinat
 flags.DEFINE_integer("process_id", -1, "This process's index, with --coordinator.")
 
 
-def _make_configs_importable(argv: list[str]) -> None:
-    """Config variants import `configs.default`: put the folder above `configs/` on sys.path."""
-    for i, arg in enumerate(argv):
-        value = None
+def _take_config_file(argv: list[str]) -> tuple[list[str], str | None]:
+    """Removes `--config=FILE` (or `--config FILE`) from argv; returns the rest and FILE.
+    The file is loaded by config_lib (one-line errors), and its fields become typed
+    `--config.a.b=value` flags."""
+    rest, value, i = [], None, 0
+    while i < len(argv):
+        arg = argv[i]
         if arg.startswith("--config="):
             value = arg.split("=", 1)[1]
         elif arg == "--config" and i + 1 < len(argv):
-            value = argv[i + 1]
-        if value:
-            parent = pathlib.Path(value).resolve().parent
-            if (parent / "__init__.py").exists():
-                sys.path.insert(0, str(parent.parent))
-    if DEFAULT_CONFIG.exists():
-        sys.path.insert(0, str(REPO_ROOT))
+            value, i = argv[i + 1], i + 1
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, value
 
 
 def _artifact_dir() -> str:
@@ -135,12 +130,9 @@ def _apply_eval_data(config) -> None:
     model and its training data stay those of --config."""
     if not FLAGS.eval_data:
         return
-    import importlib.util
+    from mkln_jax import config_lib
 
-    spec = importlib.util.spec_from_file_location("eval_data_config", FLAGS.eval_data)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    other = module.get_config()
+    other = config_lib.load_file(FLAGS.eval_data)
     for key in FLAGS.eval_data_set:
         field, value = key.split("=", 1)
         other.data[field] = (
@@ -153,8 +145,9 @@ def _apply_eval_data(config) -> None:
 
 
 def cmd_evaluate(config) -> None:
-    from mkln_jax import evaluate
+    from mkln_jax import evaluate, workdir
 
+    workdir.require_existing(FLAGS.workdir)
     _apply_eval_data(config)
     if FLAGS.protocol == "robustness":
         _, markdown = evaluate.robustness_run(config, FLAGS.workdir, FLAGS.split or None)
@@ -165,8 +158,9 @@ def cmd_evaluate(config) -> None:
 
 
 def cmd_export(config) -> None:
-    from mkln_jax import config_lib, export
+    from mkln_jax import config_lib, export, workdir
 
+    workdir.require_existing(FLAGS.workdir)
     out = export.export_stage(config, FLAGS.workdir, _artifact_dir())
     print(f"exported the best student checkpoint to {out}")
     if FLAGS.onnx:
@@ -184,40 +178,9 @@ def cmd_export(config) -> None:
 
 
 def cmd_predict(paths: list[str]) -> int:
-    from mkln_jax import export, predict
+    from mkln_jax import predict
 
-    if not paths:
-        print("usage: mkln predict PATH [PATH ...] --artifact=DIR", file=sys.stderr)
-        return 2
-    try:
-        artifact = export.Artifact(_artifact_dir())
-    except export.ArtifactError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    num_frames = FLAGS.num_frames or int(artifact.metadata.get("num_frames", 16))
-    results = []
-    for path in predict.expand(paths):
-        try:
-            result = predict.predict(artifact, path, num_frames)
-        except predict.PredictError as err:
-            print(f"skipped: {err}", file=sys.stderr)
-            continue
-        except Exception as err:  # anything unexpected in one file must not stop the rest
-            print(f"skipped: {path}: {type(err).__name__}: {err}", file=sys.stderr)
-            continue
-        results.append(result)
-        print("\n".join(result.lines()), flush=True)
-        if FLAGS.strip:
-            import cv2
-
-            out = pathlib.Path(FLAGS.strip)
-            out.mkdir(parents=True, exist_ok=True)
-            name = out / f"{pathlib.Path(path).stem}_strip.png"
-            cv2.imwrite(str(name), cv2.cvtColor(result.strip(), cv2.COLOR_RGB2BGR))
-            print(f"  strip: {name}")
-    if FLAGS.report and results:
-        print(f"per-frame scores: {predict.write_rows(results, FLAGS.report)}")
-    return 0 if results else 1
+    return predict.run(paths, _artifact_dir(), FLAGS.num_frames, FLAGS.report, FLAGS.strip)
 
 
 def cmd_convert_weights(paths: list[str]) -> int:
@@ -273,8 +236,24 @@ def cmd_demo(config) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 2 or argv[1] not in COMMANDS:
+    from mkln_jax.errors import MklnError
+
+    try:
+        return _dispatch(argv)
+    except MklnError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(argv: list[str]) -> int:
+    if len(argv) < 2:
         print(__doc__, file=sys.stderr)
+        return 2
+    if argv[1] not in COMMANDS:
+        print(
+            f"error: unknown command {argv[1]!r}; the commands are: {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
         return 2
     command, rest = argv[1], argv[2:]
     if command == "predict":
@@ -285,7 +264,7 @@ def main(argv: list[str]) -> int:
         return cmd_models()
     if command == "compare":
         return cmd_compare(rest)
-    config = _CONFIG.value
+    config = FLAGS.config if "config" in FLAGS else None
     if command == "prepare" and len(rest) == 1 and config is not None:
         from mkln_jax.input_pipeline import loader
 
@@ -344,8 +323,25 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def run() -> None:
-    _make_configs_importable(sys.argv)
-    app.run(main, flags_parser=_parse_flags)
+    from mkln_jax import config_lib
+
+    argv, config_file = _take_config_file(sys.argv)
+    path = config_file or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.exists() else None)
+    if path is not None:
+        try:
+            config = config_lib.load_file(path)
+        except config_lib.ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        config_flags.DEFINE_config_dict(
+            "config",
+            config,
+            "Config file (a Python file with get_config()); override fields with "
+            "--config.a.b=value.",
+            lock_config=True,
+            sys_argv=argv,  # where its --config.a.b=value overrides are found
+        )
+    app.run(main, argv=argv, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,72 @@
-"""Config checks that run before anything compiles or touches data."""
+"""Config files loaded with one-line errors, and checks that run before anything compiles or
+touches data."""
 
 from __future__ import annotations
 
+import importlib.util
 import pathlib
+import sys
 
 import jax
 import ml_collections
 
 from mkln_jax import fetch, models, xla_options
+from mkln_jax.errors import MklnError
 from mkln_jax.input_pipeline import forgeries
 
 
-class ConfigError(ValueError):
+class ConfigError(MklnError, ValueError):
     pass
+
+
+def load_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The ConfigDict that `get_config()` of a Python config file returns. Every way a file can
+    fail (missing, a syntax error, an exception or `sys.exit` while loading, no `get_config`, a
+    result that is not a ConfigDict) is a ConfigError of one line naming the file."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"config file {path} not found. Fix: give a Python file with get_config(), e.g. "
+            "--config=configs/demo.py"
+        )
+    # Config variants import `configs.default`: the folder above `configs/` goes on sys.path.
+    package_root = path.resolve().parent.parent
+    if (path.resolve().parent / "__init__.py").exists() and str(package_root) not in sys.path:
+        sys.path.insert(0, str(package_root))
+    name = f"mkln_config_{abs(hash(str(path.resolve())))}"
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if not callable(getattr(module, "get_config", None)):
+            raise ConfigError(f"config file {path} defines no get_config() function")
+        config = module.get_config()
+    except ConfigError:
+        raise
+    except SyntaxError as err:
+        raise ConfigError(
+            f"config file {err.filename or path}, line {err.lineno}: syntax error ({err.msg})"
+        ) from None
+    except (Exception, SystemExit) as err:
+        where = _line_in(err, path)
+        detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        raise ConfigError(f"config file {path}{where}: loading it failed ({detail})") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(
+            f"config file {path}: get_config() returned a {type(config).__name__}, not an "
+            "ml_collections.ConfigDict"
+        )
+    return config
+
+
+def _line_in(err: BaseException, path: pathlib.Path) -> str:
+    """ ", line N" of the deepest frame of `err`'s traceback inside `path`, if any."""
+    line, tb = "", err.__traceback__
+    while tb is not None:
+        if pathlib.Path(tb.tb_frame.f_code.co_filename).resolve() == path.resolve():
+            line = f", line {tb.tb_lineno}"
+        tb = tb.tb_next
+    return line
 
 
 def _positive_int(value, name: str, errors: list[str]) -> None:

@@ -11,6 +11,7 @@ Loading needs only jax and numpy, not this project's model code.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pathlib
 import time
@@ -21,7 +22,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from mkln_jax import models, native, sharding
+from mkln_jax import fileio, models, native, sharding
+from mkln_jax.errors import MklnError
 
 FORMAT_VERSION = 1
 PROGRAM = "model.jaxexport"
@@ -29,7 +31,11 @@ WEIGHTS = "weights.npz"
 METADATA = "metadata.json"
 
 
-class ArtifactError(ValueError):
+# metadata.json is a few KB; anything near this is not one of ours.
+_MAX_METADATA_BYTES = 1 << 20
+
+
+class ArtifactError(MklnError, ValueError):
     pass
 
 
@@ -53,7 +59,11 @@ def _unflatten(flat: dict, template):
 
 
 def _sha256(path: pathlib.Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:
@@ -95,8 +105,12 @@ def export_stage(
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / PROGRAM).write_bytes(exported.serialize())
-    np.savez(out / WEIGHTS, **flat)
+    # Each file replaced atomically, metadata (with the checksums) last: an interrupted export
+    # leaves the old artifact or one that fails its checksums, never a silently mixed one.
+    fileio.atomic_write(out / PROGRAM, bytes(exported.serialize()))
+    weights = io.BytesIO()
+    np.savez(weights, **flat)
+    fileio.atomic_write(out / WEIGHTS, weights.getvalue())
     spec = models.spec(config[stage].model)
     metadata = {
         "format_version": FORMAT_VERSION,
@@ -116,8 +130,31 @@ def export_stage(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "sha256": {PROGRAM: _sha256(out / PROGRAM), WEIGHTS: _sha256(out / WEIGHTS)},
     }
-    (out / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+    fileio.atomic_write(out / METADATA, json.dumps(metadata, indent=2) + "\n")
     return out
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def validate_metadata(meta: dict) -> list[str]:
+    """Every problem with the values inference uses (empty when they are usable)."""
+    problems = []
+    threshold = meta.get("threshold")
+    if not _number(threshold) or not 0.0 < threshold < 1.0:
+        problems.append(f"threshold must be a number in (0, 1), got {threshold!r}")
+    size = meta.get("input_size")
+    if not isinstance(size, int) or isinstance(size, bool) or not 16 <= size <= 4096:
+        problems.append(f"input_size must be an integer in [16, 4096], got {size!r}")
+    frames = meta.get("num_frames")
+    if not isinstance(frames, int) or isinstance(frames, bool) or not 1 <= frames <= 10_000:
+        problems.append(f"num_frames must be an integer in [1, 10000], got {frames!r}")
+    crop = meta.get("face_crop")
+    margin = crop.get("margin") if isinstance(crop, dict) else None
+    if not _number(margin) or not 1.0 <= margin <= 10.0:
+        problems.append(f"face_crop.margin must be a number in [1, 10], got {margin!r}")
+    return problems
 
 
 class Artifact:
@@ -126,33 +163,53 @@ class Artifact:
     def __init__(self, directory: str | pathlib.Path):
         directory = pathlib.Path(directory)
         meta_path = directory / METADATA
+        if not directory.is_dir():
+            raise ArtifactError(
+                f"{directory}: no such artifact folder (run `mkln export` to make one)"
+            )
         if not meta_path.exists():
             raise ArtifactError(
                 f"{directory}: no {METADATA}; not an mkln export (run `mkln export` to make one)"
             )
         try:
-            self.metadata = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ArtifactError(f"{meta_path}: unreadable metadata ({err})") from err
+            self.metadata = json.loads(
+                fileio.read_bytes_limited(meta_path, _MAX_METADATA_BYTES, "metadata")
+            )
+        except fileio.UnsafeInputError as err:
+            raise ArtifactError(str(err)) from None
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ArtifactError(f"{meta_path}: unreadable metadata ({err})") from None
+        if not isinstance(self.metadata, dict):
+            raise ArtifactError(f"{meta_path}: metadata must be a JSON object")
         version = self.metadata.get("format_version")
         if version != FORMAT_VERSION:
             raise ArtifactError(
                 f"{directory}: format version {version}, this build reads "
                 f"{FORMAT_VERSION}; re-export with this version of mkln"
             )
-        for name, expected in self.metadata.get("sha256", {}).items():
-            path = directory / name
-            if not path.exists():
-                raise ArtifactError(f"{path}: missing from the artifact")
+        checksums = self.metadata.get("sha256")
+        # Only our two files, checked by name before anything is opened: metadata never makes
+        # the loader read a path of its choosing.
+        if not isinstance(checksums, dict) or set(checksums) != {PROGRAM, WEIGHTS}:
+            raise ArtifactError(f"{meta_path}: checksums for {PROGRAM} and {WEIGHTS} expected")
+        for name, expected in checksums.items():
+            try:
+                path = fileio.require_regular_file(fileio.inside(directory, name), "artifact file")
+            except fileio.UnsafeInputError as err:
+                raise ArtifactError(f"{err}; re-export the artifact") from None
             if _sha256(path) != expected:
                 raise ArtifactError(
                     f"{path}: checksum mismatch (file changed or corrupt); re-export the artifact"
                 )
-        if set(self.metadata.get("sha256", {})) != {PROGRAM, WEIGHTS}:
-            raise ArtifactError(f"{meta_path}: checksums for {PROGRAM} and {WEIGHTS} expected")
-        self.exported = jax.export.deserialize((directory / PROGRAM).read_bytes())
-        with np.load(directory / WEIGHTS) as weights:
-            self.weights = {k: jnp.asarray(weights[k]) for k in weights.files}
+        problems = validate_metadata(self.metadata)
+        if problems:
+            raise ArtifactError(f"{meta_path}: " + "; ".join(problems))
+        try:
+            self.exported = jax.export.deserialize(bytearray((directory / PROGRAM).read_bytes()))
+            with np.load(directory / WEIGHTS, allow_pickle=False) as weights:
+                self.weights = {k: jnp.asarray(weights[k]) for k in weights.files}
+        except Exception as err:  # checksummed, so only a file we wrote wrongly gets here
+            raise ArtifactError(f"{directory}: unreadable program or weights ({err})") from None
         self.input_size = int(self.metadata["input_size"])
         self.threshold = float(self.metadata["threshold"])
         # One jit around the deserialised program: compiled once per batch size, then called

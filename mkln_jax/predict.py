@@ -1,20 +1,33 @@
 """Score images, videos or folders of them with an exported artifact: sample frames, find and
 track the face, score all crops in one batch, give a verdict; optionally write per-frame scores
-(CSV / JSON) and an annotated strip of frames (PNG)."""
+(CSV / JSON) and an annotated strip of frames (PNG).
+
+Inputs are never harmed: an output path that is an input is refused before any scoring, strip
+names come from each input's whole relative path (two `x.mp4` in different folders never share
+one), and the report and strips are written atomically as each input is scored, so an
+interruption keeps everything scored so far. Exit status of `run`: 0 when every input was
+scored, 1 when some were skipped, 2 when none could be scored (or nothing was given).
+"""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
+import json
+import os
 import pathlib
+import sys
 import time
 
 import cv2
 import numpy as np
 
-from mkln_jax import export
+from mkln_jax import export, fileio
+from mkln_jax.errors import MklnError
 from mkln_jax.input_pipeline import faces, video
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = video.IMAGE_SUFFIXES
 
 
 class PredictError(Exception):
@@ -32,6 +45,7 @@ class Prediction:
     model_seconds: float = 0.0  # the artifact's share
     frames: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
     boxes: list[faces.Box | None] = dataclasses.field(default_factory=list, repr=False)
+    note: str = ""  # e.g. fewer frames decoded than asked
 
     @property
     def score(self) -> float:
@@ -48,6 +62,8 @@ class Prediction:
         out += [f"  frame {i:5d}  P(fake) {s:.4f}" for i, s in pairs]
         if self.frames_without_face:
             out.append(f"  frames without a face (not scored): {self.frames_without_face}")
+        if self.note:
+            out.append(f"  note: {self.note}")
         out.append(
             f"  verdict: {self.verdict} (mean P(fake) {self.score:.4f} over "
             f"{len(self.scores)} frames, threshold {self.threshold:g}; "
@@ -122,34 +138,55 @@ class Prediction:
         return np.concatenate([header, body], axis=0)
 
 
-def expand(paths: list[str]) -> list[pathlib.Path]:
-    """Files as given; folders replaced by the videos and images under them (sorted)."""
-    out = []
+def expand(paths: list[str]) -> tuple[list[pathlib.Path], list[pathlib.Path]]:
+    """(inputs, not taken): files as given; folders replaced by the videos and images under them
+    (sorted); files under a folder of no known media kind, or not regular files, are not taken.
+    An input named twice is scored once."""
+    out, not_taken, seen = [], [], set()
     for item in map(pathlib.Path, paths):
         if item.is_dir():
-            out += sorted(
-                p
-                for p in item.rglob("*")
-                if p.is_file() and p.suffix.lower() in (*IMAGE_SUFFIXES, *video.VIDEO_SUFFIXES)
-            )
-        else:
+            for p in sorted(item.rglob("*")):
+                if p.is_dir():
+                    continue
+                if p.is_file() and p.suffix.lower() in video.MEDIA_SUFFIXES:
+                    found = p
+                else:
+                    not_taken.append(p)
+                    continue
+                if found.resolve() not in seen:
+                    seen.add(found.resolve())
+                    out.append(found)
+        elif item.resolve() not in seen:
+            seen.add(item.resolve())
             out.append(item)
-    return out
+    return out, not_taken
 
 
-def _load_frames(path: pathlib.Path, num_frames: int) -> tuple[list[np.ndarray], list[int]]:
-    if not path.exists():
-        raise PredictError(f"{path}: file not found")
+def _load_frames(path: pathlib.Path, num_frames: int) -> tuple[list[np.ndarray], list[int], str]:
+    """(RGB frames, their indices, a note when fewer frames came out than asked)."""
+    try:
+        fileio.require_regular_file(path, "file")
+    except fileio.UnsafeInputError as err:
+        raise PredictError(str(err)) from None
     if path.suffix.lower() in IMAGE_SUFFIXES:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             raise PredictError(f"{path}: not a readable image")
-        return [cv2.cvtColor(image, cv2.COLOR_BGR2RGB)], [0]
+        return [cv2.cvtColor(image, cv2.COLOR_BGR2RGB)], [0], ""
     try:
         clip = video.read_sampled(path, num_frames)
     except video.VideoError as err:
         raise PredictError(str(err)) from err
-    return clip.frames, clip.indices
+    wanted = video.evenly_spaced(clip.total_frames, num_frames)
+    note = ""
+    if len(clip.frames) < len(wanted):
+        note = (
+            f"decoded {len(clip.frames)} of the {len(wanted)} frames sampled (the file is "
+            "truncated or damaged); scored on those"
+        )
+    elif len(wanted) < num_frames:
+        note = f"the video has {clip.total_frames} frame(s), fewer than the {num_frames} asked"
+    return clip.frames, clip.indices, note
 
 
 def predict(artifact: export.Artifact, path: str | pathlib.Path, num_frames: int) -> Prediction:
@@ -157,7 +194,7 @@ def predict(artifact: export.Artifact, path: str | pathlib.Path, num_frames: int
     preprocessing), square crops with the artifact's margin, one batched call."""
     start = time.perf_counter()
     path = pathlib.Path(path)
-    frames, indices = _load_frames(path, num_frames)
+    frames, indices, note = _load_frames(path, num_frames)
     margin = float(artifact.metadata["face_crop"]["margin"])
     detector = faces.HaarDetector()
     tracked = faces.track([detector.detect(frame) for frame in frames])
@@ -185,24 +222,23 @@ def predict(artifact: export.Artifact, path: str | pathlib.Path, num_frames: int
         model_seconds,
         frames,
         boxes,
+        note,
     )
 
 
 def write_rows(predictions: list[Prediction], path: str | pathlib.Path) -> pathlib.Path:
-    """Per-frame scores of every prediction as CSV (.csv) or JSON (anything else)."""
-    import csv
-    import json
-
+    """Per-frame scores of every prediction as CSV (.csv) or JSON (anything else), written
+    atomically (a temporary file renamed over `path`)."""
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     rows = [row for p in predictions for row in p.rows()]
     if path.suffix.lower() == ".csv":
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(
-                f, fieldnames=["path", "frame", "p_fake", "face", "video_p_fake", "verdict"]
-            )
-            writer.writeheader()
-            writer.writerows(rows)
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(
+            buffer, fieldnames=["path", "frame", "p_fake", "face", "video_p_fake", "verdict"]
+        )
+        writer.writeheader()
+        writer.writerows(rows)
+        fileio.atomic_write(path, buffer.getvalue())
     else:
         videos = [
             {
@@ -215,5 +251,90 @@ def write_rows(predictions: list[Prediction], path: str | pathlib.Path) -> pathl
             }
             for p in predictions
         ]
-        path.write_text(json.dumps(videos, indent=2))
+        fileio.atomic_write(path, json.dumps(videos, indent=2))
     return path
+
+
+def strip_names(inputs: list[pathlib.Path]) -> dict[pathlib.Path, str]:
+    """A strip file name per input, from its path relative to the inputs' common folder with
+    "/" as "__" (a/x.mp4 and b/x.png get a__x.mp4.strip.png and b__x.png.strip.png)."""
+    resolved = [p.resolve() for p in inputs]
+    parents = [str(p.parent) for p in resolved]
+    common = pathlib.Path(os.path.commonpath(parents)) if parents else pathlib.Path("/")
+    names, used = {}, set()
+    for item, full in zip(inputs, resolved, strict=True):
+        base = "__".join(full.relative_to(common).parts)
+        name, k = f"{base}.strip.png", 1
+        while name in used:
+            k += 1
+            name = f"{base}.{k}.strip.png"
+        used.add(name)
+        names[item] = name
+    return names
+
+
+def run(
+    paths: list[str],
+    artifact_dir: str,
+    num_frames: int = 0,
+    report: str = "",
+    strip: str = "",
+    out=sys.stdout,
+    err=sys.stderr,
+) -> int:
+    """`mkln predict`: scores every input, printing results as they come. Returns the exit
+    status: 0 all scored, 1 some skipped, 2 none scored (or no input, or unusable outputs)."""
+
+    def error(message: str) -> int:
+        print(f"error: {message}", file=err)
+        return 2
+
+    if not paths:
+        return error("no input given. Usage: mkln predict PATH [PATH ...] --artifact=DIR")
+    inputs, not_taken = expand(paths)
+    for path in not_taken:
+        print(f"not taken: {path} (not a video or image of a known kind)", file=err)
+    if not inputs:
+        kinds = " ".join(video.MEDIA_SUFFIXES)
+        return error(f"no videos or images found in {', '.join(paths)} (known kinds: {kinds})")
+    # Outputs are checked before any work: never an input, always writable.
+    strip_dir, names = None, {}
+    try:
+        if report:
+            fileio.check_writable_output(report, inputs, "--report")
+        if strip:
+            strip_dir = pathlib.Path(strip)
+            if strip_dir.exists() and not strip_dir.is_dir():
+                return error(f"--strip {strip_dir} is a file; give a folder")
+            names = strip_names(inputs)
+            for name in names.values():
+                fileio.check_writable_output(strip_dir / name, inputs, "--strip file")
+        artifact = export.Artifact(artifact_dir)
+    except MklnError as problem:
+        return error(str(problem))
+    num_frames = num_frames or int(artifact.metadata["num_frames"])
+    results, skipped = [], 0
+    for path in inputs:
+        try:
+            result = predict(artifact, path, num_frames)
+        except PredictError as problem:
+            print(f"skipped: {problem}", file=err)
+            skipped += 1
+            continue
+        except Exception as problem:  # anything unexpected in one file must not stop the rest
+            print(f"skipped: {path}: {type(problem).__name__}: {problem}", file=err)
+            skipped += 1
+            continue
+        results.append(result)
+        print("\n".join(result.lines()), file=out, flush=True)
+        if strip_dir is not None:
+            _, png = cv2.imencode(".png", cv2.cvtColor(result.strip(), cv2.COLOR_RGB2BGR))
+            target = fileio.atomic_write(strip_dir / names[path], png.tobytes())
+            print(f"  strip: {target}", file=out)
+        if report:
+            write_rows(results, report)
+    if report and results:
+        print(f"per-frame scores: {report}", file=out)
+    if skipped:
+        print(f"{len(results)} of {len(inputs)} input(s) scored, {skipped} skipped", file=err)
+    return 0 if not skipped else (1 if results else 2)

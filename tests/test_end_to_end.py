@@ -194,7 +194,7 @@ def test_predict_gives_one_line_reasons_for_unusable_inputs(demo_run, tmp_path):
         f"--artifact={workdir / 'export'}",
         timeout=120,
     )
-    assert result.returncode == 1  # nothing was scored
+    assert result.returncode == 2  # nothing was scored
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("skipped:")]
     assert len(lines) == 6
@@ -232,5 +232,155 @@ def test_predict_a_folder_writes_scores_and_strips(demo_run, tmp_path, cache_dir
     rows = list(csv.DictReader(open(tmp_path / "scores.csv")))
     assert len(rows) == 8 and {pathlib.Path(r["path"]).name for r in rows} == {"a.mp4", "b.mp4"}
     assert all(0.0 <= float(r["p_fake"]) <= 1.0 for r in rows)
-    strip = cv2.imread(str(tmp_path / "strips" / "a_strip.png"))
+    assert sorted(p.name for p in (tmp_path / "strips").iterdir()) == [
+        "a.mp4.strip.png",
+        "sub__b.mp4.strip.png",
+    ]
+    assert "not taken: " in result.stderr and "notes.txt" in result.stderr
+    strip = cv2.imread(str(tmp_path / "strips" / "a.mp4.strip.png"))
     assert strip is not None and strip.shape[1] > 4 * 100  # four frames side by side
+
+
+# --- untrusted inputs, outputs that never destroy inputs (issue 24) --------------------------
+
+
+def _copy_run(demo_run, tmp_path) -> pathlib.Path:
+    workdir, _ = demo_run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns(".mkln.lock"))
+    return copy
+
+
+def test_a_corrupt_newest_checkpoint_is_skipped_and_training_ends_as_if_uninterrupted(
+    demo_run, tmp_path
+):
+    from checkpoint_files import flip_bit, largest_data_file, latest_params
+
+    workdir, _ = demo_run
+    copy = _copy_run(demo_run, tmp_path)
+    latest = copy / "student" / "checkpoints" / "latest"
+    newest = max(int(p.name) for p in latest.iterdir() if p.name.isdigit())
+    flip_bit(largest_data_file(latest / str(newest)))
+    result = mkln("train", "--config=configs/tiny.py", f"--workdir={copy}")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"[student] skipping checkpoint step {newest}: checkpoint" in result.stdout
+    assert "[student] resumed from step" in result.stdout
+    assert list((copy / "student" / "checkpoints" / "corrupt").iterdir())
+    for a, b in zip(latest_params(copy, "student"), latest_params(workdir, "student"), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_export_refuses_a_corrupt_best_checkpoint_naming_its_step(demo_run, tmp_path):
+    from checkpoint_files import flip_bit, largest_data_file
+
+    copy = _copy_run(demo_run, tmp_path)
+    (best,) = [p for p in (copy / "student" / "checkpoints" / "best").iterdir() if p.name.isdigit()]
+    flip_bit(largest_data_file(best))
+    result = mkln(
+        "export", "--config=configs/tiny.py", f"--workdir={copy}", f"--artifact={tmp_path / 'a'}"
+    )
+    assert result.returncode == 2
+    assert f"best/{best.name}" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "a" / "metadata.json").exists()
+
+
+def test_read_only_commands_on_a_missing_workdir_create_nothing(tmp_path):
+    for command in ("evaluate", "export"):
+        result = mkln(command, "--config=configs/tiny.py", f"--workdir={tmp_path / 'none'}")
+        assert result.returncode == 2 and "does not exist" in result.stderr
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_second_train_on_a_held_workdir_is_refused_in_one_line(demo_run, tmp_path):
+    import os
+    import subprocess
+
+    copy = _copy_run(demo_run, tmp_path)
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        lock = {"pid": holder.pid, "host": os.uname().nodename, "started": "now"}
+        (copy / ".mkln.lock").write_text(json.dumps(lock))
+        result = mkln("train", "--config=configs/tiny.py", f"--workdir={copy}")
+    finally:
+        holder.kill()
+    assert result.returncode == 2
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert f"pid {holder.pid}" in line and "Traceback" not in result.stderr
+
+
+def test_predict_refuses_an_output_that_is_an_input_before_scoring(demo_run, tmp_path, cache_dir):
+    import dataset_trees
+
+    workdir, _ = demo_run
+    frames = dataset_trees.face_frames(cache_dir)
+    clip = dataset_trees.write_video(tmp_path / "x.mp4", dataset_trees.clip(frames, "a"))
+    before = clip.read_bytes()
+    result = mkln("predict", str(clip), f"--artifact={workdir / 'export'}", f"--report={clip}")
+    assert result.returncode == 2 and "is also an input" in result.stderr
+    assert "verdict" not in result.stdout  # refused before any scoring
+    assert clip.read_bytes() == before
+
+
+def test_predict_names_strips_by_path_and_reports_partial_failure(demo_run, tmp_path, cache_dir):
+    import os
+
+    import cv2
+    import dataset_trees
+
+    workdir, _ = demo_run
+    frames = dataset_trees.face_frames(cache_dir)
+    video = dataset_trees.write_video(tmp_path / "a" / "x.mp4", dataset_trees.clip(frames, "a"))
+    image = tmp_path / "b" / "x.png"
+    image.parent.mkdir()
+    cv2.imwrite(str(image), cv2.cvtColor(frames[0], cv2.COLOR_RGB2BGR))
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    result = mkln(
+        "predict",
+        str(video),
+        str(image),
+        str(fifo),
+        f"--artifact={workdir / 'export'}",
+        f"--strip={tmp_path / 'strips'}",
+        f"--report={tmp_path / 'scores.json'}",
+        "--num_frames=4",
+        timeout=120,  # a FIFO that is opened would hang here
+    )
+    assert result.returncode == 1, result.stderr  # one of three skipped
+    assert "skipped: " in result.stderr and "is a FIFO" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "strips").iterdir()) == [
+        "a__x.mp4.strip.png",
+        "b__x.png.strip.png",
+    ]
+    report = json.loads((tmp_path / "scores.json").read_text())
+    assert len(report) == 2
+
+
+def test_predict_explains_an_empty_folder(demo_run, tmp_path):
+    workdir, _ = demo_run
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no media here")
+    result = mkln("predict", str(tmp_path / "empty"), f"--artifact={workdir / 'export'}")
+    assert result.returncode == 2
+    assert "no videos or images found" in result.stderr and "readme.txt" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"threshold": 1.01}, "threshold must be"),
+        ({"input_size": -3}, "input_size must be"),
+        ({"sha256": {"../../etc/passwd": "0", "model.jaxexport": "0"}}, "checksums for"),
+    ],
+)
+def test_artifact_metadata_is_validated(demo_run, tmp_path, change, match):
+    from mkln_jax import export
+
+    workdir, _ = demo_run
+    copy = tmp_path / "artifact"
+    shutil.copytree(workdir / "export", copy)
+    meta = json.loads((copy / export.METADATA).read_text())
+    meta.update(change)
+    (copy / export.METADATA).write_text(json.dumps(meta))
+    with pytest.raises(export.ArtifactError, match=match):
+        export.Artifact(copy)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from checkpoint_files import latest_params
 from flax import nnx
 
 from mkln_jax import sharding
@@ -81,21 +82,6 @@ def prepared(cache_dir):
 def _losses(workdir: pathlib.Path, stage: str) -> list[float]:
     rows = [json.loads(line) for line in (workdir / stage / "logs" / "metrics.jsonl").open()]
     return [r["train/loss"] for r in rows if "train/loss" in r]
-
-
-def _latest_params(workdir: pathlib.Path, stage: str) -> list[np.ndarray]:
-    import orbax.checkpoint as ocp
-
-    latest = workdir / stage / "checkpoints" / "latest"
-    step = max(int(p.name) for p in latest.iterdir() if p.name.isdigit())
-    path = latest / str(step) / "state"
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        metadata = checkpointer.metadata(path)
-        tree = getattr(metadata, "item_metadata", None) or getattr(metadata, "tree", metadata)
-        tree = getattr(tree, "tree", tree)
-        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-        restored = checkpointer.restore(path, restore_args=as_numpy)
-    return [np.asarray(x) for x in jax.tree.leaves(restored["params"])]
 
 
 # --- meshes -------------------------------------------------------------------------------
@@ -231,7 +217,7 @@ def test_two_processes_match_one_process_with_four_devices(prepared, tmp_path):
         # gradient is near zero that rounding can move a weight by a visible part of one step
         # (lr = 2e-3 here). So: all but a handful of weights within 5e-5 (2.5% of an update),
         # and none off by more than one update.
-        for a, b in zip(_latest_params(multi, stage), _latest_params(single, stage), strict=True):
+        for a, b in zip(latest_params(multi, stage), latest_params(single, stage), strict=True):
             diff = np.abs(np.asarray(a) - np.asarray(b))
             assert diff.max() <= 2e-3, diff.max()
             assert np.mean(diff > 5e-5 + 1e-4 * np.abs(b)) < 1e-4, np.mean(diff > 5e-5)
@@ -262,7 +248,7 @@ def test_sigkill_and_restart_end_bit_identical_to_an_uninterrupted_run(prepared,
     output = _run("train", *FAST, "--config.student.steps=80", f"--workdir={interrupted}")
     assert "[student] resumed from step" in output
     for a, b in zip(
-        _latest_params(interrupted, "student"), _latest_params(reference, "student"), strict=True
+        latest_params(interrupted, "student"), latest_params(reference, "student"), strict=True
     ):
         np.testing.assert_array_equal(a, b)
 

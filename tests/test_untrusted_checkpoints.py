@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from checkpoint_files import flip_bit, largest_data_file
 
 from mkln_jax import checkpoint, train, workdir
 from mkln_jax.errors import CheckpointError, WorkdirError
@@ -38,17 +39,6 @@ def _saved(tmp_path, steps=(1, 2, 3)) -> pathlib.Path:
     ckpts.wait()
     ckpts.close()
     return tmp_path / "checkpoints"
-
-
-def largest_data_file(step_dir: pathlib.Path) -> pathlib.Path:
-    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in str(p)]
-    return max(files, key=lambda p: p.stat().st_size)
-
-
-def flip_bit(path: pathlib.Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x10
-    path.write_bytes(bytes(data))
 
 
 def test_a_flipped_bit_is_caught_on_restore_and_names_the_step(tmp_path):

@@ -29,7 +29,7 @@ from mkln_jax.input_pipeline import video
 
 SPLITS = ("train", "val", "test")
 VIDEO_SUFFIXES = video.VIDEO_SUFFIXES
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+IMAGE_SUFFIXES = video.IMAGE_SUFFIXES
 FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter")
 DFD = "DeepFakeDetection"
 # DeepfakeBench's label names for FaceForensics++ methods, mapped to the official folder names.
@@ -331,16 +331,41 @@ def _images(directory: pathlib.Path) -> list[pathlib.Path]:
     return sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _folder_items(directory: pathlib.Path) -> Iterable[pathlib.Path]:
-    """Videos and loose images; a folder holding images (and no subfolders) is one video."""
+def _folder_items(
+    directory: pathlib.Path, ignored: list[pathlib.Path] | None = None
+) -> Iterable[pathlib.Path]:
+    """Videos and loose images; a folder holding images (and no subfolders) is one video.
+    Anything else (other extensions, FIFOs, sockets) goes to `ignored`."""
     for path in sorted(directory.iterdir()):
         if path.is_dir():
             if _images(path):
                 yield path
+                if ignored is not None:
+                    ignored += [p for p in sorted(path.iterdir()) if p not in _images(path)]
             else:
-                yield from _folder_items(path)
-        elif path.suffix.lower() in (*VIDEO_SUFFIXES, *IMAGE_SUFFIXES):
+                yield from _folder_items(path, ignored)
+        elif path.is_file() and path.suffix.lower() in video.MEDIA_SUFFIXES:
             yield path
+        elif ignored is not None and path.name not in _SIDE_FILES:
+            ignored.append(path)
+
+
+# Files a dataset folder commonly holds beside its media, never worth a warning.
+_SIDE_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
+
+
+def folder_not_taken(root: str | pathlib.Path) -> list[pathlib.Path]:
+    """Files under a `folder` dataset that `folder()` does not take (unknown extension, not a
+    regular file), so `prepare` can name them."""
+    root = pathlib.Path(root).expanduser()
+    split_roots = [root / s for s in SPLITS if (root / s).is_dir()] or [root]
+    ignored: list[pathlib.Path] = []
+    for base in split_roots:
+        for directory in [base / "real", *sorted((base / "fake").glob("*"))]:
+            if directory.is_dir():
+                for _ in _folder_items(directory, ignored):
+                    pass
+    return ignored
 
 
 # ------------------------------------------------------------------------------- DeepfakeBench

@@ -13,7 +13,7 @@ import ml_collections
 import tensorflow_datasets as tfds
 
 from mkln_jax import config_lib
-from mkln_jax.input_pipeline import catalog, loader
+from mkln_jax.input_pipeline import catalog, loader, video
 from mkln_jax.input_pipeline.datasets import mkln_demo
 
 
@@ -85,5 +85,13 @@ def prepare_real(config: ml_collections.ConfigDict, progress: bool = True) -> li
                 lines.append(f"{split} videos: {counts}")
         if builder.report is not None:
             lines += builder.report.lines()
+        if data.name == "folder":
+            not_taken = catalog.folder_not_taken(data.root)
+            if not_taken:
+                lines.append(
+                    f"not taken (not a video or image of a known kind: "
+                    f"{' '.join(video.MEDIA_SUFFIXES)}): {len(not_taken)}"
+                )
+                lines += [f"  {path}" for path in not_taken]
         lines = lines or ["(Beam build: see the pipeline's counters)"]
     return _summary(builder, lines)

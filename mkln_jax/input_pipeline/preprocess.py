@@ -198,8 +198,22 @@ def _detector_args(settings: Settings) -> dict:
 # ------------------------------------------------------------------------- storage per video
 
 
-def result_path(work_dir: pathlib.Path, video_id: str) -> pathlib.Path:
-    digest = hashlib.sha256(video_id.encode()).hexdigest()[:20]
+def _stamp(path: str) -> list:
+    try:
+        info = os.stat(path)
+        return [path, info.st_size, info.st_mtime_ns]
+    except OSError:
+        return [path, -1, -1]
+
+
+def result_path(work_dir: pathlib.Path, entry: Entry) -> pathlib.Path:
+    """Where one entry's result is kept: keyed by its video id and the path, size and
+    modification time of its file(s), so a file replaced or repaired since is processed again."""
+    sources = [_stamp(entry.path), *map(_stamp, entry.frames)]
+    if entry.mask:
+        sources.append(_stamp(entry.mask))
+    text = json.dumps([entry.video_id, sources])
+    digest = hashlib.sha256(text.encode()).hexdigest()[:20]
     return work_dir / digest[:2] / f"{digest}.npz"
 
 
@@ -354,7 +368,7 @@ def run(
     results: dict[str, VideoResult] = {}
     todo = []
     for entry in entries:
-        path = result_path(work_dir, entry.video_id)
+        path = result_path(work_dir, entry)
         if path.exists():
             try:
                 results[entry.video_id] = load(path)

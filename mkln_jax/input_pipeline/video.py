@@ -8,7 +8,14 @@ import pathlib
 import av
 import numpy as np
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+# What `prepare` and `predict` both take: containers PyAV (FFmpeg) decodes, an animated GIF
+# being a video; still images OpenCV reads.
+VIDEO_SUFFIXES = (
+    ".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".3gp", ".ts", ".mts",
+    ".wmv", ".flv", ".gif",
+)  # fmt: skip
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+MEDIA_SUFFIXES = (*VIDEO_SUFFIXES, *IMAGE_SUFFIXES)
 
 
 class VideoError(Exception):
@@ -36,6 +43,8 @@ def _existing(path: str | pathlib.Path) -> pathlib.Path:
     path = pathlib.Path(path)
     if not path.exists():
         raise VideoError(f"{path}: file not found")
+    if not path.is_file():  # a FIFO or device would block the decoder forever
+        raise VideoError(f"{path}: not a regular file")
     if path.stat().st_size == 0:
         raise VideoError(f"{path}: empty file (0 bytes)")
     return path

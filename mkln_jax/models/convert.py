@@ -375,20 +375,27 @@ def convert_weights(
         model = models.build(model_name, num_classes)
     load_into(entries(model, include_head=True), state_dict, source=str(source))
     tmp = out_dir.with_name(out_dir.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    if tmp.exists():  # never deleted for the user: it may be theirs
+        raise FileExistsError(
+            f"{tmp} exists (left by an interrupted convert-weights?); remove it or choose "
+            "another --out"
+        )
     tmp.mkdir(parents=True)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(tmp / "state", _variables(model))
-    metadata = {
-        "model": model_name,
-        "num_classes": int(num_classes),
-        "source": str(source.resolve()),
-        "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
-        "reference": models.spec(model_name).reference,
-    }
-    (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-    tmp.rename(out_dir)
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(tmp / "state", _variables(model))
+        metadata = {
+            "model": model_name,
+            "num_classes": int(num_classes),
+            "source": str(source.resolve()),
+            "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
+            "reference": models.spec(model_name).reference,
+        }
+        (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # ours, made above
+        raise
     return out_dir
 
 
