@@ -304,22 +304,29 @@ def _dispatch(argv: list[str]) -> int:
     return 0
 
 
+_FLAG_ERRORS = (flags.Error, KeyError, AttributeError, TypeError, ValueError)
+
+
+def _bad_flag(err: Exception):
+    """Exits with a flag or config-override error (unknown key, wrong type) as one line."""
+    # config_flags wraps the KeyError's repr; unescape it into one readable line.
+    message = str(err)
+    if len(message) > 1 and message[0] in "'\"" and message[-1] == message[0]:
+        message = message[1:-1]
+    message = message.replace("\\n", " ").replace("\\'", "'").replace("\n", " ")
+    print(
+        f"error: bad flag or config override: {message} (run `mkln` without arguments for "
+        "usage; config fields are in configs/default.py)",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing, with config errors (unknown key, wrong type) as one clear line."""
     try:
         return FLAGS(argv)
-    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as err:
-        # config_flags wraps the KeyError's repr; unescape it into one readable line.
-        message = str(err)
-        if len(message) > 1 and message[0] in "'\"" and message[-1] == message[0]:
-            message = message[1:-1]
-        message = message.replace("\\n", " ").replace("\\'", "'").replace("\n", " ")
-        print(
-            f"error: bad flag or config override: {message}\n"
-            "Run `mkln` without arguments for usage; config fields are in configs/default.py.",
-            file=sys.stderr,
-        )
-        sys.exit(2)
+    except _FLAG_ERRORS as err:
+        _bad_flag(err)
 
 
 def run() -> None:
@@ -333,14 +340,17 @@ def run() -> None:
         except config_lib.ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
-        config_flags.DEFINE_config_dict(
-            "config",
-            config,
-            "Config file (a Python file with get_config()); override fields with "
-            "--config.a.b=value.",
-            lock_config=True,
-            sys_argv=argv,  # where its --config.a.b=value overrides are found
-        )
+        try:  # the overrides are parsed here
+            config_flags.DEFINE_config_dict(
+                "config",
+                config,
+                "Config file (a Python file with get_config()); override fields with "
+                "--config.a.b=value.",
+                lock_config=True,
+                sys_argv=argv,  # where its --config.a.b=value overrides are found
+            )
+        except _FLAG_ERRORS as err:
+            _bad_flag(err)
     app.run(main, argv=argv, flags_parser=_parse_flags)
 
 

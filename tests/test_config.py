@@ -86,3 +86,39 @@ def test_method_settings_are_checked_together(tmp_path):
         "freq_aug.block",
     ):
         assert expected in message
+
+
+CONFIG_FILES = {
+    "syntax": ("def get_config(:\n    pass\n", r"broken\.py, line 1: syntax error"),
+    "raises": ("def get_config():\n    raise RuntimeError('boom')\n", r"line 2: .*boom"),
+    "exits": ("import sys\n\ndef get_config():\n    sys.exit(0)\n", r"line 4: .*SystemExit"),
+    "wrong_type": ("def get_config():\n    return 5\n", "returned a int"),
+    "no_get_config": ("x = 1\n", "defines no get_config"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_FILES))
+def test_a_config_file_that_cannot_load_is_one_error_line(tmp_path, case):
+    source, pattern = CONFIG_FILES[case]
+    path = tmp_path / "broken.py"
+    path.write_text(source)
+    with pytest.raises(config_lib.ConfigError, match=pattern):
+        config_lib.load_file(path)
+
+
+def test_config_load_failures_and_unknown_commands_exit_with_one_line(tmp_path):
+    (tmp_path / "exits.py").write_text(CONFIG_FILES["exits"][0])
+    (tmp_path / "a_file").write_text("")
+    cases = [
+        (["train", f"--config={tmp_path / 'missing.py'}"], "not found"),
+        (["train", f"--config={tmp_path / 'exits.py'}"], "SystemExit"),  # not a silent exit 0
+        (["trian", "--config=configs/demo.py"], "unknown command 'trian'"),
+        (["train", "--config=configs/tiny.py", f"--workdir={tmp_path / 'a_file'}"], "is a file"),
+    ]
+    for args, expected in cases:
+        result = mkln(*args, f"--workdir={tmp_path / 'w'}" if len(args) == 2 else "--")
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        assert len(errors) == 1 and expected in errors[0], (args, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "w").exists()

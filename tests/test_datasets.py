@@ -212,6 +212,38 @@ def test_folder_of_videos_and_images(tmp_path, frames):
     assert len(single.crops) == 1
 
 
+def test_folder_takes_every_kind_predict_takes_and_names_the_rest(tmp_path, frames):
+    root = tmp_path / "mine"
+    trees.write_video(root / "real" / "a.mp4", trees.clip(frames, "a"))
+    (root / "real" / "b.mpg").write_bytes((root / "real" / "a.mp4").read_bytes())
+    (root / "real" / "c.3gp").write_bytes((root / "real" / "a.mp4").read_bytes())
+    cv2.imwrite(str(root / "real" / "d.tif"), frames[0][..., ::-1])
+    (root / "fake" / "swap").mkdir(parents=True)
+    (root / "fake" / "swap" / "e.gif").write_bytes(b"GIF89a")
+    (root / "fake" / "swap" / "clip_without_extension").write_bytes(b"\x00" * 64)
+    (root / "fake" / "swap" / "notes.txt").write_text("hello")
+    taken = {e.video_id for e in catalog.folder(root)}
+    assert taken == {"real/a", "real/b", "real/c", "real/d", "swap/e"}
+    not_taken = {p.name for p in catalog.folder_not_taken(root)}
+    assert not_taken == {"clip_without_extension", "notes.txt"}
+
+
+def test_a_file_repaired_between_runs_is_processed_again(tmp_path, frames):
+    root = tmp_path / "mine"
+    good = trees.write_video(root / "real" / "a.mp4", trees.clip(frames, "a"))
+    data = good.read_bytes()
+    good.write_bytes(data[: len(data) // 20])  # truncated: unreadable on the first run
+    (entry,) = catalog.folder(root)
+    results, _ = preprocess.run([entry], SETTINGS, tmp_path / "work", workers=1, progress=False)
+    assert results[entry.video_id].status == "skipped"
+    good.write_bytes(data)  # the user repairs it
+    results, report = preprocess.run(
+        [entry], SETTINGS, tmp_path / "work", workers=1, progress=False
+    )
+    assert report.videos_resumed == 0
+    assert results[entry.video_id].status == "ok"
+
+
 def test_deepfakebench_import_keeps_frames_and_landmarks(tmp_path, frames):
     root = tmp_path / "dfb"
     index = {"FaceForensics++": {}}
