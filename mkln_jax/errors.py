@@ -11,7 +11,8 @@ class MklnError(Exception):
 
 
 class UnsafeInputError(MklnError, ValueError):
-    """An input that is not a regular file, too large, or a path escaping its folder."""
+    """An input file that is malformed, not a regular file, too large, or a path escaping its
+    folder."""
 
 
 class WeightFileError(MklnError, ValueError):

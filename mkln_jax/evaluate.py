@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mkln_jax import config_lib, metrics, sharding
+from mkln_jax import config_lib, fileio, metrics, sharding
 from mkln_jax import step as step_lib
 from mkln_jax.input_pipeline import loader
 
@@ -277,7 +277,7 @@ def compare_runs(workdirs: list[str], split: str = "test", out: str = "") -> str
             raise FileNotFoundError(
                 f"{path} not found. Fix: run `mkln evaluate --workdir={workdir}` first."
             )
-        for stage, result in json.loads(path.read_text()).items():
+        for stage, result in _read_evaluation(path).items():
             m = result["metrics"]
             trained = set(result.get("train_methods", []))
             unseen = [k for k in m if k not in ("all", "seen methods", *trained)]
@@ -321,6 +321,23 @@ def compare_runs(workdirs: list[str], split: str = "test", out: str = "") -> str
     if out:
         pathlib.Path(out).write_text(markdown + "\n")
     return markdown
+
+
+def _read_evaluation(path: pathlib.Path) -> dict:
+    """An eval/<split>.json written by `mkln evaluate`, checked for the fields compare reads."""
+    try:
+        results = json.loads(fileio.read_bytes_limited(path, 64 << 20, "evaluation file"))
+        for result in results.values():
+            result["metrics"]["all"]["frame"]["auc"]
+            result["metrics"]["all"]["video"]["auc"]
+    except fileio.UnsafeInputError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:
+        raise fileio.UnsafeInputError(
+            f"{path}: not a readable evaluation ({type(err).__name__}: {err}). Fix: rerun "
+            "`mkln evaluate` for that run"
+        ) from None
+    return results
 
 
 def _cell(m: dict) -> str:

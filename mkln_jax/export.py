@@ -205,7 +205,7 @@ class Artifact:
         if problems:
             raise ArtifactError(f"{meta_path}: " + "; ".join(problems))
         try:
-            self.exported = jax.export.deserialize(bytearray((directory / PROGRAM).read_bytes()))
+            self.exported = jax.export.deserialize((directory / PROGRAM).read_bytes())
             with np.load(directory / WEIGHTS, allow_pickle=False) as weights:
                 self.weights = {k: jnp.asarray(weights[k]) for k in weights.files}
         except Exception as err:  # checksummed, so only a file we wrote wrongly gets here

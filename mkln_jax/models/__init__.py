@@ -147,7 +147,7 @@ def build(
 
 def load_pretrained(name: str, model: nnx.Module, pretrained: str, cache_dir=None) -> None:
     from mkln_jax import fetch
-    from mkln_jax.models import convert, torch_state
+    from mkln_jax.models import convert
 
     if pretrained == "imagenet":
         model_spec = spec(name)
@@ -158,7 +158,17 @@ def load_pretrained(name: str, model: nnx.Module, pretrained: str, cache_dir=Non
     if path.is_dir():
         convert.restore_converted(model, path)
     else:
-        convert.load_torch_state_dict(model, torch_state.load_state_dict(path), str(path))
+        convert.load_torch_state_dict(model, read_state_dict(path), str(path))
+
+
+def read_state_dict(path: str | pathlib.Path) -> dict:
+    """A PyTorch-layout state dict from a `.safetensors` file or a `.pth` (either format)."""
+    from mkln_jax.models import safetensors_file, torch_state
+
+    path = pathlib.Path(path)
+    if path.suffix.lower() == ".safetensors":
+        return safetensors_file.load(path)
+    return torch_state.load_state_dict(path)
 
 
 def build_detector(

@@ -360,13 +360,12 @@ def convert_weights(
     <out_dir>/metadata.json. Training configs name <out_dir> as `pretrained`.
     """
     from mkln_jax import models
-    from mkln_jax.models import torch_state
 
     source = pathlib.Path(source)
     out_dir = pathlib.Path(out_dir).absolute()
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} exists; choose a new --out folder")
-    state_dict = normalise_names(torch_state.load_state_dict(source))
+    state_dict = normalise_names(models.read_state_dict(source))
     num_classes = 1000
     model = models.build(model_name, num_classes)
     head_name = next(n for n, v, _ in entries(model, True) if v is head_kernel(model))
