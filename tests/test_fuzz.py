@@ -259,11 +259,11 @@ def run_all(seed: int = 0, scale: int = 1) -> Tally:
 
 
 def test_malformed_untrusted_files_fail_only_with_our_own_errors():
-    tally = run_all(seed=0)
+    tally = run_all(seed=0, scale=2)
     assert not tally.failures, "\n".join(tally.failures[:20])
-    assert sum(tally.cases.values()) >= 800
-    # Mutations that leave a file loadable are fine; the valid files themselves must load.
-    assert all(tally.cases[c] > 0 for c in tally.cases)
+    assert sum(tally.cases.values()) >= 1200
+    # A loader that refused everything would pass the line above: some mutants stay valid.
+    assert all(tally.loaded[c] > 0 for c in tally.cases), tally.loaded
 
 
 def test_a_valid_safetensors_file_round_trips_with_bfloat16(tmp_path):
