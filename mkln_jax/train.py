@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import functools
 import pathlib
+import shutil
 import signal
 import time
 
@@ -501,13 +502,17 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str,
                         "saved; rerun the same command to resume"
                     )
     finally:
-        _wait(ckpts, out_dir)
-        if best:
-            # The step whose checkpoint `best` kept: on a tie orbax keeps the later one (seen in
-            # the demo: equal validation AUC at steps 500 and 600, step 600 kept and evaluated).
-            best["best_step"] = ckpts.best_step()
-        ckpts.close()
-        logger.close()
+        try:
+            _wait(ckpts, out_dir)
+            if best:
+                # The step whose checkpoint `best` kept: on a tie orbax keeps the later one
+                # (seen in the demo: equal validation AUC at steps 500 and 600, 600 kept).
+                best["best_step"] = ckpts.best_step()
+        finally:
+            # Stop orbax's writer threads even after a failed save: none left running at exit.
+            with contextlib.suppress(Exception):
+                ckpts.close()
+            logger.close()
     return best
 
 
@@ -538,17 +543,47 @@ def _check_finite(state, stage: str, step: int, last_saved: int) -> None:
         )
 
 
-def _disk_full_error(ckpts: checkpoint.Checkpoints, out_dir: pathlib.Path) -> WorkdirError:
+def _last_step(ckpts: checkpoint.Checkpoints) -> str:
     ckpts.latest.reload()
     steps = ckpts.latest.all_steps()
-    last = f"step {max(steps)}" if steps else "none"
+    return f"step {max(steps)}" if steps else "none"
+
+
+def _nbytes(tree) -> int:
+    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+
+
+def _disk_full_error(ckpts: checkpoint.Checkpoints, out_dir: pathlib.Path) -> WorkdirError:
     return WorkdirError(
         f"no space left on the device holding {out_dir / 'checkpoints'}; training stopped. The "
-        f"last complete checkpoint: {last}. Fix: free space, then rerun the same command."
+        f"last complete checkpoint: {_last_step(ckpts)}. Fix: free space, then rerun the same "
+        "command."
     )
 
 
+def _enough_space(directory: pathlib.Path, needed: int) -> bool:
+    """Whether `directory`'s file system has `needed` bytes free, decided by process 0 for all
+    (every process must stop at the same save, or the others wait at orbax's barrier)."""
+    free = shutil.disk_usage(directory).free if jax.process_index() == 0 else 0
+    ok = np.int32(free >= needed)
+    if jax.process_count() > 1:
+        ok = multihost_utils.broadcast_one_to_all(ok)
+    return bool(ok)
+
+
 def _save(ckpts, step: int, state, config, metrics, out_dir: pathlib.Path) -> None:
+    # Refuse before orbax starts: a save that runs out of space mid-write fails in its writer
+    # threads, which print thousands of lines before the error reaches this one.
+    copies = 2 if metrics else 1  # latest, and best
+    needed = copies * _nbytes(state) + (16 << 20)
+    if not _enough_space(ckpts.directory, needed):
+        free = shutil.disk_usage(ckpts.directory).free
+        raise WorkdirError(
+            f"not enough space for checkpoint step {step} under {out_dir / 'checkpoints'} "
+            f"({free / 2**20:.0f} MiB free, {needed / 2**20:.0f} MiB needed); training stopped. "
+            f"The last complete checkpoint: {_last_step(ckpts)}. Fix: free space, then rerun the "
+            "same command."
+        )
     try:
         ckpts.save(step, state, config, metrics)
     except Exception as err:

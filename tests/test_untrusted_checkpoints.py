@@ -181,3 +181,29 @@ def test_disk_full_while_saving_ends_in_one_line_naming_the_last_good_step(tmp_p
     message = str(err.value)
     assert "no space left" in message and "step 4" in message and "\n" not in message
     ckpts.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB file system (tmpfs), where this machine allows mounting one."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_save_that_cannot_fit_is_refused_before_orbax_writes(small_disk, capfd):
+    ckpts = checkpoint.Checkpoints(small_disk / "checkpoints", keep=2)
+    big = {"w": jnp.zeros((1024, 1024), jnp.float32)}  # 4 MiB
+    with pytest.raises(WorkdirError, match=r"not enough space for checkpoint step 5 .* none"):
+        train._save(ckpts, 5, big, CONFIG, {}, small_disk)
+    ckpts.close()
+    assert not list((small_disk / "checkpoints" / "latest").iterdir())
+    assert "Traceback" not in capfd.readouterr().err
