@@ -69,8 +69,10 @@ def read_header(path: pathlib.Path, file_size: int) -> tuple[dict, int]:
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if not isinstance(dtype, str) or dtype not in DTYPES:
             raise WeightFileError(f"{path}: tensor {name!r:.60} has unknown dtype {dtype!r:.20}")
-        if not isinstance(shape, list) or len(shape) > 16 or not all(
-            _is_int(n) and n >= 0 for n in shape
+        if (
+            not isinstance(shape, list)
+            or len(shape) > 16
+            or not all(_is_int(n) and n >= 0 for n in shape)
         ):
             raise WeightFileError(f"{path}: tensor {name!r:.60} has a bad shape {shape!r:.60}")
         if (
