@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
 
@@ -20,26 +21,26 @@ def student_step(config, *, teacher: bool = True, hparam_overrides: dict | None 
     import jax
     import numpy as np
 
-    from mkln_jax import sharding, train
+    from mkln_jax import experiment, sharding
     from mkln_jax import step as step_lib
 
-    mesh = train.make_mesh(config)
-    tx = train.make_optimizer(config, "student")
-    model = train.build_model(config, "student", with_weights=False)
+    mesh = experiment.make_mesh(config)
+    tx = experiment.make_optimizer(config, "student")
+    model = experiment.build_model(config, "student", with_weights=False)
     graphdef, _, _ = step_lib.split_model(model)
     state = step_lib.init_state(model, tx, config.seed)
     teachers, frozen = (), None
     if teacher:
         t_graph, t_params, t_stats = step_lib.split_model(
-            train.build_model(config, "teacher", with_weights=False)
+            experiment.build_model(config, "teacher", with_weights=False)
         )
-        teachers = (train.model_fn(config, "teacher", t_graph),)
+        teachers = (experiment.model_fn(config, "teacher", t_graph),)
         frozen = (step_lib.Frozen(t_params, t_stats),)
     fn = step_lib.make_train_step(
-        train.model_fn(config, "student", graphdef),
+        experiment.model_fn(config, "student", graphdef),
         tx,
         teachers=teachers,
-        method=train.method(config, "student"),
+        method=experiment.method(config, "student"),
     )
     size, batch_size = config.data.image_size, config.student.batch_size
     rng = np.random.default_rng(0)
@@ -50,11 +51,11 @@ def student_step(config, *, teacher: bool = True, hparam_overrides: dict | None 
         },
         mesh,
     )
-    hparams = train.hparams(config, "student")
-    hparams.update({k: np.float32(v) for k, v in (hparam_overrides or {}).items()})
-    if teacher:
-        hparams["teacher_weights"] = np.ones((1,), np.float32)
-    else:
-        hparams.pop("teacher_weights", None)
+    weights = np.ones((1,), np.float32) if teacher else None
+    hparams = dataclasses.replace(
+        experiment.hparams(config, "student"),
+        **{k: np.float32(v) for k, v in (hparam_overrides or {}).items()},
+        teacher_weights=weights,
+    )
     compiled = jax.jit(fn).lower(state, frozen, batch, hparams).compile()
     return compiled, state, frozen, batch, hparams

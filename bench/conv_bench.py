@@ -7,19 +7,19 @@ interleaved:
 
 - depthwise: XLA's grouped convolution, the shifted multiply-adds differentiated by autodiff
   (the zoo's formulation before its own backward pass), `layers.shifted_depthwise_conv` with
-  its jnp backward pass (`native.portable()`) and with our FFI kernels (`mkln_jax/native`,
+  its jnp backward pass (`native.portable()`) and with our FFI kernels (`backends/cpu/native`,
   what the zoo runs on CPU in float32);
 - 1x1: XLA's convolution and `layers.pointwise_conv` (a dot with its own backward pass);
 - dense (ResNet-18's 3x3 layers and 7x7 stem): XLA's convolution compiled as jaxlib does by
   default (YNNPACK), with Eigen's kernels (`xla_options.compiler_options("eigen")`, what the
   trainer uses for ResNets where XLA runs them) and `layers.dense_conv` on our FFI kernels
-  (`mkln_jax/native/dense.cc`, what the zoo runs on CPU in float32);
+  (`backends/cpu/native/dense.cc`, what the zoo runs on CPU in float32);
 - max pooling 3x3 (Xception's and ResNet's layers): XLA's reduce-window, differentiated by
   autodiff, against `layers.max_pool(impl="cpu")` in its jnp formulation and on our FFI kernels
-  (mkln_jax/native/pool.cc); loss sum(y * w), so the loss itself costs little;
+  (backends/cpu/native/pool.cc); loss sum(y * w), so the loss itself costs little;
 - BatchNorm in train mode (Xception's and EfficientNet-B0's layers): `layers.batch_norm_train`
   with its statistics and backward sums in XLA's reductions (`native.portable()`) against our
-  FFI kernels (mkln_jax/native/batchnorm.cc, one pass each); loss sum(y * x * w) (with
+  FFI kernels (backends/cpu/native/batchnorm.cc, one pass each); loss sum(y * x * w) (with
   sum(y * w) the input gradient is zero up to rounding; sum(y * y * w) cancels so badly in
   float32 that both sides are ~1% off float64).
 
@@ -37,8 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mkln_jax import native, xla_options
+from mkln_jax.backends.cpu import hostmem, native, xla_options
 from mkln_jax.models import layers
+
+hostmem.tune()  # as `mkln` does, before the first JAX computation
 
 DIMS = ("NHWC", "HWIO", "NHWC")
 # (spatial size, channels, kernel, stride)

@@ -15,6 +15,9 @@ import numpy as np
 from jax.scipy import fft as jfft
 
 from mkln_jax import frequency
+from mkln_jax.backends.cpu import hostmem
+
+hostmem.tune()  # as `mkln` does, before the first JAX computation
 
 
 def _time(fn, x, repeats: int) -> list[float]:

@@ -2,7 +2,7 @@
 measured in the same run (interleaved, median of --repeats).
 
 - throughput (images/s) at batch 1, 32 and 128: `export.Artifact` (the jax.export program,
-  weights as arguments) against `evaluate.jit_eval_step` on the best checkpoint;
+  weights as arguments) against `scoring.jit_eval_step` on the best checkpoint;
 - end-to-end latency of `mkln predict` on a 32-frame video (decode, detect, crop, score), with
   the model's share.
 
@@ -22,7 +22,10 @@ import jax
 import numpy as np
 from _common import load_config
 
-from mkln_jax import evaluate, export, fetch, predict, sharding, train
+from mkln_jax import experiment, export, fetch, predict, scoring, sharding
+from mkln_jax.backends.cpu import hostmem
+
+hostmem.tune()  # as `mkln` does, before the first JAX computation
 
 
 def timed(fn, repeats: int) -> float:
@@ -44,12 +47,12 @@ def main() -> None:
     config = load_config(args.config)
     artifact = export.Artifact(pathlib.Path(args.workdir) / "export")
     mesh = sharding.make_mesh(1)
-    model, frozen, _ = train.load_best(config, args.workdir, "student", mesh)
-    eval_step = evaluate.jit_eval_step(model, mesh)
+    model, frozen, _ = experiment.load_best(config, args.workdir, "student", mesh)
+    eval_step = scoring.jit_eval_step(model, mesh)
     size = config.data.image_size
     rng = np.random.default_rng(0)
     print(
-        f"{train.describe_model(config, 'student')}, {size}px, {jax.device_count()} "
+        f"{experiment.describe_model(config, 'student')}, {size}px, {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s), median of {args.repeats}\n"
     )
     print("| batch | artifact images/s | training path images/s | artifact / training |")

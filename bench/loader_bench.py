@@ -21,7 +21,10 @@ import numpy as np
 from _common import load_config, student_step
 
 from mkln_jax import config_lib
+from mkln_jax.backends.cpu import hostmem
 from mkln_jax.input_pipeline import loader, prepare
+
+hostmem.tune()  # as `mkln` does, before the first JAX computation
 
 
 def loader_rate(config, augment: loader.HostAugment, batches: int) -> float:

@@ -25,8 +25,11 @@ import jax
 import numpy as np
 from _common import load_config, student_step
 
+from mkln_jax import experiment
 from mkln_jax import step as step_lib
-from mkln_jax import train
+from mkln_jax.backends.cpu import hostmem
+
+hostmem.tune()  # as `mkln` does, before the first JAX computation
 
 ALL_OPS = {
     "freq_prob": 1.0,
@@ -62,9 +65,9 @@ def build(
 
 
 def teacher_forward_flops(config) -> float:
-    model = train.build_model(config, "teacher", with_weights=False)
+    model = experiment.build_model(config, "teacher", with_weights=False)
     graphdef, params, stats = step_lib.split_model(model)
-    fn = train.model_fn(config, "teacher", graphdef)
+    fn = experiment.model_fn(config, "teacher", graphdef)
     size, batch_size = config.data.image_size, config.student.batch_size
     images = jax.ShapeDtypeStruct((batch_size, size, size, 3), np.float32)
     lowered = jax.jit(lambda p, s, x: fn.apply(p, s, x, False)[0]).lower(params, stats, images)

@@ -27,8 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mkln_jax import models, native, xla_options
+from mkln_jax import models
 from mkln_jax import step as step_lib
+from mkln_jax.backends.cpu import hostmem, native, xla_options
+
+hostmem.tune()  # as `mkln` does, before the first JAX computation
 
 # Dense peaks in TFLOP/s from the vendors' datasheets: (float32 via TF32 tensor cores, bf16).
 GPU_PEAKS = {
@@ -110,8 +113,8 @@ def _build(
         "jitter": np.float32(0.5),
         "band_drop_prob": np.float32(0.25),
     }
-    # The convolution library the trainer would pick for this student (mkln_jax/xla_options.py).
-    options = xla_options.for_model(spec)
+    # The convolution library the trainer would pick for this student (backends/cpu/xla_options.py).
+    options = xla_options.for_model(student)
     compiled = step.lower(state, frozen, data, hparams).compile(compiler_options=options)
     return compiled, [state, frozen, data, hparams], None
 

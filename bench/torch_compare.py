@@ -27,8 +27,11 @@ import jax
 import numpy as np
 import optax
 
-from mkln_jax import models, xla_options
+from mkln_jax import models
 from mkln_jax import step as step_lib
+from mkln_jax.backends.cpu import hostmem, xla_options
+
+hostmem.tune()  # as `mkln` does, before the first JAX computation
 
 HERE = pathlib.Path(__file__).resolve().parent
 CASES = ("resnet18", "efficientnet_b0", "xception", "distill")
@@ -66,7 +69,7 @@ def jax_step(case: str, batch: int, size: int):
     state = [step_lib.init_state(model, tx, 0)]
     start = time.perf_counter()
     # Compiled as the trainer compiles it, with the student's XLA:CPU convolution library.
-    options = xla_options.for_model(spec)
+    options = xla_options.for_model(student)
     compiled = fn.lower(state[0], frozen, data, hp).compile(compiler_options=options)
     compile_s = time.perf_counter() - start
 

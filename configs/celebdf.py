@@ -1,16 +1,3 @@
-"""Celeb-DF v2 with the official test list, same protocol as configs/ffpp.py. Also the usual
-cross-dataset target: evaluate an FF++ run on it with --config=configs/celebdf.py.
+"""Thin entry: the config is mkln_jax/configs/celebdf.py (`--config=celebdf` works anywhere)."""
 
-    mkln prepare celebdf --config=configs/celebdf.py --config.data.root=/data/Celeb-DF-v2
-"""
-
-from configs import ffpp
-
-
-def get_config():
-    config = ffpp.get_config()
-    config.data.name = "celebdf"
-    config.data.version = "v2"
-    config.data.methods = ("Celeb-synthesis",)
-    config.data.train_methods = ("Celeb-synthesis",)
-    return config
+from mkln_jax.configs.celebdf import get_config  # noqa: F401

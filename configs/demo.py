@@ -1,8 +1,3 @@
-"""The built-in demo: `make demo` runs prepare -> teacher -> student -> evaluate -> export ->
-predict with this config on 2 CPU cores in a few minutes."""
+"""Thin entry: the config is mkln_jax/configs/demo.py (`--config=demo` works anywhere)."""
 
-from configs import default
-
-
-def get_config():
-    return default.get_config()
+from mkln_jax.configs.demo import get_config  # noqa: F401

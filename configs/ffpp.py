@@ -1,35 +1,3 @@
-"""FaceForensics++ (c23, the four classic methods, NeuralTextures held out by default), the
-field's protocol: 32 frames per video, 256x256 crops with margin 1.3. For a pod: the batch is
-global and split over all devices.
+"""Thin entry: the config is mkln_jax/configs/ffpp.py (`--config=ffpp` works anywhere)."""
 
-    mkln prepare ffpp --config=configs/ffpp.py --config.data.root=/data/FaceForensics++
-    mkln train --config=configs/ffpp.py --config.data.root=/data/FaceForensics++ --workdir=runs/ff
-"""
-
-from configs import default
-
-
-def get_config():
-    config = default.get_config()
-    config.data.name = "ffpp"
-    config.data.compression = "c23"
-    config.data.methods = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
-    config.data.train_methods = ("Deepfakes", "Face2Face", "FaceSwap")
-    config.data.image_size = 256
-    config.data.num_frames = 32
-    # dlib's HOG detector + 68-point landmarks -> 5-point alignment: DeepfakeBench's detector,
-    # 4.8x faster here than its pipeline at a higher detection rate (docs/datasets.md). Needs
-    # the `faces` extra (dlib-bin); "haar" needs nothing.
-    config.data.detector = "dlib"
-    config.data.shape_predictor = "dlib68"
-    config.teacher.steps = 10000
-    config.teacher.batch_size = 128
-    config.teacher.warmup_steps = 500
-    config.student.steps = 20000
-    config.student.batch_size = 256
-    config.student.warmup_steps = 1000
-    config.train.eval_every = 1000
-    config.train.checkpoint_every = 1000
-    config.train.log_every = 100
-    config.eval.batch_size = 256
-    return config
+from mkln_jax.configs.ffpp import get_config  # noqa: F401

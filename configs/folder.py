@@ -1,16 +1,3 @@
-"""A user's own data: <root>/real/... and <root>/fake/<method>/... (videos or images), optionally
-under train/ val/ test/. Set data.methods / data.train_methods to your method folder names.
+"""Thin entry: the config is mkln_jax/configs/folder.py (`--config=folder` works anywhere)."""
 
-    mkln prepare folder --config=configs/folder.py --config.data.root=/data/mine \\
-        --config.data.methods="('deepfacelab',)" --config.data.train_methods="('deepfacelab',)"
-"""
-
-from configs import ffpp
-
-
-def get_config():
-    config = ffpp.get_config()
-    config.data.name = "folder"
-    config.data.methods = ("fake",)
-    config.data.train_methods = ("fake",)
-    return config
+from mkln_jax.configs.folder import get_config  # noqa: F401

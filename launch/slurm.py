@@ -1,68 +1,8 @@
-"""Train on a Slurm GPU cluster: one task per node, all GPUs of the node in that task;
-jax.distributed reads the job's layout from Slurm's environment. Slurm sends SIGTERM two minutes
-before the time limit (or on preemption), the run checkpoints and exits, and `--requeue` starts
-it again from that checkpoint.
+"""Thin entry: runs mkln_jax/launch/slurm.py (also `mkln launch slurm`)."""
 
-    python launch/slurm.py --nodes=4 --gpus_per_node=8 --config=configs/demo.py \
-        --workdir=/shared/runs/demo [--partition=gpu] [--override a.b=v] [--dry_run]
-"""
-
-from __future__ import annotations
-
-import argparse
-import pathlib
 import sys
 
-from launch.common import execute, mkln_command, quoted
-
-
-def sbatch_script(args: argparse.Namespace) -> str:
-    train = mkln_command("train", args.config, args.workdir, args.override, ".venv/bin/mkln")
-    lines = [
-        "#!/bin/bash",
-        f"#SBATCH --job-name={args.job_name}",
-        f"#SBATCH --nodes={args.nodes}",
-        "#SBATCH --ntasks-per-node=1",
-        f"#SBATCH --gpus-per-node={args.gpus_per_node}",
-        f"#SBATCH --cpus-per-task={args.cpus_per_task}",
-        f"#SBATCH --time={args.time}",
-        "#SBATCH --signal=TERM@120",
-        "#SBATCH --requeue",
-        f"#SBATCH --output={args.workdir}/slurm-%j.out",
-    ]
-    if args.partition:
-        lines.append(f"#SBATCH --partition={args.partition}")
-    lines += ["", "set -euo pipefail", f"cd {args.repo}", "make setup", f"srun {quoted(train)}"]
-    return "\n".join(lines) + "\n"
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--gpus_per_node", type=int, default=8)
-    p.add_argument("--cpus_per_task", type=int, default=16)
-    p.add_argument("--time", default="24:00:00")
-    p.add_argument("--partition", default="")
-    p.add_argument("--job_name", default="mkln")
-    p.add_argument("--config", required=True)
-    p.add_argument("--workdir", required=True, help="shared storage seen by every node")
-    p.add_argument("--override", action="append", default=[], help="config override a.b=v")
-    p.add_argument("--repo", default=str(pathlib.Path(__file__).resolve().parents[1]))
-    p.add_argument("--dry_run", action="store_true", help="print the script and command only")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    script = sbatch_script(args)
-    path = pathlib.Path(args.workdir) / f"{args.job_name}.sbatch"
-    if args.dry_run:
-        print(script)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(script)
-    return execute([["sbatch", str(path)]], args.dry_run)
-
+from mkln_jax.launch.slurm import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,62 +1,8 @@
-"""Train on a Cloud TPU VM pod slice: copy the checkout to every worker, set up, and start the
-same command on all workers at once (jax.distributed finds the pod topology by itself).
+"""Thin entry: runs mkln_jax/launch/tpu_pod.py (also `mkln launch tpu_pod`)."""
 
-    python launch/tpu_pod.py --tpu=my-v5e-32 --zone=us-west4-a --config=configs/demo.py \
-        --workdir=/mnt/shared/runs/demo [--override distill.temperature=4] [--dry_run]
-
-The workdir must be storage every worker sees (a Filestore / GCS FUSE mount): orbax writes the
-checkpoint from all processes.
-"""
-
-from __future__ import annotations
-
-import argparse
 import sys
 
-from launch.common import execute, mkln_command, quoted
-
-
-def commands(args: argparse.Namespace) -> list[list[str]]:
-    target = [args.tpu, f"--zone={args.zone}", "--worker=all"]
-    if args.project:
-        target.append(f"--project={args.project}")
-    train = mkln_command("train", args.config, args.workdir, args.override, ".venv/bin/mkln")
-    remote = f"cd {args.remote_dir} && make setup && {quoted(train)}"
-    return [
-        [
-            "gcloud",
-            "compute",
-            "tpus",
-            "tpu-vm",
-            "scp",
-            "--recurse",
-            ".",
-            f"{args.tpu}:{args.remote_dir}",
-            f"--zone={args.zone}",
-            "--worker=all",
-            *([f"--project={args.project}"] if args.project else []),
-        ],
-        ["gcloud", "compute", "tpus", "tpu-vm", "ssh", *target, f"--command={remote}"],
-    ]
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tpu", required=True, help="TPU VM name")
-    p.add_argument("--zone", required=True)
-    p.add_argument("--project", default="")
-    p.add_argument("--config", required=True)
-    p.add_argument("--workdir", required=True, help="shared storage seen by every worker")
-    p.add_argument("--override", action="append", default=[], help="config override a.b=v")
-    p.add_argument("--remote_dir", default="mkln_jax")
-    p.add_argument("--dry_run", action="store_true", help="print the commands only")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    return execute(commands(args), args.dry_run)
-
+from mkln_jax.launch.tpu_pod import main
 
 if __name__ == "__main__":
     sys.exit(main())

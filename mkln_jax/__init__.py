@@ -1,9 +1,6 @@
 """mkln_jax: face-forgery detectors with frequency-texture augmentation and distillation.
 
-Importing the package tunes the C heap for XLA:CPU before JAX starts its threads (see
-`hostmem`; MKLN_MALLOC=system leaves the allocator alone).
+Importing the package changes nothing in the process. On CPU hosts, `mkln` (and the benchmarks)
+call `mkln_jax.backends.cpu.hostmem.tune()` before JAX starts, to stop XLA:CPU page-faulting its
+buffers every step; library users may call it themselves.
 """
-
-from mkln_jax import hostmem
-
-hostmem.tune()

@@ -3,14 +3,15 @@ touches data."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import pathlib
-import sys
 
 import jax
 import ml_collections
 
-from mkln_jax import fetch, models, xla_options
+from mkln_jax import fetch, models
+from mkln_jax.backends.cpu import xla_options
 from mkln_jax.errors import MklnError
 from mkln_jax.input_pipeline import forgeries
 
@@ -19,41 +20,63 @@ class ConfigError(MklnError, ValueError):
     pass
 
 
-def load_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
+def load(spec: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The config named by `spec`: a Python file (`configs/demo.py`, any path ending in .py), a
+    shipped config's short name (`demo`), or a module path (`mkln_jax.configs.demo`)."""
+    text = str(spec)
+    if text.endswith(".py") or "/" in text or pathlib.Path(text).is_file():
+        return load_file(text)
+    name = text if "." in text else f"{__package__}.configs.{text}"
+    try:
+        found = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or found.origin is None:
+        shipped = ", ".join(shipped_configs())
+        raise ConfigError(
+            f"config {text!r} not found: not a file, a shipped config ({shipped}) or a module"
+        )
+    return load_file(found.origin, display=text)
+
+
+def shipped_configs() -> list[str]:
+    """Short names of the configs in mkln_jax/configs/."""
+    folder = pathlib.Path(__file__).parent / "configs"
+    return sorted(p.stem for p in folder.glob("*.py") if p.stem != "__init__")
+
+
+def load_file(path: str | pathlib.Path, display: str = "") -> ml_collections.ConfigDict:
     """The ConfigDict that `get_config()` of a Python config file returns. Every way a file can
     fail (missing, a syntax error, an exception or `sys.exit` while loading, no `get_config`, a
     result that is not a ConfigDict) is a ConfigError of one line naming the file."""
     path = pathlib.Path(path)
+    shown = display or str(path)
     if not path.is_file():
         raise ConfigError(
-            f"config file {path} not found. Fix: give a Python file with get_config(), e.g. "
-            "--config=configs/demo.py"
+            f"config file {shown} not found. Fix: give a Python file with get_config(), or a "
+            f"shipped config: {', '.join(shipped_configs())}"
         )
-    # Config variants import `configs.default`: the folder above `configs/` goes on sys.path.
-    package_root = path.resolve().parent.parent
-    if (path.resolve().parent / "__init__.py").exists() and str(package_root) not in sys.path:
-        sys.path.insert(0, str(package_root))
     name = f"mkln_config_{abs(hash(str(path.resolve())))}"
     try:
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         if not callable(getattr(module, "get_config", None)):
-            raise ConfigError(f"config file {path} defines no get_config() function")
+            raise ConfigError(f"config file {shown} defines no get_config() function")
         config = module.get_config()
     except ConfigError:
         raise
     except SyntaxError as err:
         raise ConfigError(
-            f"config file {err.filename or path}, line {err.lineno}: syntax error ({err.msg})"
+            f"config file {err.filename or shown}, line {err.lineno}: syntax error ({err.msg})"
         ) from None
     except (Exception, SystemExit) as err:
         where = _line_in(err, path)
         detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-        raise ConfigError(f"config file {path}{where}: loading it failed ({detail})") from None
+        raise ConfigError(f"config file {shown}{where}: loading it failed ({detail})") from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(
-            f"config file {path}: get_config() returned a {type(config).__name__}, not an "
+            f"config file {shown}: get_config() returned a {type(config).__name__}, not an "
             "ml_collections.ConfigDict"
         )
     return config
@@ -134,10 +157,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             f"train.compute_dtype must be one of {tuple(models.DTYPES)}, got "
             f"{config.train.compute_dtype!r}"
         )
-    for key in ("cpu_convolutions", "cpu_dots"):
-        library = config.train.get(key, "auto")
+    for key in ("convolutions", "dots"):
+        library = config.train.cpu[key]
         if library not in ("auto", *xla_options.CONV_LIBRARIES):
-            errors.append(f"train.{key} must be auto, ynnpack or eigen, got {library!r}")
+            errors.append(f"train.cpu.{key} must be auto, ynnpack or eigen, got {library!r}")
     _check_method(config, errors)
     if config.distill.temperature <= 0:
         errors.append(f"distill.temperature must be > 0, got {config.distill.temperature}")
@@ -191,8 +214,6 @@ def _check_data(data: ml_collections.ConfigDict, errors: list[str]) -> None:
     if data.detector not in faces.DETECTORS:
         errors.append(f"data.detector must be one of {sorted(faces.DETECTORS)}")
     elif data.detector == "dlib":
-        import importlib.util
-
         if importlib.util.find_spec("dlib") is None:
             errors.append(
                 "data.detector = dlib needs dlib: pip install 'mkln_jax[faces]' (dlib-bin), "
@@ -213,7 +234,7 @@ def _check_data(data: ml_collections.ConfigDict, errors: list[str]) -> None:
 
 def _check_method(config: ml_collections.ConfigDict, errors: list[str]) -> None:
     """Streams, teachers, schedules, mutual learning and feature distillation."""
-    from mkln_jax import distill, train
+    from mkln_jax import distill
     from mkln_jax.models import detectors
 
     for stage in ("teacher", "student"):
@@ -225,7 +246,7 @@ def _check_method(config: ml_collections.ConfigDict, errors: list[str]) -> None:
     sources = []
     for spec in dist.teachers:
         try:
-            sources.append(train.parse_teacher(spec))
+            sources.append(parse_teacher(spec))
         except ValueError as e:
             errors.append(str(e))
     for source in sources:
@@ -280,7 +301,7 @@ def _check_method(config: ml_collections.ConfigDict, errors: list[str]) -> None:
 def from_saved(saved: dict) -> ml_collections.ConfigDict:
     """A config saved with a checkpoint, on top of today's defaults (fields added since then
     keep their defaults; fields since removed are dropped)."""
-    from configs import default
+    from mkln_jax.configs import default
 
     config = default.get_config()
 
@@ -310,3 +331,33 @@ def data_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
     if config.data.data_dir:
         return pathlib.Path(config.data.data_dir).expanduser()
     return cache_dir(config) / "tfds"
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherSource:
+    """Where a teacher comes from (one entry of distill.teachers):
+    "teacher"                 this run's teacher stage (best validation checkpoint);
+    "run:<workdir>/<stage>"   another run's finished stage (its config is read from there);
+    "weights:<model>:<path>"  a 2-class detector's weights (`mkln convert-weights` folder or a
+                              PyTorch state dict), RGB stream."""
+
+    kind: str
+    spec: str
+    stage: str = "teacher"
+    path: str = ""
+    model: str = ""
+
+
+def parse_teacher(spec: str) -> TeacherSource:
+    if spec == "teacher":
+        return TeacherSource("stage", spec)
+    if spec.startswith("run:"):
+        path = pathlib.Path(spec[4:].rstrip("/"))
+        return TeacherSource("run", spec, stage=path.name, path=str(path))
+    if spec.startswith("weights:") and spec.count(":") >= 2:
+        _, model, path = spec.split(":", 2)
+        return TeacherSource("weights", spec, model=model, path=path)
+    raise ValueError(
+        f"distill.teachers entry {spec!r}: expected 'teacher', 'run:<workdir>/<stage>' or "
+        "'weights:<model>:<path>'"
+    )

@@ -6,90 +6,19 @@ import json
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
-from mkln_jax import config_lib, fileio, metrics, sharding
-from mkln_jax import step as step_lib
+from mkln_jax import config_lib, experiment, fileio, metrics, perturb, scoring
 from mkln_jax.input_pipeline import loader
-
-
-def jit_eval_step(model: step_lib.ModelFn, mesh):
-    repl = sharding.replicated(mesh)
-    return jax.jit(
-        step_lib.make_eval_step(model),
-        in_shardings=(repl, repl, sharding.batch_sharding(mesh)),
-        out_shardings=sharding.batch_sharding(mesh),
-    )
-
-
-def jit_perturbed_eval_step(model: step_lib.ModelFn, mesh, name: str, severity: int):
-    """eval(params, batch_stats, images uint8, key) -> P(fake), the images perturbed on the
-    device first (mkln_jax/perturb.py)."""
-    from mkln_jax import perturb
-
-    repl = sharding.replicated(mesh)
-    plain = step_lib.make_eval_step(model)
-
-    def eval_step(params, batch_stats, images, key):
-        x = perturb.apply(name, severity, key, images.astype(jnp.float32) / 255.0)
-        # Back to 8-bit pixels, as a perturbed image reaches a detector in practice.
-        return plain(params, batch_stats, jnp.round(x * 255.0).astype(jnp.uint8))
-
-    return jax.jit(
-        eval_step,
-        in_shardings=(repl, repl, sharding.batch_sharding(mesh), repl),
-        out_shardings=sharding.batch_sharding(mesh),
-    )
-
-
-def predict_source(
-    eval_step,
-    params,
-    batch_stats,
-    source,
-    mesh,
-    batch_size: int,
-    keep: np.ndarray | None = None,
-    key: jax.Array | None = None,
-) -> np.ndarray:
-    """P(fake) for every example of `source` (or those at `keep`), in order: float32[N]. With
-    `key`, eval_step also takes a key, a different one per batch (fold_in of the batch number)."""
-    if keep is not None:
-        source = loader.Subset(source, keep)
-    # Global batch must split evenly over devices and processes.
-    multiple = mesh.devices.size
-    batch_size = -(-batch_size // multiple) * multiple
-    per_process = batch_size // jax.process_count()
-    first = jax.process_index() * per_process
-    scores = []
-    for number, (batch, valid) in enumerate(loader.eval_batches(source, batch_size)):
-        local = {"image": batch["image"][first : first + per_process]}
-        images = sharding.host_to_global(local, mesh)["image"]
-        if key is None:
-            probs = eval_step(params, batch_stats, images)
-        else:
-            probs = eval_step(params, batch_stats, images, jax.random.fold_in(key, number))
-        probs = multihost_utils.process_allgather(probs, tiled=True)
-        scores.append(np.asarray(probs)[:valid])
-    return np.concatenate(scores) if scores else np.zeros((0,), np.float32)
-
-
-def quick_metrics(index: loader.SplitIndex, keep, probs, threshold: float) -> dict[str, float]:
-    s = metrics.summary(index.labels[keep], probs, threshold)
-    return {k: s[k] for k in ("auc", "eer", "ap", "acc")}
 
 
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | None = None):
     """Scores `split` with the best teacher and student checkpoints; writes
     <workdir>/eval/<split>.json and .md and returns (results, markdown)."""
-    from mkln_jax import train  # train imports this module
-
     config_lib.validate(config)
     split = split or config.eval.split
-    mesh = train.make_mesh(config)
+    mesh = experiment.make_mesh(config)
     source = loader.open_split(config.data, config_lib.data_dir(config), split)
     index = loader.read_index(source)
     trained_on = config.eval.get("trained_on")  # set by --eval_data (cross-dataset)
@@ -100,9 +29,9 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
     notes["all"] = "every method"
     results, sections = {}, []
     for stage in config.stages:
-        model, frozen, best_step = train.load_best(config, workdir, stage, mesh)
-        probs = predict_source(
-            jit_eval_step(model, mesh),
+        model, frozen, best_step = experiment.load_best(config, workdir, stage, mesh)
+        probs = scoring.predict_source(
+            scoring.jit_eval_step(model, mesh),
             frozen.params,
             frozen.batch_stats,
             source,
@@ -131,7 +60,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
             )["all"]
             notes["seen methods"] = "reals + " + ", ".join(sorted(trained))
         results[stage] = {
-            "model": train.describe_model(config, stage),
+            "model": experiment.describe_model(config, stage),
             "checkpoint_step": best_step,
             "split": split,
             "dataset": loader.dataset_name(config.data),
@@ -139,7 +68,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
             "metrics": report,
         }
         sections.append(
-            f"### {stage}: {train.describe_model(config, stage)} (best validation checkpoint, "
+            f"### {stage}: {experiment.describe_model(config, stage)} (best validation checkpoint, "
             f"step {best_step}), {split} split\n\n" + metrics.markdown_table(report, notes)
         )
         dfb = deepfakebench_number(pathlib.Path(workdir) / stage / "logs" / "metrics.jsonl")
@@ -166,22 +95,20 @@ def robustness_run(config: ml_collections.ConfigDict, workdir: str, split: str |
     """Scores `split` with the best student (or teacher, if that is the only stage) under every
     perturbation of config.eval.perturbations at every severity; writes
     <workdir>/eval/robustness_<split>.{json,md,png} and returns (results, markdown)."""
-    from mkln_jax import perturb, train
-
     config_lib.validate(config)
     split = split or config.eval.split
     stage = "student" if "student" in config.stages else config.stages[0]
-    mesh = train.make_mesh(config)
+    mesh = experiment.make_mesh(config)
     source = loader.open_split(config.data, config_lib.data_dir(config), split)
     index = loader.read_index(source)
-    model, frozen, best_step = train.load_best(config, workdir, stage, mesh)
+    model, frozen, best_step = experiment.load_best(config, workdir, stage, mesh)
     key = jax.random.key(config.seed)
     curves: dict[str, list[dict]] = {}
     for name in config.eval.perturbations:
         rows = []
         for severity, level in enumerate(perturb.LEVELS[name]):
-            step_fn = jit_perturbed_eval_step(model, mesh, name, severity)
-            probs = predict_source(
+            step_fn = scoring.jit_perturbed_eval_step(model, mesh, name, severity)
+            probs = scoring.predict_source(
                 step_fn,
                 frozen.params,
                 frozen.batch_stats,
@@ -210,7 +137,7 @@ def robustness_run(config: ml_collections.ConfigDict, workdir: str, split: str |
         curves[name] = rows
     results = {
         "stage": stage,
-        "model": train.describe_model(config, stage),
+        "model": experiment.describe_model(config, stage),
         "checkpoint_step": best_step,
         "split": split,
         "curves": curves,

@@ -22,7 +22,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from mkln_jax import fileio, models, native, sharding
+from mkln_jax import experiment, fileio, models, sharding
+from mkln_jax.backends.cpu import native
 from mkln_jax.errors import MklnError
 
 FORMAT_VERSION = 1
@@ -74,10 +75,8 @@ def export_stage(
     config: ml_collections.ConfigDict, workdir: str, out_dir: str, stage: str = "student"
 ) -> pathlib.Path:
     """Exports the best checkpoint of `stage` to `out_dir`; returns the folder."""
-    from mkln_jax import train
-
     mesh = sharding.make_mesh(1)
-    model, frozen, best_step = train.load_best(config, workdir, stage, mesh)
+    model, frozen, best_step = experiment.load_best(config, workdir, stage, mesh)
     params = nnx.to_pure_dict(jax.device_get(frozen.params))
     batch_stats = nnx.to_pure_dict(jax.device_get(frozen.batch_stats))
     variables = {"params": params, "batch_stats": batch_stats}
@@ -99,7 +98,7 @@ def export_stage(
     (batch,) = jax.export.symbolic_shape("b")
     weight_specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat.items()}
     image_spec = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8)
-    # Portable StableHLO: the jnp formulations, not our CPU-only FFI kernels (mkln_jax/native).
+    # Portable StableHLO: the jnp formulations, not our CPU-only FFI kernels (backends/cpu/native).
     with native.portable():
         exported = jax.export.export(jax.jit(infer))(weight_specs, image_spec)
 
@@ -115,7 +114,7 @@ def export_stage(
     metadata = {
         "format_version": FORMAT_VERSION,
         "model": config[stage].model,
-        "architecture": train.describe_model(config, stage),
+        "architecture": experiment.describe_model(config, stage),
         "stage": stage,
         "checkpoint_step": best_step,
         "config_hash": config_hash(config),

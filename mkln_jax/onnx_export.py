@@ -15,6 +15,9 @@ import pathlib
 import jax
 import numpy as np
 
+from mkln_jax import experiment, export, sharding
+from mkln_jax.backends.cpu import native
+
 ONNX_FILE = "model.onnx"
 
 
@@ -26,11 +29,10 @@ def export_onnx(config, workdir: str, artifact_dir: str, stage: str = "student")
             "ONNX export needs the `onnx` extra: pip install 'mkln_jax[onnx]' (jax2onnx, "
             "onnxruntime); it pins orbax-checkpoint < 0.11.37, so use its own environment"
         ) from err
-    from mkln_jax import native, sharding, train
 
     _compat_shims()
     mesh = sharding.make_mesh(1)
-    model, frozen, _ = train.load_best(config, workdir, stage, mesh)
+    model, frozen, _ = experiment.load_best(config, workdir, stage, mesh)
     params, stats = jax.device_get((frozen.params, frozen.batch_stats))
 
     def infer(images):
@@ -79,7 +81,6 @@ def run_onnx(path: str | pathlib.Path, images: np.ndarray) -> np.ndarray:
 
 def verify(artifact_dir: str | pathlib.Path, images: np.ndarray) -> float:
     """Max |ONNX - JAX artifact| on `images` (uint8[b, S, S, 3])."""
-    from mkln_jax import export
 
     jax_out = export.Artifact(artifact_dir)(images)
     onnx_out = run_onnx(pathlib.Path(artifact_dir) / ONNX_FILE, images.astype(np.float32))

@@ -15,6 +15,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -29,6 +30,62 @@ class TrainState:
     opt_state: Any
     rng: jax.Array  # uint32[2] raw key, split once per step
     nonfinite: jax.Array  # int32: steps whose loss or gradients were not finite (not applied)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HParams:
+    """The step's numbers: float32 leaves, traced, so changing them never recompiles. A name
+    that is not a field is an error (`HParams.create(temprature=4)` raises), never a silent
+    default. Defaults make a field inert where its part of the step is off."""
+
+    temperature: jax.Array = 1.0  # Hinton KD temperature (start of a schedule)
+    alpha: jax.Array = 0.0  # weight of KD against CE (start of a schedule)
+    temperature_end: jax.Array = 1.0  # schedule ends (Method.schedule)
+    alpha_end: jax.Array = 0.0
+    total_steps: jax.Array = 1.0  # the schedules' length
+    mutual_weight: jax.Array = 1.0  # Deep Mutual Learning's KL weight
+    feature_weight: jax.Array = 1.0  # feature distillation's weight
+    # frequency.AUGMENT_DEFAULTS, with its gate `prob` named freq_prob here
+    freq_prob: jax.Array = frequency.AUGMENT_DEFAULTS["prob"]
+    jitter_prob: jax.Array = frequency.AUGMENT_DEFAULTS["jitter_prob"]
+    jitter: jax.Array = frequency.AUGMENT_DEFAULTS["jitter"]
+    band_drop_prob: jax.Array = frequency.AUGMENT_DEFAULTS["band_drop_prob"]
+    drop_strength: jax.Array = frequency.AUGMENT_DEFAULTS["drop_strength"]
+    noise_prob: jax.Array = frequency.AUGMENT_DEFAULTS["noise_prob"]
+    noise_std: jax.Array = frequency.AUGMENT_DEFAULTS["noise_std"]
+    mix_prob: jax.Array = frequency.AUGMENT_DEFAULTS["mix_prob"]
+    mix_strength: jax.Array = frequency.AUGMENT_DEFAULTS["mix_strength"]
+    teacher_weights: jax.Array | None = None  # float32[n_teachers]; None = equal weights
+
+    @classmethod
+    def create(cls, **values) -> HParams:
+        """Every value as float32 (host values stay numpy, so the caller chooses placement)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise TypeError(f"unknown step hyper-parameter(s) {unknown}; known: {sorted(fields)}")
+        merged = {f.name: f.default for f in dataclasses.fields(cls)} | values
+        return cls(**{k: _float32(v) for k, v in merged.items()})
+
+    def augment_settings(self) -> dict[str, jax.Array]:
+        """The keyword arguments of frequency.frequency_augment."""
+        return {
+            k: getattr(self, "freq_prob" if k == "prob" else k) for k in frequency.AUGMENT_DEFAULTS
+        }
+
+
+def _float32(value):
+    if value is None:
+        return None
+    if isinstance(value, jax.Array):  # also a tracer, when a mapping arrives inside jit
+        return value.astype(jnp.float32)
+    return np.asarray(value, np.float32)
+
+
+def as_hparams(hparams) -> HParams:
+    """`hparams` as HParams; a mapping is checked name by name (a wrong name raises)."""
+    return hparams if isinstance(hparams, HParams) else HParams.create(**dict(hparams))
 
 
 @flax.struct.dataclass
@@ -135,11 +192,8 @@ def make_train_step(
     """Builds step(state, teacher_vars, batch, hparams) -> (state, metrics).
 
     batch: {"image": uint8[B, H, W, 3], "label": int32[B]}. teacher_vars: a tuple of `Frozen`,
-    one per teacher (or None without teachers). hparams: float32 scalars, traced so sweeps never
-    recompile: temperature, alpha (and temperature_end, alpha_end, total_steps for schedules),
-    teacher_weights float32[n_teachers], mutual_weight, feature_weight, and the augmentation
-    settings of frequency.AUGMENT_DEFAULTS (freq_prob is its `prob`). Missing entries take
-    their defaults.
+    one per teacher (or None without teachers). hparams: an `HParams` (or a mapping of its field
+    names, checked), traced so sweeps never recompile.
 
     Loss of one model: (1 - alpha) CE + alpha * weighted KD over teachers (CE alone without
     teachers) [+ feature_weight * feature loss]. Mutual: the sum over both peers of that, plus
@@ -149,28 +203,21 @@ def make_train_step(
         raise ValueError("feature distillation needs teachers and a single (non-mutual) student")
 
     def step(state: TrainState, teacher_vars, batch, hparams):
-        hp = dict(hparams)
+        hp = as_hparams(hparams)
         rng, aug_key = jax.random.split(jax.random.wrap_key_data(state.rng))
         clean = to_unit_range(batch["image"])
         labels = batch["label"]
         view = clean
         if method.frequency_augment:
-            settings = {
-                k: hp[k if k != "prob" else "freq_prob"]
-                for k in frequency.AUGMENT_DEFAULTS
-                if (k if k != "prob" else "freq_prob") in hp
-            }
             view = frequency.frequency_augment(
-                aug_key, clean, labels=labels, block=method.augment_block, **settings
+                aug_key, clean, labels=labels, block=method.augment_block, **hp.augment_settings()
             )
             view = jnp.clip(view, 0.0, 1.0)
-        progress = state.step / jnp.maximum(hp.get("total_steps", 1.0), 1.0)
+        progress = state.step / jnp.maximum(hp.total_steps, 1.0)
         temperature = distill.scheduled(
-            method.schedule, hp.get("temperature", 1.0), hp.get("temperature_end", 1.0), progress
+            method.schedule, hp.temperature, hp.temperature_end, progress
         )
-        alpha = distill.scheduled(
-            method.schedule, hp.get("alpha", 0.0), hp.get("alpha_end", 0.0), progress
-        )
+        alpha = distill.scheduled(method.schedule, hp.alpha, hp.alpha_end, progress)
         teacher_image = view if method.teacher_input == "view" else clean
         teacher_logits, teacher_features = [], []
         for model_fn, frozen in zip(teachers, teacher_vars or (), strict=True):
@@ -182,7 +229,9 @@ def make_train_step(
             else:
                 logits, _ = model_fn.apply(frozen.params, frozen.batch_stats, teacher_image, False)
             teacher_logits.append(jax.lax.stop_gradient(logits))
-        weights = hp.get("teacher_weights", jnp.ones((len(teachers),), jnp.float32))
+        weights = hp.teacher_weights
+        if weights is None:
+            weights = jnp.ones((len(teachers),), jnp.float32)
 
         def supervised(logits):
             """CE, or Hinton KD against the weighted teachers."""
@@ -201,7 +250,7 @@ def make_train_step(
                 loss_b, parts_b = supervised(second)
                 dml_a = distill.mutual_kl(first, second)
                 dml_b = distill.mutual_kl(second, first)
-                weight = hp.get("mutual_weight", 1.0)
+                weight = hp.mutual_weight
                 loss = loss_a + weight * dml_a + loss_b + weight * dml_b
                 parts = {f"peer1_{k}": v for k, v in parts_a.items()}
                 parts |= {f"peer2_{k}": v for k, v in parts_b.items()}
@@ -223,7 +272,7 @@ def make_train_step(
                     ]
                 )
                 feat = jnp.sum(weights * feats) / jnp.sum(weights)
-                loss = loss + hp.get("feature_weight", 1.0) * feat
+                loss = loss + hp.feature_weight * feat
                 return loss, (parts | {"feature": feat}, batch_stats, logits)
             logits, batch_stats = student.apply(params, state.batch_stats, view, True)
             loss, parts = supervised(logits)

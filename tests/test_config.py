@@ -3,8 +3,8 @@
 import pytest
 from cli import mkln
 
-from configs import demo
 from mkln_jax import config_lib
+from mkln_jax.configs import demo
 
 
 def test_demo_config_is_valid():
@@ -19,16 +19,16 @@ def test_validate_lists_every_problem_at_once():
     config.student.batch_size = 12
     config.student.model = "resnet18"
     config.student.pretrained = "imagenet"  # no ResNet weights ship in a package
-    config.train.cpu_convolutions = "onednn"
-    config.train.cpu_dots = "mkl"
+    config.train.cpu.convolutions = "onednn"
+    config.train.cpu.dots = "mkl"
     with pytest.raises(config_lib.ConfigError) as err:
         config_lib.validate(config, num_devices=8)
     message = str(err.value)
     assert "distill.alpha" in message
     assert "resnet9000" in message
     assert "morphing" in message
-    assert "train.cpu_convolutions must be auto, ynnpack or eigen, got 'onednn'" in message
-    assert "train.cpu_dots must be auto, ynnpack or eigen, got 'mkl'" in message
+    assert "train.cpu.convolutions must be auto, ynnpack or eigen, got 'onednn'" in message
+    assert "train.cpu.dots must be auto, ynnpack or eigen, got 'mkl'" in message
     assert "student.batch_size=12" in message
     assert "student.pretrained: resnet18 has no ImageNet weights" in message
 

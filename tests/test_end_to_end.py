@@ -60,8 +60,8 @@ def test_resuming_with_a_different_config_is_refused(demo_run):
 def test_exported_artifact_matches_the_training_code_path(demo_run):
     import jax
 
-    from configs import tiny
-    from mkln_jax import config_lib, evaluate, export, sharding, train
+    from mkln_jax import config_lib, experiment, export, scoring, sharding
+    from mkln_jax.configs import tiny
     from mkln_jax.input_pipeline import loader
 
     workdir, _ = demo_run
@@ -69,9 +69,9 @@ def test_exported_artifact_matches_the_training_code_path(demo_run):
     artifact = export.Artifact(workdir / "export")
     source = loader.open_split(config.data, config_lib.data_dir(config), "test")
     mesh = sharding.make_mesh(1)
-    model, frozen, _ = train.load_best(config, workdir, "student", mesh)
-    expected = evaluate.predict_source(
-        evaluate.jit_eval_step(model, mesh), frozen.params, frozen.batch_stats, source, mesh, 16
+    model, frozen, _ = experiment.load_best(config, workdir, "student", mesh)
+    expected = scoring.predict_source(
+        scoring.jit_eval_step(model, mesh), frozen.params, frozen.batch_stats, source, mesh, 16
     )
     images = np.stack([source[i]["image"] for i in range(len(source))])
     for batch in (1, 5, len(images)):  # the batch dimension is symbolic

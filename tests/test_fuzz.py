@@ -205,7 +205,7 @@ def _media_files(root: pathlib.Path, rng: random.Random, count: int):
 
 CONFIG_TEXT = '''"""A config variant."""
 
-from configs import default
+from mkln_jax.configs import default
 
 
 def get_config():

@@ -8,8 +8,8 @@ import pytest
 
 PROBE = """
 import resource
-import mkln_jax  # tunes the allocator on import
-from mkln_jax import hostmem
+from mkln_jax.backends.cpu import hostmem
+hostmem.tune()  # as `mkln` does at its entry, before JAX starts
 import jax, jax.numpy as jnp
 
 f = jax.jit(lambda x: jnp.tanh(x * 2.0) + jnp.sin(x)[::-1])  # 64 MiB buffers
@@ -57,9 +57,17 @@ def test_tuned_allocator_reuses_pages_the_system_one_faults_them_in_again():
 
 
 def test_bad_mode_is_refused(monkeypatch):
-    from mkln_jax import hostmem
+    from mkln_jax.backends.cpu import hostmem
 
     monkeypatch.setenv("MKLN_MALLOC", "fast")
     monkeypatch.setitem(hostmem._state, "tuned", None)
     with pytest.raises(ValueError, match="MKLN_MALLOC must be"):
         hostmem.tune()
+
+
+def test_importing_the_package_leaves_the_allocator_alone():
+    probe = "import mkln_jax, mkln_jax.train; from mkln_jax.backends.cpu import hostmem; "
+    probe += "print(hostmem._state['tuned'])"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "None", out.stderr[-2000:]

@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from launch import slurm, sweep, tpu_pod
+from mkln_jax.launch import slurm, sweep, tpu_pod
 
 
 def test_tpu_pod_dry_run_copies_to_and_starts_on_every_worker(capsys):
@@ -15,8 +15,7 @@ def test_tpu_pod_dry_run_copies_to_and_starts_on_every_worker(capsys):
             "--zone=us-west4-a",
             "--config=configs/demo.py",
             "--workdir=/mnt/runs/x",
-            "--override",
-            "distill.temperature=4",
+            "--config.distill.temperature=4",
             "--dry_run",
         ]
     )
@@ -76,7 +75,7 @@ def test_sweep_dry_run_prints_train_and_evaluate_per_point(capsys, tmp_path):
             "--config=configs/demo.py",
             f"--workdir={tmp_path}/sw",
             "--grid=distill.temperature=1,4,8",
-            "--set=student.steps=50",
+            "--config.student.steps=50",
             "--reuse_teacher=runs/demo",
             "--mkln=mkln",
             "--dry_run",
@@ -135,7 +134,7 @@ def test_local_sweep_of_two_temperatures_writes_the_aggregated_table(tmp_path, c
             "--config=configs/tiny.py",
             f"--workdir={workdir}",
             "--grid=distill.temperature=1,8",
-            *(f"--set={o}" for o in fast),
+            *(f"--config.{o}" for o in fast),
             f"--mkln={pathlib.Path(sys.executable).parent / 'mkln'}",
         ]
     )
@@ -149,7 +148,7 @@ def test_local_sweep_of_two_temperatures_writes_the_aggregated_table(tmp_path, c
 
 
 def test_ablation_dry_run_trains_the_teacher_once_and_every_variant_per_seed(capsys):
-    from launch import ablation
+    from mkln_jax.launch import ablation
 
     code = ablation.main(
         ["--config=configs/demo.py", "--workdir=runs/abl", "--seeds=0,1", "--dry_run"]

@@ -1,4 +1,4 @@
-"""Our XLA:CPU FFI kernels (mkln_jax/native): the depthwise and dense convolutions and both
+"""Our XLA:CPU FFI kernels (backends/cpu/native): the depthwise and dense convolutions and both
 gradients of each equal XLA's convolution, the zoo uses them where they apply, and a build that
 cannot happen falls back to the jnp formulation with the reason."""
 
@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mkln_jax import models, native
+from mkln_jax import models
 from mkln_jax import step as step_lib
+from mkln_jax.backends.cpu import native
 from mkln_jax.models import layers
 
 # Skipped only where there is no C++ compiler at all; a build that fails fails these tests.
@@ -475,11 +476,11 @@ def test_a_malformed_call_is_an_error_not_a_stray_read():
 
 
 def test_the_trainer_says_its_flop_count_leaves_out_the_kernels():
-    from mkln_jax import train
+    from mkln_jax import experiment
 
     x = jnp.ones((2, 8, 8, 16), jnp.float32)
     w = jnp.ones((3, 3, 16, 16), jnp.float32)
     with_kernels = jax.jit(lambda a, b: _dense(layers.dense_conv, a, b, 1, "SAME")).lower(x, w)
     without = jax.jit(lambda a, b: _dense(jax.lax.conv_general_dilated, a, b, 1, "SAME"))
-    assert "without mkln_jax's CPU kernels" in train._costs(with_kernels.compile())
-    assert "without" not in train._costs(without.lower(x, w).compile())
+    assert "without mkln_jax's CPU kernels" in experiment.compiled_costs(with_kernels.compile())
+    assert "without" not in experiment.compiled_costs(without.lower(x, w).compile())

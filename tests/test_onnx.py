@@ -29,8 +29,8 @@ def test_export_onnx_from_the_command_line_matches_the_artifact(run):
 
 
 def test_onnx_of_an_efficientnet_teacher_matches_jax(run, tmp_path):
-    from configs import tiny
     from mkln_jax import export, onnx_export
+    from mkln_jax.configs import tiny
 
     config = tiny.get_config()
     out = tmp_path / "teacher"

@@ -139,13 +139,13 @@ def test_non_finite_loss_leaves_the_state_unchanged_and_is_counted():
 
 
 def test_gradient_accumulation_updates_every_k_batches():
-    from configs import tiny
-    from mkln_jax import train
+    from mkln_jax import experiment
+    from mkln_jax.configs import tiny
 
     config = tiny.get_config()
     config.train.grad_accum_steps = 2
     config.student.warmup_steps = 0  # so the first update has a non-zero learning rate
-    tx = train.make_optimizer(config, "student")
+    tx = experiment.make_optimizer(config, "student")
     params = {"w": jnp.ones(3)}
     opt_state = tx.init(params)
     grads = {"w": jnp.ones(3)}

@@ -53,6 +53,22 @@ def test_changing_distillation_hyperparameters_does_not_recompile():
     assert len(set(losses)) == 3  # the value did reach the loss
 
 
+def test_typed_hyperparameters_trace_once_and_refuse_a_misspelled_name():
+    fn, state, frozen = distill_setup.setup()
+    jitted = jax.jit(fn)
+    batch = distill_setup.batches(1)[0]
+    losses = []
+    for temperature in (1.0, 4.0):
+        hp = step_lib.HParams.create(**{**distill_setup.HPARAMS, "temperature": temperature})
+        losses.append(float(jitted(state, frozen, batch, hp)[1]["kd"]))
+    assert jitted._cache_size() == 1 and losses[0] != losses[1]
+    with pytest.raises(TypeError, match="temprature"):
+        step_lib.HParams.create(temprature=4.0)
+    misspelled = {**distill_setup.HPARAMS, "temprature": 4.0}  # a dict is checked the same way
+    with pytest.raises(TypeError, match="temprature"):
+        jitted(state, frozen, batch, misspelled)
+
+
 def test_without_teacher_the_step_is_cross_entropy_only():
     student = SmallCNN(2, widths=(8,), rngs=nnx.Rngs(0))
     tx = optax.sgd(0.0)

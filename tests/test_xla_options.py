@@ -8,8 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from mkln_jax import models, train, xla_options
+from mkln_jax import experiment, models
 from mkln_jax import step as step_lib
+from mkln_jax.backends.cpu import xla_options
 
 EIGEN = xla_options.compiler_options("eigen")
 EIGEN_DOTS = xla_options.compiler_options("ynnpack", dot_library="eigen")
@@ -39,9 +40,9 @@ def test_choices_and_where_nothing_is_set():
         xla_options.compiler_options("onednn")
     with pytest.raises(ValueError, match="dot_library must be one of"):
         xla_options.compiler_options("ynnpack", dot_library="mkl")
-    assert xla_options.for_model(models.spec("xception"), backend="gpu") == {}
-    assert models.spec("resnet18").cpu_convolutions == "eigen"
-    assert models.spec("efficientnet_b0").cpu_convolutions == "ynnpack"
+    assert xla_options.for_model("xception", backend="gpu") == {}
+    assert xla_options.MODEL_LIBRARIES["resnet18"] == ("eigen", "ynnpack")
+    assert "efficientnet_b0" not in xla_options.MODEL_LIBRARIES
 
 
 @needs_option
@@ -75,34 +76,37 @@ def test_eigen_dots_take_the_product_away_from_ynnpack_and_keep_reductions_there
 def test_xception_takes_eigen_dots_and_the_others_do_not():
     config = ml_collections.ConfigDict(
         {
-            "train": {"cpu_convolutions": "auto", "cpu_dots": "auto"},
+            "train": {"cpu": {"convolutions": "auto", "dots": "auto"}},
             "student": {"model": "xception"},
         }
     )
-    assert train.cpu_compiler_options(config, "student") == EIGEN_DOTS
+    assert experiment.cpu_compiler_options(config, "student") == EIGEN_DOTS
     config.student.model = "efficientnet_b0"
-    assert train.cpu_compiler_options(config, "student") == {}
+    assert experiment.cpu_compiler_options(config, "student") == {}
     config.student.model = "resnet18"
-    assert train.cpu_compiler_options(config, "student") == EIGEN
-    config.train.cpu_dots = "eigen"  # told otherwise: convolutions and dots on Eigen
-    assert train.cpu_compiler_options(config, "student") == xla_options.compiler_options(
+    assert experiment.cpu_compiler_options(config, "student") == EIGEN
+    config.train.cpu.dots = "eigen"  # told otherwise: convolutions and dots on Eigen
+    assert experiment.cpu_compiler_options(config, "student") == xla_options.compiler_options(
         "eigen", dot_library="eigen"
     )
     config.student.model = "xception"
-    config.train.cpu_dots = "ynnpack"
-    assert train.cpu_compiler_options(config, "student") == {}
+    config.train.cpu.dots = "ynnpack"
+    assert experiment.cpu_compiler_options(config, "student") == {}
 
 
 @needs_option
 def test_trainer_compiles_resnets_with_eigen_unless_told_otherwise():
     config = ml_collections.ConfigDict(
-        {"train": {"cpu_convolutions": "auto"}, "student": {"model": "resnet18"}}
+        {
+            "train": {"cpu": {"convolutions": "auto", "dots": "auto"}},
+            "student": {"model": "resnet18"},
+        }
     )
-    assert train.cpu_compiler_options(config, "student") == EIGEN
+    assert experiment.cpu_compiler_options(config, "student") == EIGEN
     config.student.model = "efficientnet_b0"
-    assert train.cpu_compiler_options(config, "student") == {}
-    config.train.cpu_convolutions = "eigen"
-    assert train.cpu_compiler_options(config, "student") == EIGEN
+    assert experiment.cpu_compiler_options(config, "student") == {}
+    config.train.cpu.convolutions = "eigen"
+    assert experiment.cpu_compiler_options(config, "student") == EIGEN
 
 
 @needs_option

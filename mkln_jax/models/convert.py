@@ -21,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from mkln_jax.models import registry, state_dicts
 from mkln_jax.models.efficientnet import EfficientNet
 from mkln_jax.models.mobilenet import MobileNetV2
 from mkln_jax.models.resnet import ResNet
@@ -359,19 +360,17 @@ def convert_weights(
     on any missing, extra or mis-shaped tensor) and writes <out_dir>/state (orbax) and
     <out_dir>/metadata.json. Training configs name <out_dir> as `pretrained`.
     """
-    from mkln_jax import models
-
     source = pathlib.Path(source)
     out_dir = pathlib.Path(out_dir).absolute()
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} exists; choose a new --out folder")
-    state_dict = normalise_names(models.read_state_dict(source))
+    state_dict = normalise_names(state_dicts.read(source))
     num_classes = 1000
-    model = models.build(model_name, num_classes)
+    model = registry.construct(model_name, num_classes)
     head_name = next(n for n, v, _ in entries(model, True) if v is head_kernel(model))
     if head_name in state_dict:
         num_classes = np.asarray(state_dict[head_name]).shape[0]
-        model = models.build(model_name, num_classes)
+        model = registry.construct(model_name, num_classes)
     load_into(entries(model, include_head=True), state_dict, source=str(source))
     tmp = out_dir.with_name(out_dir.name + ".partial")
     if tmp.exists():  # never deleted for the user: it may be theirs
@@ -388,7 +387,7 @@ def convert_weights(
             "num_classes": int(num_classes),
             "source": str(source.resolve()),
             "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
-            "reference": models.spec(model_name).reference,
+            "reference": registry.spec(model_name).reference,
         }
         (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
         tmp.rename(out_dir)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mkln_jax import native as native_kernels
+from mkln_jax.backends.cpu import native as native_kernels
 
 # ImageNet statistics on a 0..1 scale; every backbone here was trained with them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -134,7 +134,7 @@ def shifted_depthwise_conv(
     if sh != sw:
         raise ValueError("shifted_depthwise_conv needs equal strides")
     pads = _explicit_pads(padding, lhs.shape, kh, sh)
-    # Our FFI kernels (mkln_jax/native) where they apply: float32 on XLA:CPU, padding < k.
+    # Our FFI kernels (backends/cpu/native) where they apply: float32 on XLA:CPU, padding < k.
     native = (
         max(pads[0][0], pads[1][0]) < kh
         and lhs.dtype == rhs.dtype
@@ -298,7 +298,7 @@ def dense_conv(
 ) -> jax.Array:
     """A dense (one-group) square convolution, NHWC / HWIO, on our FFI kernels where they apply
     (float32 on XLA:CPU, padding smaller than the kernel, output channels a multiple of the
-    kernels' vector width: `mkln_jax/native/dense.cc`; with 8-float vectors only on maps of at
+    kernels' vector width: `backends/cpu/native/dense.cc`; with 8-float vectors only on maps of at
     least `MIN_PIXELS_WITH_8_LANES` pixels unless `small_maps_on_kernels`), else XLA's
     convolution.
 
@@ -416,7 +416,7 @@ _native_max_pool.defvjp(_native_max_pool_fwd, _native_max_pool_bwd)
 def max_pool(x: jax.Array, kernel: int, stride: int, padding: int, impl: str = "xla") -> jax.Array:
     """Max pooling over square windows, NHWC, padding with -inf on every side.
 
-    impl "cpu": the FFI kernels (mkln_jax/native/pool.cc: the winning tap of each window kept
+    impl "cpu": the FFI kernels (backends/cpu/native/pool.cc: the winning tap of each window kept
     as a byte, a gathering backward pass) where they apply, else shifted maxima with a backward
     pass that gathers instead of scattering (2x faster than XLA's on Xception's pooling layers).
     Same values as XLA's; same gradients (ties to the first tap in window order), except that
@@ -494,7 +494,7 @@ def conv(
 
 def _batch_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     # flax's fast variance: E[x^2] - E[x]^2, clipped at 0; on XLA:CPU both sums in one pass of
-    # our kernel (mkln_jax/native/batchnorm.cc), else in XLA's reductions.
+    # our kernel (backends/cpu/native/batchnorm.cc), else in XLA's reductions.
     if native_kernels.batch_norm_available(x.dtype):
         return native_kernels.batch_norm_stats(x)
     axes = tuple(range(x.ndim - 1))

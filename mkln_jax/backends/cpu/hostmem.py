@@ -12,9 +12,10 @@ varies from run to run with how soon PJRT's threads free one step's buffers whil
 dispatched). tcmalloc or jemalloc with decay off, loaded with LD_PRELOAD, do the same with
 less memory (docs/performance.md).
 
-`tune()` is called when `mkln_jax` is imported, before any JAX computation creates XLA's
-threads. It acts only where JAX will run on the CPU (no accelerator plugin installed, or
-JAX_PLATFORMS=cpu) and glibc is the C library; MKLN_MALLOC=system turns it off.
+`tune()` is called by the `mkln` entry point (and the benchmarks) before any JAX computation
+creates XLA's threads, never on import: a library user calls it explicitly. It acts only where
+JAX will run on the CPU (no accelerator plugin installed, or JAX_PLATFORMS=cpu) and glibc is the
+C library; MKLN_MALLOC=system turns it off.
 """
 
 from __future__ import annotations

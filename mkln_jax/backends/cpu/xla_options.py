@@ -7,7 +7,7 @@ faster for the dense 3x3 convolutions of ResNets (a ResNet-18 train step, batch 
 63.0 -> 71.9 images/s on the 2-core CPU of docs/performance.md, both compiled in one process
 and timed interleaved), and no faster for EfficientNet/Xception, whose depthwise and 1x1
 convolutions the zoo computes without convolution ops on CPU (`conv_impl="cpu"`). So each model
-names its choice (`ModelSpec.cpu_convolutions`) and the train step is compiled with it.
+has its choice (`MODEL_LIBRARIES` below) and the train step is compiled with it.
 
 Dots follow the same switch. Xception's step, whose time is two thirds 1x1-convolution
 products, runs as fast or faster with its dots on Eigen on both CPUs of December 2026 (batch
@@ -17,7 +17,7 @@ products, runs as fast or faster with its dots on Eigen on both CPUs of December
 backward alone 1993 -> 1894 ms (alone, its products run from 8% to 2x faster on Eigen there).
 On the Zen 4, EfficientNet-B0 (75.96 -> 73.05) and the distillation step (49.26 -> 45.17)
 lost and ResNet-18 did not move, so only Xception names Eigen for its dots
-(`ModelSpec.cpu_dots`). An earlier A/B on an AVX-512 Zen 5, before the pooling kernel, had
+(`MODEL_LIBRARIES`). An earlier A/B on an AVX-512 Zen 5, before the pooling kernel, had
 Xception 3% slower with Eigen's dots (28.2 vs 29.1); docs/performance.md has the runs.
 
 The choice is a compile option, not an XLA_FLAGS entry: it applies to one computation, and a
@@ -78,15 +78,26 @@ def compiler_options(
     return {_OPTION: value}
 
 
+# Per-model (convolution, dot) libraries for the train step on XLA:CPU; models not named here
+# keep YNNPACK for both. Measurements in the module docstring and docs/performance.md.
+MODEL_LIBRARIES: dict[str, tuple[str, str]] = {
+    "resnet18": ("eigen", "ynnpack"),
+    "resnet34": ("eigen", "ynnpack"),
+    "resnet50": ("eigen", "ynnpack"),
+    "xception": ("ynnpack", "eigen"),
+}
+
+
 def for_model(
-    spec, conv_library: str = "auto", dot_library: str = "auto", backend: str | None = None
+    model: str, conv_library: str = "auto", dot_library: str = "auto", backend: str | None = None
 ) -> dict[str, str]:
     """`compiler_options` for a model's train step: "auto" takes the model's own choices
-    (`ModelSpec.cpu_convolutions`, `ModelSpec.cpu_dots`); {} off the CPU."""
+    (`MODEL_LIBRARIES`); {} off the CPU."""
     if (backend or jax.default_backend()) != "cpu":
         return {}
+    own_conv, own_dot = MODEL_LIBRARIES.get(model, ("ynnpack", "ynnpack"))
     if conv_library == "auto":
-        conv_library = spec.cpu_convolutions
+        conv_library = own_conv
     if dot_library == "auto":
-        dot_library = spec.cpu_dots
+        dot_library = own_dot
     return compiler_options(conv_library, backend, dot_library)

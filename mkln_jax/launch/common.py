@@ -2,10 +2,42 @@
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+
+OVERRIDE_HELP = "config overrides, spelled as for mkln: --config.a.b=value (repeatable)"
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """`parser`'s arguments, plus every `--config.a.b=value` (or `--config.a.b value`) as
+    `args.overrides` = ["a.b=value", ...]: the one override spelling of `mkln` itself."""
+    args, unknown = parser.parse_known_args(argv)
+    overrides, i = [], 0
+    while i < len(unknown):
+        item = unknown[i]
+        if item.startswith("--config.") and "=" in item:
+            overrides.append(item[len("--config.") :])
+        elif item.startswith("--config.") and i + 1 < len(unknown):
+            overrides.append(f"{item[len('--config.') :]}={unknown[i + 1]}")
+            i += 1
+        else:
+            hint = (
+                " (config overrides are spelled --config.a.b=value)"
+                if item
+                in (
+                    "--set",
+                    "--override",
+                )
+                or item.startswith(("--set=", "--override="))
+                else ""
+            )
+            parser.error(f"unrecognized argument {item}{hint}")
+        i += 1
+    args.overrides = overrides
+    return args
 
 
 def mkln_command(

@@ -1,0 +1,5 @@
+"""`python -m mkln_jax.cli ...`, the same as `mkln ...`."""
+
+from mkln_jax.cli import main
+
+main.run()

@@ -1,0 +1,55 @@
+"""Flags shared by several subcommands; each definer is idempotent, so a command defines only
+what it uses (and `mkln <command> --help` lists only those)."""
+
+from __future__ import annotations
+
+import pathlib
+
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+
+def _once(name: str, define, *args, **kwargs) -> str:
+    if name not in FLAGS:
+        define(name, *args, **kwargs)
+    return name
+
+
+def workdir() -> list[str]:
+    return [
+        _once(
+            "workdir",
+            flags.DEFINE_string,
+            "runs/demo",
+            "Run folder: checkpoints, logs, evaluation, export.",
+        )
+    ]
+
+
+def artifact() -> list[str]:
+    return [_once("artifact", flags.DEFINE_string, "", "Export folder (default <workdir>/export).")]
+
+
+def split() -> list[str]:
+    return [_once("split", flags.DEFINE_string, "", "Split to use (default config.eval.split).")]
+
+
+def distributed() -> list[str]:
+    return [
+        _once(
+            "coordinator",
+            flags.DEFINE_string,
+            "",
+            "host:port of process 0, for multi-host runs (else Slurm / TPU pods are detected, or "
+            "a single process runs).",
+        ),
+        _once(
+            "num_processes", flags.DEFINE_integer, 0, "Processes in the run, with --coordinator."
+        ),
+        _once("process_id", flags.DEFINE_integer, -1, "This process's index, with --coordinator."),
+    ]
+
+
+def artifact_dir() -> str:
+    return FLAGS.artifact or str(pathlib.Path(FLAGS.workdir) / "export")

@@ -1,0 +1,29 @@
+"""`mkln predict`: score images, videos or folders with an exported artifact."""
+
+from __future__ import annotations
+
+from absl import flags
+
+from mkln_jax.cli import common
+
+SUMMARY = "score images, videos or folders with an exported artifact"
+USAGE = "mkln predict PATH [PATH ...] --artifact=DIR [--report=FILE.csv|.json] [--strip=DIR]"
+EXAMPLE = "mkln predict clip.mp4 photos/ --artifact=runs/demo/export --report=scores.csv"
+TAKES_CONFIG = False
+EXIT_STATUS = "exit status: 0 every input scored, 1 some skipped, 2 none scored"
+
+
+def define_flags() -> list[str]:
+    FLAGS = common.FLAGS
+    if "num_frames" not in FLAGS:
+        flags.DEFINE_integer("num_frames", 0, "Frames per video (default: the artifact's).")
+        flags.DEFINE_string("report", "", "Write per-frame scores to this .csv or .json.")
+        flags.DEFINE_string("strip", "", "Write an annotated strip of frames (PNG) per input here.")
+    return [*common.artifact(), *common.workdir(), "num_frames", "report", "strip"]
+
+
+def main(config, args: list[str]) -> int:
+    from mkln_jax import predict
+
+    FLAGS = common.FLAGS
+    return predict.run(args, common.artifact_dir(), FLAGS.num_frames, FLAGS.report, FLAGS.strip)

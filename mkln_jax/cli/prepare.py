@@ -1,0 +1,35 @@
+"""`mkln prepare`: build the configured dataset once."""
+
+from __future__ import annotations
+
+SUMMARY = "build the configured dataset (TFDS ArrayRecord) once; later runs reuse it"
+USAGE = "mkln prepare [demo|ffpp|celebdf|folder|deepfakebench] --config=CONFIG [--config.a.b=v]"
+EXAMPLE = "mkln prepare ffpp --config=ffpp --config.data.root=/data/FaceForensics++"
+TAKES_CONFIG = True
+
+
+def define_flags() -> list[str]:
+    return []
+
+
+def configure(config, args: list[str]) -> None:
+    """The dataset named on the command line replaces data.name (before validation)."""
+    from mkln_jax import config_lib
+    from mkln_jax.input_pipeline import loader
+
+    if len(args) > 1:
+        raise config_lib.ConfigError(f"unexpected arguments {args[1:]}")
+    if args:
+        name = "mkln_demo" if args[0] == "demo" else args[0]
+        if name not in ("mkln_demo", *loader.REAL_DATASETS):
+            known = ", ".join(loader.REAL_DATASETS)
+            raise config_lib.ConfigError(f"unknown dataset {args[0]!r}; give demo, {known}")
+        config.data.name = name
+
+
+def main(config, args: list[str]) -> int:
+    from mkln_jax.input_pipeline import prepare
+
+    for line in prepare.prepare(config):
+        print(line, flush=True)
+    return 0

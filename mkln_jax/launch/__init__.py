@@ -1,0 +1,1 @@
+"""Launchers: Cloud TPU VM pods, Slurm GPU clusters, and sweeps. Each has a dry-run mode."""

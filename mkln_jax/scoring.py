@@ -1,0 +1,78 @@
+"""P(fake) for every example of a split, on the mesh: the jitted evaluation step (optionally
+with an on-device perturbation) and the loop that feeds it. Used by training's validation and
+by evaluation."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from mkln_jax import metrics, perturb, sharding
+from mkln_jax import step as step_lib
+from mkln_jax.input_pipeline import loader
+
+
+def jit_eval_step(model: step_lib.ModelFn, mesh):
+    repl = sharding.replicated(mesh)
+    return jax.jit(
+        step_lib.make_eval_step(model),
+        in_shardings=(repl, repl, sharding.batch_sharding(mesh)),
+        out_shardings=sharding.batch_sharding(mesh),
+    )
+
+
+def jit_perturbed_eval_step(model: step_lib.ModelFn, mesh, name: str, severity: int):
+    """eval(params, batch_stats, images uint8, key) -> P(fake), the images perturbed on the
+    device first (mkln_jax/perturb.py)."""
+    repl = sharding.replicated(mesh)
+    plain = step_lib.make_eval_step(model)
+
+    def eval_step(params, batch_stats, images, key):
+        x = perturb.apply(name, severity, key, images.astype(jnp.float32) / 255.0)
+        # Back to 8-bit pixels, as a perturbed image reaches a detector in practice.
+        return plain(params, batch_stats, jnp.round(x * 255.0).astype(jnp.uint8))
+
+    return jax.jit(
+        eval_step,
+        in_shardings=(repl, repl, sharding.batch_sharding(mesh), repl),
+        out_shardings=sharding.batch_sharding(mesh),
+    )
+
+
+def predict_source(
+    eval_step,
+    params,
+    batch_stats,
+    source,
+    mesh,
+    batch_size: int,
+    keep: np.ndarray | None = None,
+    key: jax.Array | None = None,
+) -> np.ndarray:
+    """P(fake) for every example of `source` (or those at `keep`), in order: float32[N]. With
+    `key`, eval_step also takes a key, a different one per batch (fold_in of the batch number)."""
+    if keep is not None:
+        source = loader.Subset(source, keep)
+    # Global batch must split evenly over devices and processes.
+    multiple = mesh.devices.size
+    batch_size = -(-batch_size // multiple) * multiple
+    per_process = batch_size // jax.process_count()
+    first = jax.process_index() * per_process
+    scores = []
+    for number, (batch, valid) in enumerate(loader.eval_batches(source, batch_size)):
+        local = {"image": batch["image"][first : first + per_process]}
+        images = sharding.host_to_global(local, mesh)["image"]
+        if key is None:
+            probs = eval_step(params, batch_stats, images)
+        else:
+            probs = eval_step(params, batch_stats, images, jax.random.fold_in(key, number))
+        probs = multihost_utils.process_allgather(probs, tiled=True)
+        scores.append(np.asarray(probs)[:valid])
+    return np.concatenate(scores) if scores else np.zeros((0,), np.float32)
+
+
+def quick_metrics(index: loader.SplitIndex, keep, probs, threshold: float) -> dict[str, float]:
+    s = metrics.summary(index.labels[keep], probs, threshold)
+    return {k: s[k] for k in ("auc", "eer", "ap", "acc")}
