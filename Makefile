@@ -15,7 +15,7 @@ TORCH_PYTHON ?= $(shell for p in python3.11 $$HOME/.pyenv/versions/3.11*/bin/pyt
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 11)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 TORCH_VENV := .venv-torch
 
-.PHONY: setup test lint demo bench parity extras clean
+.PHONY: setup test test-fast wheel-test lint demo bench parity extras clean
 
 $(STAMP): pyproject.toml requirements/lock-py3.11.txt requirements/lock-py3.12.txt
 	@test -n "$(PYTHON)" || { echo "No Python >= 3.11 found; install python3.12 or python3.11."; exit 1; }
@@ -37,6 +37,14 @@ lint: setup
 TEST_WORKERS ?= 2
 test: lint
 	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+
+# The tests that need no training run and no subprocess: under two minutes on 2 cores.
+test-fast: setup
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
+
+# The wheel as a pip user installs it, run from outside the checkout (.ci/wheel_test.sh).
+wheel-test: setup
+	PYTHON=$(PY) .ci/wheel_test.sh
 
 demo: setup
 	$(VENV)/bin/mkln demo --config=$(DEMO_CONFIG) --workdir=$(WORKDIR)

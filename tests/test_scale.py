@@ -210,9 +210,11 @@ def test_two_processes_match_one_process_with_four_devices(prepared, tmp_path):
         output = process.wait(600)
         assert process.popen.returncode == 0, output[-4000:]
     for stage in ("teacher", "student"):
-        np.testing.assert_allclose(
-            _losses(multi, stage), _losses(single, stage), rtol=1e-5, atol=1e-6
-        )
+        multi_losses, single_losses = _losses(multi, stage), _losses(single, stage)
+        np.testing.assert_allclose(multi_losses[:4], single_losses[:4], rtol=1e-5, atol=1e-6)
+        # Later steps: Adam amplifies the summation-order difference, more on some CPUs than
+        # others (a 2-core AVX2 Zen 2: 1.5e-3 relative by the teacher's step 6, 2026-12-06).
+        np.testing.assert_allclose(multi_losses, single_losses, rtol=5e-3, atol=1e-5)
         # Cross-process reductions sum in another order. Adam divides by sqrt(v), so where a
         # gradient is near zero that rounding can move a weight by a visible part of one step
         # (lr = 2e-3 here). So: all but a handful of weights within 5e-5 (2.5% of an update),
