@@ -9,6 +9,8 @@ import pytest
 from mkln_jax.input_pipeline import catalog, preprocess
 from mkln_jax.input_pipeline.datasets import forgery
 
+pytestmark = pytest.mark.slow  # trains or runs `mkln` in subprocesses
+
 beam = pytest.importorskip("apache_beam", reason="apache-beam is not installed (run `make extras`)")
 
 SETTINGS = preprocess.Settings(num_frames=3, crop_size=48)

@@ -33,6 +33,7 @@ def test_validate_lists_every_problem_at_once():
     assert "student.pretrained: resnet18 has no ImageNet weights" in message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override,named",
     [
@@ -49,6 +50,7 @@ def test_bad_config_override_fails_naming_it(override, named):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_invalid_value_fails_before_any_work():
     result = mkln(
         "train",
@@ -106,6 +108,7 @@ def test_a_config_file_that_cannot_load_is_one_error_line(tmp_path, case):
         config_lib.load_file(path)
 
 
+@pytest.mark.slow
 def test_config_load_failures_and_unknown_commands_exit_with_one_line(tmp_path):
     (tmp_path / "exits.py").write_text(CONFIG_FILES["exits"][0])
     (tmp_path / "a_file").write_text("")

@@ -325,6 +325,7 @@ def test_sbi_stream_is_balanced_and_augmentations_are_deterministic():
     assert np.abs(loader.augment_image(image, on, rng).astype(int) - image).mean() > 1
 
 
+@pytest.mark.slow
 def test_prepare_ffpp_from_the_command_line_then_train_on_it(ffpp_root, tmp_path):
     common = [
         "--config=configs/tiny.py",

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from cli import mkln
 
+pytestmark = pytest.mark.slow  # trains or runs `mkln` in subprocesses
+
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, cache_dir):

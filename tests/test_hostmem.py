@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # trains or runs `mkln` in subprocesses
+
 PROBE = """
 import resource
 from mkln_jax.backends.cpu import hostmem

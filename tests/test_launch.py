@@ -110,6 +110,7 @@ def test_sweep_dry_run_on_slurm_prints_one_job_per_point(capsys, tmp_path):
     assert "--config.distill.alpha=0.95" in out
 
 
+@pytest.mark.slow
 def test_local_sweep_of_two_temperatures_writes_the_aggregated_table(tmp_path, cache_dir):
     import subprocess
     import sys

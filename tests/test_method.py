@@ -100,6 +100,7 @@ def test_several_teachers_give_the_weighted_mean_of_their_kd_terms():
     )
 
 
+@pytest.mark.slow  # whole models, compiled
 def test_two_teachers_in_the_step_and_both_stay_bit_identical():
     tx = optax.adamw(1e-2)
     t1, v1 = _frozen(_small(1, (8, 8)))
@@ -117,6 +118,7 @@ def test_two_teachers_in_the_step_and_both_stay_bit_identical():
     assert not any(_changed(before, after))
 
 
+@pytest.mark.slow  # whole models, compiled
 def test_consistent_teaching_feeds_the_teacher_the_students_view():
     tx = optax.sgd(0.0)
     teacher, frozen = _frozen(_small(1, (8, 8)))
@@ -182,6 +184,7 @@ def test_mutual_step_updates_both_peers_and_deploys_the_chosen_one():
     np.testing.assert_allclose(model(x), (first + second) / 2, atol=1e-6)
 
 
+@pytest.mark.slow  # whole models, compiled
 @pytest.mark.parametrize("kind", ["cosine", "l2"])
 def test_feature_distillation_trains_the_projection(kind):
     tx = optax.adamw(1e-2)

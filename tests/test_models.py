@@ -149,6 +149,7 @@ def test_batch_norm_train_pass_equals_flax_batch_norm(monkeypatch):
                 np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.slow  # whole models, compiled
 @pytest.mark.parametrize("name", ["efficientnet_b0", "xception", "resnet18"])
 def test_cpu_formulations_train_like_xla_convolutions(name):
     """A whole train-mode forward and every parameter gradient: the CPU formulations (shifted
@@ -191,6 +192,7 @@ def _imagenet_top1(name: str, model, image: np.ndarray) -> int:
     return int(jnp.argmax(_jit_apply(model, jnp.asarray(x[None], jnp.float32))[0]))
 
 
+@pytest.mark.slow  # whole models, compiled
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "mobilenet_v2"])
 def test_converted_imagenet_weights_recognise_a_cat_and_a_coffee(name, cache_dir):
     model = models.build(name, 1000, pretrained="imagenet", cache_dir=cache_dir)
@@ -237,6 +239,7 @@ def _torch_layout(model, include_head=True) -> dict[str, np.ndarray]:
     return out
 
 
+@pytest.mark.slow  # whole models, compiled
 def test_weight_load_round_trips_and_names_missing_and_extra_tensors():
     source = EfficientNet(1000, variant="efficientnet_lite0", rngs=nnx.Rngs(1))
     state = _torch_layout(source)
@@ -275,6 +278,7 @@ ROUND_TRIP = sorted(
 )
 
 
+@pytest.mark.slow  # whole models, compiled
 @pytest.mark.parametrize("name", ROUND_TRIP)
 def test_every_zoo_model_round_trips_through_its_pytorch_layout(name):
     """Every variable is reached by exactly one PyTorch name and comes back unchanged."""
@@ -305,6 +309,7 @@ def test_rgb_weights_adapt_to_a_twelve_channel_stem():
     )
 
 
+@pytest.mark.slow  # whole models, compiled
 def test_convert_weights_writes_a_checkpoint_that_configs_can_name(tmp_path):
     source = models.build("mobilenet_v2", 1000, seed=3)
     pth = tmp_path / "mobilenet.pth"

@@ -319,6 +319,7 @@ def test_portable_and_other_dtypes_trace_without_the_ffi_call():
     assert "mkln_batch_norm" not in bn(x.astype(jnp.bfloat16), scale.astype(jnp.bfloat16))
 
 
+@pytest.mark.slow  # whole models, compiled
 @pytest.mark.parametrize(
     "name,target,train",
     [
@@ -375,6 +376,7 @@ def test_a_failing_build_names_the_source_and_the_compiler_error(tmp_path, monke
     assert not list((tmp_path / "cache").glob("*.so*"))  # nothing half-written is left
 
 
+@pytest.mark.slow
 def test_without_the_kernels_a_process_trains_on_the_jnp_formulation(tmp_path):
     """MKLN_NATIVE=0, or a build that fails (a warning with the compiler's reason): the jnp
     formulation, same numbers as the kernels."""

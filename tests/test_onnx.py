@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from cli import mkln
 
+pytestmark = pytest.mark.slow  # trains or runs `mkln` in subprocesses
+
 pytest.importorskip("jax2onnx", reason="jax2onnx is not installed (run `make extras`)")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (run `make extras`)")
 

@@ -23,6 +23,8 @@ from mkln_jax import sharding
 from mkln_jax import step as step_lib
 from mkln_jax.models.small_cnn import SmallCNN
 
+pytestmark = pytest.mark.slow  # trains or runs `mkln` in subprocesses
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # A fast two-stage run: small CNNs for both teacher and student, 32x32 crops.
 FAST = [

@@ -20,6 +20,7 @@ def _run(num_devices: int):
     return losses, state, teacher_before, teacher_after
 
 
+@pytest.mark.slow  # whole models, compiled
 def test_eight_devices_reproduce_one_device_and_the_teacher_never_changes():
     assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
     losses_1, state_1, _, _ = _run(1)
