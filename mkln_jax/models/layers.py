@@ -199,7 +199,7 @@ def _pointwise_bwd(residuals, dy):
     # dy^T x, (out, in), and transposes it; XLA:CPU then runs that product on one thread with
     # Eigen for the narrow layers (16 x 96 from 131072 rows took 21.6 ms in EfficientNet-B0's
     # step) instead of on YNNPACK. Whole train steps: EfficientNet-B0 92.2 -> 121.6 images/s,
-    # Xception 21.1 -> 27.3 (docs/performance.md).
+    # Xception 21.1 -> 27.3 (docs/performance_log.md).
     x, w = residuals
     dx = jax.lax.dot_general(dy, w[0, 0], (((3,), (1,)), ((), ())))
     if _native_pointwise_filter_grad(x, dy, w):
@@ -273,7 +273,7 @@ _dense.defvjp(_dense_fwd, _dense_bwd)
 # 2-core Zen 3: 8x8x256 fwd + both gradients 87.9 vs 65.6 ms, 4x4x512 111.0 vs 72.2). The
 # ResNet-18 train step (batch 32, 128 px) with the kernels on every layer / on maps of >= 256 /
 # >= 1024 pixels: 22.8 / 25.7 / 25.6 images/s in one session, 36.2 / 38.1 / 39.7 and - / 38.4
-# / 39.2 in two runs of a later one (docs/performance.md, "On the AVX2 machine"); so 16x16
+# / 39.2 in two runs of a later one (docs/performance_log.md, "On the AVX2 machine"); so 16x16
 # maps go to Eigen too. With 16-float vectors (AVX-512) the kernels win at every size.
 MIN_PIXELS_WITH_8_LANES = 1024
 
@@ -305,7 +305,7 @@ def dense_conv(
     A drop-in for `jax.lax.conv_general_dilated` in `nnx.Conv`. The kernels run at about the
     rate of XLA's matrix products, skip the padding on small maps, and need no transposes for
     the filter gradient: ResNet-18's train step 84 -> 104 images/s on a 2-core CPU
-    (docs/performance.md, section 3). They agree with XLA to float32 rounding
+    (docs/performance_log.md, section 3). They agree with XLA to float32 rounding
     (tests/test_native.py).
     """
     del dimension_numbers, unused_kwargs

@@ -1,16 +1,11 @@
 """Host allocator tuning for XLA:CPU.
 
 XLA:CPU allocates every large buffer of a step from the C heap and frees it at the end of the
-step. glibc's malloc serves blocks of more than 32 MiB with mmap and gives them back with munmap,
-and returns the free top of each heap to the kernel, so each step touches its buffers' pages for
-the first time again: measured on the 2-core CPU of docs/performance.md, an EfficientNet-B0 train
-step (batch 32, 128 px) took 630,000 minor page faults and 1.0 s of kernel time per step, as much
-as the computation itself. Keeping freed memory in the process (no mmap for large blocks, no
-trimming, one arena so XLA's worker threads share it) removes all of them and doubles the step
-rate; the cost is a higher resident size (the heap keeps its peak, and how high that peak is
-varies from run to run with how soon PJRT's threads free one step's buffers while the next is
-dispatched). tcmalloc or jemalloc with decay off, loaded with LD_PRELOAD, do the same with
-less memory (docs/performance.md).
+step; glibc returns large blocks and the heap's top to the kernel, so every step faults its
+buffers' pages in again (an EfficientNet-B0 step: 630,000 minor faults and 1.0 s of kernel
+time, as much as the computation). Keeping freed memory in the process (no mmap for large
+blocks, no trimming, one arena) removes them and doubles that step's rate, at the cost of a
+resident size that keeps its peak (docs/performance_log.md, section 1).
 
 `tune()` is called by the `mkln` entry point (and the benchmarks) before any JAX computation
 creates XLA's threads, never on import: a library user calls it explicitly. It acts only where

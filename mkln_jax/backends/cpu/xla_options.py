@@ -1,28 +1,13 @@
-"""Per-compilation XLA options for the CPU backend: which library runs the convolutions and
-the matrix products.
+"""Per-computation XLA options for the CPU backend: which library runs the convolutions and
+the matrix products of a train step.
 
-jaxlib 0.12's XLA:CPU hands dots, convolutions and reductions to YNNPACK by default
-("ynn fusions"); with convolutions left out, XLA runs them with its Eigen kernels. Eigen's are
-faster for the dense 3x3 convolutions of ResNets (a ResNet-18 train step, batch 32, 128 px:
-63.0 -> 71.9 images/s on the 2-core CPU of docs/performance.md, both compiled in one process
-and timed interleaved), and no faster for EfficientNet/Xception, whose depthwise and 1x1
-convolutions the zoo computes without convolution ops on CPU (`conv_impl="cpu"`). So each model
-has its choice (`MODEL_LIBRARIES` below) and the train step is compiled with it.
-
-Dots follow the same switch. Xception's step, whose time is two thirds 1x1-convolution
-products, runs as fast or faster with its dots on Eigen on both CPUs of December 2026 (batch
-32, 128 px, both compiled in one process, interleaved; YNNPACK -> Eigen): a 2-core AVX2 Zen 3,
-13.09 -> 13.85 and 12.99 -> 13.61 images/s; a 2-core AVX-512 Zen 4, 16.61 -> 16.53,
-16.13 -> 16.50, 15.82 -> 17.22, 14.72 -> 14.99 and 16.40 -> 16.33 (10 rounds), forward +
-backward alone 1993 -> 1894 ms (alone, its products run from 8% to 2x faster on Eigen there).
-On the Zen 4, EfficientNet-B0 (75.96 -> 73.05) and the distillation step (49.26 -> 45.17)
-lost and ResNet-18 did not move, so only Xception names Eigen for its dots
-(`MODEL_LIBRARIES`). An earlier A/B on an AVX-512 Zen 5, before the pooling kernel, had
-Xception 3% slower with Eigen's dots (28.2 vs 29.1); docs/performance.md has the runs.
-
-The choice is a compile option, not an XLA_FLAGS entry: it applies to one computation, and a
-jaxlib that does not know the option raises an error we can catch (an unknown XLA_FLAGS entry
-aborts the process), in which case nothing is set.
+jaxlib's XLA:CPU hands dots, convolutions and reductions to YNNPACK by default; with one kind
+left out, XLA runs it with Eigen. Eigen's convolutions are faster for ResNets' dense 3x3
+layers and Eigen's dots for Xception's 1x1-convolution products; everything else keeps YNNPACK
+(`MODEL_LIBRARIES`; in-process A/Bs in docs/performance_log.md, sections 4-5 and the AVX2 /
+Zen 4 sections). The choice is a compile option, not an XLA_FLAGS entry: it applies to one
+computation, and a jaxlib that does not know the option raises an error we catch (an unknown
+XLA_FLAGS entry aborts the process), in which case nothing is set.
 """
 
 from __future__ import annotations
@@ -79,7 +64,7 @@ def compiler_options(
 
 
 # Per-model (convolution, dot) libraries for the train step on XLA:CPU; models not named here
-# keep YNNPACK for both. Measurements in the module docstring and docs/performance.md.
+# keep YNNPACK for both. Measurements: docs/performance_log.md.
 MODEL_LIBRARIES: dict[str, tuple[str, str]] = {
     "resnet18": ("eigen", "ynnpack"),
     "resnet34": ("eigen", "ynnpack"),
