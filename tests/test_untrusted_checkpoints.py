@@ -112,6 +112,28 @@ def test_read_only_checkpoints_create_nothing(tmp_path):
     assert not (tmp_path / "nowhere").exists()
 
 
+def test_host_and_device_fingerprints_are_the_same_function():
+    rng = np.random.default_rng(1)
+    mesh = jax.make_mesh((8,), ("fsdp",))
+    cases = [
+        jnp.asarray(rng.normal(size=(64, 48)), jnp.float32),
+        jnp.asarray(rng.normal(size=(3, 5, 7)), jnp.bfloat16),
+        jnp.asarray(rng.normal(size=(9,)) > 0),
+        jnp.asarray(7, jnp.int32),
+        jax.random.key_data(jax.random.PRNGKey(3)),
+        jnp.zeros((0, 4), jnp.float32),
+        jax.device_put(
+            jnp.asarray(rng.normal(size=(16, 8)), jnp.float32),
+            jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp", None)),
+        ),
+    ]
+    on_devices = checkpoint._device_fingerprints(cases)
+    for x, device in zip(cases, on_devices, strict=True):
+        np.testing.assert_array_equal(
+            checkpoint._host_fingerprint(np.asarray(x)), np.asarray(device)
+        )
+
+
 def test_fingerprints_agree_across_shardings_and_see_one_bit():
     x = jnp.asarray(np.random.default_rng(0).normal(size=(64, 48)), jnp.float32)
     mesh = jax.make_mesh((8,), ("fsdp",))
