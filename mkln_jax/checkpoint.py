@@ -5,9 +5,10 @@ Saves are asynchronous; orbax writes into a temporary folder and renames it when
 crash mid-save never leaves a checkpoint that looks finished. Each checkpoint holds the train
 state, the config that produced it, and the fingerprints of every array of the state (a hash of
 each array's bits: on the host for arrays a process holds whole, on the devices for arrays
-sharded across processes, so a pod's state never travels to one host). A restore recomputes them: a flipped bit, a truncated or a missing file is an error
-that names the step, and resuming falls back to the newest intact step, setting the broken one
-aside under `checkpoints/corrupt/`.
+sharded across processes, so a pod's state never travels to one host). A restore recomputes
+them: a flipped bit, a truncated or a missing file is an error that names the step, and
+resuming falls back to the newest intact step, setting the broken one aside under
+`checkpoints/corrupt/`.
 """
 
 from __future__ import annotations
