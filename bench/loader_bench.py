@@ -29,7 +29,7 @@ hostmem.tune()  # as `mkln` does, before the first JAX computation
 
 def loader_rate(config, augment: loader.HostAugment, batches: int) -> float:
     source = loader.open_split(config.data, config_lib.data_dir(config), "train")
-    index = loader.read_index(source)
+    index = loader.split_index(config.data, config_lib.data_dir(config), "train")
     if augment.sbi:
         indices = np.flatnonzero(index.methods == "real")
     else:

@@ -20,7 +20,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
     split = split or config.eval.split
     mesh = experiment.make_mesh(config)
     source = loader.open_split(config.data, config_lib.data_dir(config), split)
-    index = loader.read_index(source)
+    index = loader.split_index(config.data, config_lib.data_dir(config), split)
     trained_on = config.eval.get("trained_on")  # set by --eval_data (cross-dataset)
     # Cross-dataset: no method of the other dataset was seen in training.
     trained = set() if trained_on else set(config.data.train_methods)
@@ -100,7 +100,7 @@ def robustness_run(config: ml_collections.ConfigDict, workdir: str, split: str |
     stage = "student" if "student" in config.stages else config.stages[0]
     mesh = experiment.make_mesh(config)
     source = loader.open_split(config.data, config_lib.data_dir(config), split)
-    index = loader.read_index(source)
+    index = loader.split_index(config.data, config_lib.data_dir(config), split)
     model, frozen, best_step = experiment.load_best(config, workdir, stage, mesh)
     key = jax.random.key(config.seed)
     curves: dict[str, list[dict]] = {}

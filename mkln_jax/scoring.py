@@ -58,11 +58,9 @@ def predict_source(
     # Global batch must split evenly over devices and processes.
     multiple = mesh.devices.size
     batch_size = -(-batch_size // multiple) * multiple
-    per_process = batch_size // jax.process_count()
-    first = jax.process_index() * per_process
     scores = []
-    for number, (batch, valid) in enumerate(loader.eval_batches(source, batch_size)):
-        local = {"image": batch["image"][first : first + per_process]}
+    # Each process reads and decodes only its rows of every global batch.
+    for number, (local, valid) in enumerate(loader.eval_batches(source, batch_size)):
         images = sharding.host_to_global(local, mesh)["image"]
         if key is None:
             probs = eval_step(params, batch_stats, images)

@@ -46,14 +46,15 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str,
     test_source, test_labels = None, None
     if config.eval.deepfakebench_report:
         test_source = loader.open_split(config.data, data_dir, "test")
-        test_labels = loader.read_index(test_source).labels
+        test_labels = loader.split_index(config.data, data_dir, "test").labels
+    train_labels = loader.split_index(config.data, data_dir, "train")
     if config.data.sbi:  # reals only; their self-blended twins are made on the fly
-        train_index = np.flatnonzero(loader.read_index(train_source).methods == "real")
+        train_index = np.flatnonzero(train_labels.methods == "real")
     else:
         train_index = loader.training_indices(
-            loader.read_index(train_source), config.data.train_methods, config.data.balance
+            train_labels, config.data.train_methods, config.data.balance
         )
-    val_index = loader.read_index(val_source)
+    val_index = loader.split_index(config.data, data_dir, "val")
     val_keep = np.flatnonzero(np.isin(val_index.methods, ["real", *config.data.train_methods]))
 
     repl = sharding.replicated(mesh)

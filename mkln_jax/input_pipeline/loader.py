@@ -76,17 +76,27 @@ def dataset_name(data_config) -> str:
     )
 
 
-def open_split(data_config, data_dir: pathlib.Path, split: str):
-    """The split as a random-access TFDS data source; a clear error if it was never prepared."""
+def _image_features(data_config) -> tuple[str, ...]:
+    return ("image",) if data_config.name == "mkln_demo" else ("image", "mask")
+
+
+def open_split(data_config, data_dir: pathlib.Path, split: str, images: bool = True):
+    """The split as a random-access TFDS data source; a clear error if it was never prepared.
+    Masks are never decoded (no step uses them); with images=False, neither are the images
+    (their PNG bytes come back as they are stored), for reading labels and ids."""
     name = dataset_name(data_config)
+    skipped = [f for f in _image_features(data_config) if f != "image" or not images]
+    decoders = {f: tfds.decode.SkipDecoding() for f in skipped} or None
     try:
         if data_config.name == "mkln_demo":
-            return tfds.data_source(name, data_dir=str(data_dir), split=split, download=False)
+            return tfds.data_source(
+                name, data_dir=str(data_dir), split=split, download=False, decoders=decoders
+            )
         versions = sorted(pathlib.Path(data_dir, name).glob("*.*.*/dataset_info.json"))
         if not versions:
             raise FileNotFoundError(name)
         builder = tfds.builder_from_directory(str(versions[-1].parent))
-        return builder.as_data_source(split=split)
+        return builder.as_data_source(split=split, decoders=decoders)
     except Exception as err:  # tfds raises several types for a missing dataset
         which = "" if data_config.name == "mkln_demo" else f"{data_config.name} "
         raise FileNotFoundError(
@@ -100,6 +110,11 @@ class SplitIndex:
     labels: np.ndarray  # int32[N]
     methods: np.ndarray  # str[N]
     video_ids: np.ndarray  # str[N]
+
+
+def split_index(data_config, data_dir: pathlib.Path, split: str) -> SplitIndex:
+    """Labels, methods and video ids of a split, read without decoding a single image."""
+    return read_index(open_split(data_config, data_dir, split, images=False))
 
 
 def read_index(source) -> SplitIndex:
@@ -224,6 +239,12 @@ def _train_transform(aug: HostAugment):
     return transform
 
 
+def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    return index, count
+
+
 def train_batches(
     source,
     indices: np.ndarray,
@@ -232,15 +253,19 @@ def train_batches(
     seed: int,
     hflip: bool = True,
     augment: HostAugment | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
 ) -> grain.MapDataset:
-    """Infinite, random-access dataset of this process's share of each global batch.
+    """Infinite, random-access dataset of this process's share of each global batch; only
+    that share is read, decoded and augmented.
 
-    Batch s depends only on (seed, s), so the step in a checkpoint is the iterator's whole
-    state: resuming at step s reads exactly the batches an uninterrupted run would have.
-    With augment.sbi, `indices` should be reals only; every real then appears once as itself
-    and once self-blended (a balanced real / fake stream)."""
+    Global batch g holds elements [g*B, (g+1)*B) of one shuffled, augmented stream whose
+    element i depends only on (seed, i); process p of P takes rows [p*B/P, (p+1)*B/P). So the
+    assembled global batch is the same for every P, and batch s depends only on (seed, s): the
+    step in a checkpoint is the iterator's whole state. With augment.sbi, `indices` should be
+    reals only; every real then appears once as itself and once self-blended."""
     augment = augment or HostAugment(hflip=hflip)
-    processes = jax.process_count()
+    index, processes = _processes(process_index, process_count)
     if global_batch_size % processes:
         raise ValueError(f"batch size {global_batch_size} not divisible by {processes} processes")
     per_process = global_batch_size // processes
@@ -248,10 +273,10 @@ def train_batches(
     ds = grain.MapDataset.source(SbiSource(subset) if augment.sbi else subset)
     ds = ds.shuffle(seed=seed).repeat()
     ds = ds.random_map(_train_transform(augment), seed=seed + 1)
-    # Global batch g holds elements [g*B, (g+1)*B); this process takes its contiguous part.
-    ds = ds.batch(global_batch_size, drop_remainder=True)
-    start = jax.process_index() * per_process
-    return ds.map(lambda batch: {k: v[start : start + per_process] for k, v in batch.items()})
+    # Local batch k of size B/P is global batch k // P's part k % P: take every P-th one. The
+    # transform runs only on the elements read, each seeded by its place in the whole stream.
+    ds = ds.batch(per_process, drop_remainder=True)
+    return ds[index::processes]
 
 
 def iterate_from(ds: grain.MapDataset, start_step: int, threads: int) -> Iterator[dict]:
@@ -261,13 +286,25 @@ def iterate_from(ds: grain.MapDataset, start_step: int, threads: int) -> Iterato
     return iter(tail.to_iter_dataset(options))
 
 
-def eval_batches(source, batch_size: int) -> Iterator[tuple[dict, int]]:
-    """Every example once, in order, as (batch, valid count); the last batch is padded by
-    repeating its final element so shapes stay static."""
+def eval_batches(
+    source,
+    batch_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[tuple[dict, int]]:
+    """Every example once, in order, as (this process's rows of a global batch, valid count of
+    the global batch). A global batch is `batch_size` consecutive examples, the last one padded
+    by repeating the final example so shapes stay static; process p of P reads only its rows
+    [p*b, (p+1)*b), b = batch_size / P."""
+    index, processes = _processes(process_index, process_count)
+    if batch_size % processes:
+        raise ValueError(f"batch size {batch_size} not divisible by {processes} processes")
+    rows = batch_size // processes
     total = len(source)
     for start in range(0, total, batch_size):
-        records = [source[i] for i in range(start, min(start + batch_size, total))]
-        valid = len(records)
-        records += [records[-1]] * (batch_size - valid)
+        valid = min(batch_size, total - start)
+        first = start + index * rows
+        wanted = [min(i, total - 1) for i in range(first, first + rows)]
+        records = [source[i] for i in wanted]
         batch = {"image": np.stack([np.asarray(r["image"], np.uint8) for r in records])}
         yield batch, valid
