@@ -5,7 +5,13 @@ PYTHON ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.1
 	"$$p" -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# JAX for the machine: cpu (default, development and CI), cuda12, cuda13 or tpu. The platform's
+# packages (requirements/platform-*.txt: JAX's own extra at the locked jax version) go on top of
+# the lock; switching platforms removes the other platforms' packages first.
+PLATFORM ?= cpu
+PLATFORMS := cpu cuda12 cuda13 tpu
+STAMP := $(VENV)/.installed-$(PLATFORM)
+PYVER = $$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 WORKDIR ?= runs/demo
 DEMO_CONFIG ?= configs/demo.py
 
@@ -15,15 +21,30 @@ TORCH_PYTHON ?= $(shell for p in python3.11 $$HOME/.pyenv/versions/3.11*/bin/pyt
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 11)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 TORCH_VENV := .venv-torch
 
-.PHONY: setup test test-fast wheel-test lint demo bench parity extras clean
+.PHONY: setup check-platforms test test-fast wheel-test lint demo bench parity extras clean
 
-$(STAMP): pyproject.toml requirements/lock-py3.11.txt requirements/lock-py3.12.txt
+$(STAMP): pyproject.toml requirements/lock-py3.11.txt requirements/lock-py3.12.txt $(wildcard requirements/platform-*.txt)
+	@case " $(PLATFORMS) " in *" $(PLATFORM) "*) ;; *) echo "PLATFORM must be one of: $(PLATFORMS)"; exit 1;; esac
 	@test -n "$(PYTHON)" || { echo "No Python >= 3.11 found; install python3.12 or python3.11."; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements/lock-py$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])').txt
+	$(PY) -m pip install -q -r requirements/lock-py$(PYVER).txt
+	@for other in requirements/platform-*-py$(PYVER).txt; do \
+		case "$$other" in *platform-$(PLATFORM)-*) ;; *) $(PY) -m pip uninstall -q -y -r "$$other" 2>/dev/null || true;; esac; done
+	@if [ "$(PLATFORM)" != cpu ]; then \
+		$(PY) -m pip install -q -r requirements/platform-$(PLATFORM)-py$(PYVER).txt; fi
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
+	@rm -f $(VENV)/.installed $(VENV)/.installed-*
 	@touch $@
+	@echo "set up .venv for PLATFORM=$(PLATFORM)"
+
+# What `make setup PLATFORM=...` would install, resolved against the package index without
+# installing anything (every platform; needs the index).
+check-platforms: setup
+	@for p in cuda12 cuda13 tpu; do \
+		$(PY) -m pip install -q --dry-run --ignore-installed -r requirements/lock-py$(PYVER).txt \
+			-r requirements/platform-$$p-py$(PYVER).txt >/dev/null || { echo "PLATFORM=$$p does not resolve"; exit 1; }; \
+		echo "PLATFORM=$$p resolves"; done
 
 setup: $(STAMP)
 

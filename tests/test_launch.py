@@ -8,7 +8,7 @@ import pytest
 from mkln_jax.launch import slurm, sweep, tpu_pod
 
 
-def test_tpu_pod_dry_run_copies_to_and_starts_on_every_worker(capsys):
+def test_tpu_pod_dry_run_ships_the_source_and_installs_jax_for_tpu(capsys):
     code = tpu_pod.main(
         [
             "--tpu=pod-a",
@@ -21,15 +21,24 @@ def test_tpu_pod_dry_run_copies_to_and_starts_on_every_worker(capsys):
     )
     assert code == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("[dry-run] gcloud compute tpus tpu-vm scp --recurse . pod-a:")
-    assert "--worker=all" in lines[0]
-    assert lines[1].startswith(
+    # The tracked source only: never .venv/, runs/ or caches (a copied .venv/.installed stamp
+    # would make a worker's setup a no-op).
+    assert lines[0].startswith("[dry-run] git archive --format=tar.gz")
+    assert lines[1].startswith("[dry-run] gcloud compute tpus tpu-vm scp /tmp/mkln_jax-src.tar.gz")
+    assert "--recurse" not in lines[1] and "--worker=all" in lines[1]
+    assert lines[2].startswith(
         "[dry-run] gcloud compute tpus tpu-vm ssh pod-a --zone=us-west4-a --worker=all"
     )
     assert (
-        "make setup && .venv/bin/mkln train --config=configs/demo.py "
+        "make setup PLATFORM=tpu && .venv/bin/mkln train --config=configs/demo.py "
         "--workdir=/mnt/runs/x --config.distill.temperature=4"
-    ) in lines[1]
+    ) in lines[2]
+
+
+def test_launchers_refuse_the_old_override_spellings(capsys):
+    with pytest.raises(SystemExit):
+        tpu_pod.main(["--tpu=a", "--zone=z", "--config=c", "--workdir=w", "--set=a=1"])
+    assert "spelled --config.a.b=value" in capsys.readouterr().err
 
 
 def test_slurm_dry_run_prints_a_requeueable_multi_node_script(capsys):
@@ -52,6 +61,7 @@ def test_slurm_dry_run_prints_a_requeueable_multi_node_script(capsys):
         "#SBATCH --signal=TERM@120",
         "#SBATCH --requeue",
         "#SBATCH --partition=gpu",
+        "make setup PLATFORM=cuda12",
         "srun .venv/bin/mkln train --config=configs/demo.py --workdir=/shared/run",
         "[dry-run] sbatch /shared/run/mkln.sbatch",
     ):
@@ -106,7 +116,11 @@ def test_sweep_dry_run_on_slurm_prints_one_job_per_point(capsys, tmp_path):
     )
     assert code == 0
     out = capsys.readouterr().out
-    assert out.count("[dry-run] sbatch") == 2
+    # One setup job, then one job per point that waits for it and installs nothing.
+    assert out.count("[dry-run] sbatch --parsable") == 1
+    assert out.count("[dry-run] sbatch") == 3
+    assert out.count("make setup PLATFORM=cuda12") == 1
+    assert out.count("#SBATCH --dependency=afterok:<setup-job-id>") == 2
     assert "--config.distill.alpha=0.95" in out
 
 

@@ -121,10 +121,29 @@ def _parse_flags(argv: list[str]) -> list[str]:
         _bad_flag(err)
 
 
+def compilation_cache() -> str:
+    """Turns on XLA's persistent compilation cache for this process (every command, sweep point
+    and resume reuses what an earlier one compiled). MKLN_XLA_CACHE=DIR moves it, =off
+    disables it; a JAX_COMPILATION_CACHE_DIR set by the user wins. Returns the folder or ""."""
+    import os
+
+    setting = os.environ.get("MKLN_XLA_CACHE", "").strip()
+    if setting.lower() in ("off", "0", "none") or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
+    import jax
+
+    from mkln_jax import fetch
+
+    path = setting or str(fetch.default_cache_dir() / "xla")
+    jax.config.update("jax_compilation_cache_dir", path)
+    return path
+
+
 def run() -> None:
     from mkln_jax.backends.cpu import hostmem
 
     hostmem.tune()  # process-wide, before JAX starts its threads; a no-op off the CPU
+    compilation_cache()
     argv = list(sys.argv)
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
         print(overview())

@@ -4,7 +4,12 @@ before the time limit (or on preemption), the run checkpoints and exits, and `--
 it again from that checkpoint.
 
     mkln launch slurm --nodes=4 --gpus_per_node=8 --config=configs/demo.py \
-        --workdir=/shared/runs/demo [--partition=gpu] [--config.a.b=v] [--dry_run]
+        --workdir=/shared/runs/demo [--platform=cuda12] [--partition=gpu] [--config.a.b=v] \
+        [--dry_run]
+
+The job first installs the platform's JAX (`make setup PLATFORM=cuda12`: JAX's CUDA plugin at the
+locked version) into the checkout's .venv, unless `--no_setup` (a sweep sets up once in its own
+job and makes every point depend on it, so no two jobs ever install into one .venv).
 """
 
 from __future__ import annotations
@@ -14,6 +19,12 @@ import pathlib
 import sys
 
 from mkln_jax.launch.common import OVERRIDE_HELP, execute, mkln_command, parse_args, quoted
+
+PLATFORMS = ("cuda12", "cuda13", "cpu")
+
+
+def setup_command(platform: str) -> str:
+    return f"make setup PLATFORM={platform}"
 
 
 def sbatch_script(args: argparse.Namespace) -> str:
@@ -32,7 +43,28 @@ def sbatch_script(args: argparse.Namespace) -> str:
     ]
     if args.partition:
         lines.append(f"#SBATCH --partition={args.partition}")
-    lines += ["", "set -euo pipefail", f"cd {args.repo}", "make setup", f"srun {quoted(train)}"]
+    if args.dependency:
+        lines.append(f"#SBATCH --dependency=afterok:{args.dependency}")
+    lines += ["", "set -euo pipefail", f"cd {args.repo}"]
+    if not args.no_setup:
+        lines.append(setup_command(args.platform))
+    lines.append(f"srun {quoted(train)}")
+    return "\n".join(lines) + "\n"
+
+
+def setup_script(platform: str, repo: str, workdir: str, partition: str = "") -> str:
+    """A one-node job that installs the platform into the checkout's .venv, once."""
+    lines = [
+        "#!/bin/bash",
+        "#SBATCH --job-name=mkln-setup",
+        "#SBATCH --nodes=1",
+        "#SBATCH --ntasks=1",
+        "#SBATCH --time=01:00:00",
+        f"#SBATCH --output={workdir}/slurm-setup-%j.out",
+    ]
+    if partition:
+        lines.append(f"#SBATCH --partition={partition}")
+    lines += ["", "set -euo pipefail", f"cd {repo}", setup_command(platform)]
     return "\n".join(lines) + "\n"
 
 
@@ -47,6 +79,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--workdir", required=True, help="shared storage seen by every node")
     p.add_argument("--repo", default=str(pathlib.Path(__file__).resolve().parents[2]))
+    p.add_argument("--platform", choices=PLATFORMS, default="cuda12", help="JAX to install")
+    p.add_argument("--no_setup", action="store_true", help="the .venv is already set up")
+    p.add_argument("--dependency", default="", help="Slurm job id that must succeed first")
     p.add_argument("--dry_run", action="store_true", help="print the script and command only")
     return p
 

@@ -111,6 +111,30 @@ def aggregate(args, grid_points: list[dict[str, str]]) -> list[dict]:
     return rows
 
 
+def submit_setup(args) -> str:
+    """Submits the one job that installs the platform into the checkout's .venv; every point
+    depends on it, so no two jobs install into one .venv. Returns its job id ("" on failure)."""
+    import subprocess
+
+    workdir = pathlib.Path(args.workdir)
+    script = slurm.setup_script(args.platform, args.repo, str(workdir), args.partition)
+    path = workdir / "mkln-setup.sbatch"
+    command = ["sbatch", "--parsable", str(path)]
+    if args.dry_run:
+        print(script)
+        print("[dry-run] " + " ".join(command))
+        return "<setup-job-id>"
+    workdir.mkdir(parents=True, exist_ok=True)
+    path.write_text(script)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        print(f"error: sbatch of the setup job failed: {done.stderr.strip()}", file=sys.stderr)
+        return ""
+    job = done.stdout.strip().split(";")[0]
+    print(f"+ {' '.join(command)}  (job {job}; every point waits for it)")
+    return job
+
+
 def _trained_methods(workdir: pathlib.Path) -> set[str]:
     """The point's training methods, from the config saved with its latest checkpoint."""
     for config_file in sorted((workdir / "student" / "checkpoints" / "latest").glob("*/config/*")):
@@ -184,6 +208,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mkln", default=str(beside) if beside.exists() else "mkln", help="the mkln executable"
     )
+    p.add_argument("--platform", choices=slurm.PLATFORMS, default="cuda12", help="slurm runner")
+    p.add_argument("--partition", default="", help="slurm runner: the partition")
+    p.add_argument("--repo", default=str(pathlib.Path(__file__).resolve().parents[2]))
     p.add_argument("--dry_run", action="store_true", help="print what would run")
     p.add_argument("--aggregate_only", action="store_true")
     return p
@@ -196,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: give at least one --grid field=v1,v2", file=sys.stderr)
         return 2
     print(f"{len(grid_points)} point(s) under {args.workdir}")
+    setup_job = ""
+    if args.runner == "slurm" and not args.aggregate_only:
+        setup_job = submit_setup(args)
+        if not setup_job:
+            return 1
     if not args.aggregate_only:
         for point in grid_points:
             workdir = pathlib.Path(args.workdir) / point_name(point)
@@ -215,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
                     str(workdir),
                     "--job_name",
                     f"mkln-{point_name(point)}"[:64],
+                    f"--platform={args.platform}",
+                    f"--repo={args.repo}",
+                    "--no_setup",
+                    f"--dependency={setup_job}",
+                    *([f"--partition={args.partition}"] if args.partition else []),
                 ]
                 slurm_args += [f"--config.{override}" for override in overrides]
                 code = slurm.main([*slurm_args, *(["--dry_run"] if args.dry_run else [])])

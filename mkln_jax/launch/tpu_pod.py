@@ -1,42 +1,59 @@
-"""Train on a Cloud TPU VM pod slice: copy the checkout to every worker, set up, and start the
-same command on all workers at once (jax.distributed finds the pod topology by itself).
+"""Train on a Cloud TPU VM pod slice: ship the checkout to every worker, install JAX for TPU,
+and start the same command on all workers at once (jax.distributed finds the pod topology by
+itself).
 
     mkln launch tpu_pod --tpu=my-v5e-32 --zone=us-west4-a --config=configs/demo.py \
         --workdir=/mnt/shared/runs/demo [--config.distill.temperature=4] [--dry_run]
 
-The workdir must be storage every worker sees (a Filestore / GCS FUSE mount): orbax writes the
+What ships is the checkout's tracked files as they are now (`git archive` of `git stash
+create`, so uncommitted edits travel too), never `.venv/`, `runs/` or caches: each worker
+builds its own `.venv` with `make setup PLATFORM=tpu` (libtpu at the locked jax version). The
+workdir must be storage every worker sees (a Filestore / GCS FUSE mount): orbax writes the
 checkpoint from all processes.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 
 from mkln_jax.launch.common import OVERRIDE_HELP, execute, mkln_command, parse_args, quoted
 
+ARCHIVE = "mkln_jax-src.tar.gz"
 
-def commands(args: argparse.Namespace) -> list[list[str]]:
+
+def source_tree() -> str:
+    """The commit to ship: HEAD plus any uncommitted edits of tracked files."""
+    stash = subprocess.run(["git", "stash", "create"], capture_output=True, text=True)
+    return stash.stdout.strip() or "HEAD"
+
+
+def commands(args: argparse.Namespace, tree: str = "HEAD") -> list[list[str]]:
     target = [args.tpu, f"--zone={args.zone}", "--worker=all"]
     if args.project:
         target.append(f"--project={args.project}")
     train = mkln_command("train", args.config, args.workdir, args.overrides, ".venv/bin/mkln")
-    remote = f"cd {args.remote_dir} && make setup && {quoted(train)}"
+    unpack = (
+        f"mkdir -p {args.remote_dir} && tar -xzf {ARCHIVE} -C {args.remote_dir} && "
+        f"cd {args.remote_dir} && make setup PLATFORM=tpu && {quoted(train)}"
+    )
+    project = [f"--project={args.project}"] if args.project else []
     return [
+        ["git", "archive", "--format=tar.gz", f"--output={args.archive}", tree],
         [
             "gcloud",
             "compute",
             "tpus",
             "tpu-vm",
             "scp",
-            "--recurse",
-            ".",
-            f"{args.tpu}:{args.remote_dir}",
+            args.archive,
+            f"{args.tpu}:{ARCHIVE}",
             f"--zone={args.zone}",
             "--worker=all",
-            *([f"--project={args.project}"] if args.project else []),
+            *project,
         ],
-        ["gcloud", "compute", "tpus", "tpu-vm", "ssh", *target, f"--command={remote}"],
+        ["gcloud", "compute", "tpus", "tpu-vm", "ssh", *target, f"--command={unpack}"],
     ]
 
 
@@ -48,13 +65,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--workdir", required=True, help="shared storage seen by every worker")
     p.add_argument("--remote_dir", default="mkln_jax")
+    p.add_argument("--archive", default=f"/tmp/{ARCHIVE}", help="where the archive is built")
     p.add_argument("--dry_run", action="store_true", help="print the commands only")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(parser(), argv)
-    return execute(commands(args), args.dry_run)
+    return execute(commands(args, "HEAD" if args.dry_run else source_tree()), args.dry_run)
 
 
 if __name__ == "__main__":
