@@ -382,7 +382,7 @@ def test_without_the_kernels_a_process_trains_on_the_jnp_formulation(tmp_path):
     formulation, same numbers as the kernels."""
     code = (
         "import jax, jax.numpy as jnp\n"
-        "from mkln_jax import native\n"
+        "from mkln_jax.backends.cpu import native\n"
         "from mkln_jax.models import layers\n"
         "x = jnp.ones((1, 6, 6, 3)); w = jnp.ones((3, 3, 1, 3))\n"
         "f = lambda a, b: layers.shifted_depthwise_conv(a, b, (1, 1), 'SAME',"

@@ -219,12 +219,14 @@ def test_two_processes_match_one_process_with_four_devices(prepared, tmp_path):
         np.testing.assert_allclose(multi_losses, single_losses, rtol=5e-3, atol=1e-5)
         # Cross-process reductions sum in another order. Adam divides by sqrt(v), so where a
         # gradient is near zero that rounding can move a weight by a visible part of one step
-        # (lr = 2e-3 here). So: all but a handful of weights within 5e-5 (2.5% of an update),
-        # and none off by more than one update.
+        # (lr = 2e-3 here). So: 99% of weights within 2.5e-4 (1/8 of an update), none off by
+        # more than one update. (On a 2-core AVX2 Zen 2, 2026-12-06, 3% of the teacher's
+        # weights were between 5e-5 and 2e-4 apart; a missed all-reduce would move most by a
+        # whole update.)
         for a, b in zip(latest_params(multi, stage), latest_params(single, stage), strict=True):
             diff = np.abs(np.asarray(a) - np.asarray(b))
             assert diff.max() <= 2e-3, diff.max()
-            assert np.mean(diff > 5e-5 + 1e-4 * np.abs(b)) < 1e-4, np.mean(diff > 5e-5)
+            assert np.mean(diff > 2.5e-4 + 1e-4 * np.abs(b)) < 1e-2, np.mean(diff > 2.5e-4)
 
 
 def _wait_for_checkpoint(workdir: pathlib.Path, stage: str, min_step: int, process, limit=300):
