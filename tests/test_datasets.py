@@ -3,6 +3,7 @@ video ids exactly; bad files skipped and counted; resumable preprocessing; the l
 augmentations and Self-Blended Images."""
 
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -382,3 +383,13 @@ def test_prepare_ffpp_from_the_command_line_then_train_on_it(ffpp_root, tmp_path
     )
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "List_of_testing_videos.txt not found" in missing.stderr
+
+
+def test_large_splits_are_ordered_in_memory_not_through_tensorflow():
+    from tensorflow_datasets.core import shuffle
+
+    before = shuffle.MAX_MEM_BUFFER_SIZE
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    with forgery.in_memory_writer(0.5):
+        assert shuffle.MAX_MEM_BUFFER_SIZE >= total // 2 > before  # TFDS's own limit: 1 GB
+    assert shuffle.MAX_MEM_BUFFER_SIZE == before

@@ -76,8 +76,12 @@ def dataset_name(data_config) -> str:
     )
 
 
-def _image_features(data_config) -> tuple[str, ...]:
-    return ("image",) if data_config.name == "mkln_demo" else ("image", "mask")
+def index_decoders(dataset: str, images: bool = False) -> dict | None:
+    """TFDS decoders that leave image features as their stored PNG bytes: masks always (no
+    step uses them), images too unless `images`."""
+    features = ("image",) if dataset == "mkln_demo" else ("image", "mask")
+    skipped = [f for f in features if f != "image" or not images]
+    return {f: tfds.decode.SkipDecoding() for f in skipped} or None
 
 
 def open_split(data_config, data_dir: pathlib.Path, split: str, images: bool = True):
@@ -85,8 +89,7 @@ def open_split(data_config, data_dir: pathlib.Path, split: str, images: bool = T
     Masks are never decoded (no step uses them); with images=False, neither are the images
     (their PNG bytes come back as they are stored), for reading labels and ids."""
     name = dataset_name(data_config)
-    skipped = [f for f in _image_features(data_config) if f != "image" or not images]
-    decoders = {f: tfds.decode.SkipDecoding() for f in skipped} or None
+    decoders = index_decoders(data_config.name, images)
     try:
         if data_config.name == "mkln_demo":
             return tfds.data_source(

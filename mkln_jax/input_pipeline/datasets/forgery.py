@@ -17,7 +17,9 @@ crop where a mask video exists (+ whether it does).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import pathlib
 from typing import ClassVar
 
@@ -108,6 +110,23 @@ def examples_of(entry: catalog.Entry, settings: preprocess.Settings):
     return [_example(entry, result, i, settings.crop_size) for i in range(len(result.crops))]
 
 
+@contextlib.contextmanager
+def in_memory_writer(fraction: float = 0.6):
+    """TFDS orders a split's records in memory and, past 1 GB, spills them to disk through
+    TensorFlow, which this project does not install: an FF++ c23 split at 256 px (~115k
+    records, ~10 GB) would fail there. While this is open, the buffer may grow to `fraction`
+    of the machine's memory."""
+    from tensorflow_datasets.core import shuffle
+
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    previous = shuffle.MAX_MEM_BUFFER_SIZE
+    shuffle.MAX_MEM_BUFFER_SIZE = max(previous, int(total * fraction))
+    try:
+        yield
+    finally:
+        shuffle.MAX_MEM_BUFFER_SIZE = previous
+
+
 class ForgeryBuilder(tfds.core.GeneratorBasedBuilder):
     """Shared by the per-dataset builders below."""
 
@@ -144,6 +163,10 @@ class ForgeryBuilder(tfds.core.GeneratorBasedBuilder):
         self.work_dir = pathlib.Path(
             work_dir or pathlib.Path(self._data_dir_root) / "_work" / self.name / config.name
         )
+
+    def download_and_prepare(self, *args, **kwargs):
+        with in_memory_writer():
+            return super().download_and_prepare(*args, **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.settings.crop_size
