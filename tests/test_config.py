@@ -125,3 +125,29 @@ def test_config_load_failures_and_unknown_commands_exit_with_one_line(tmp_path):
         assert len(errors) == 1 and expected in errors[0], (args, result.stderr[-2000:])
         assert "Traceback" not in result.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_the_compilation_cache_is_on_by_default_and_one_setting_moves_or_disables_it(
+    tmp_path, monkeypatch
+):
+    import jax
+
+    from mkln_jax.cli import main
+
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
+    try:
+        monkeypatch.setenv("MKLN_CACHE", str(tmp_path / "cache"))
+        monkeypatch.delenv("MKLN_XLA_CACHE", raising=False)
+        assert main.compilation_cache() == str(tmp_path / "cache" / "xla")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache" / "xla")
+        monkeypatch.setenv("MKLN_XLA_CACHE", str(tmp_path / "elsewhere"))
+        assert main.compilation_cache() == str(tmp_path / "elsewhere")
+        jax.config.update("jax_compilation_cache_dir", before)
+        monkeypatch.setenv("MKLN_XLA_CACHE", "off")
+        assert main.compilation_cache() == ""
+        assert jax.config.jax_compilation_cache_dir == before
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
