@@ -317,8 +317,10 @@ def config_differences(
 
     def walk(a, b, prefix: str):
         if isinstance(a, dict) and isinstance(b, dict):
-            for key in sorted(set(a) | set(b)):
-                yield from walk(a.get(key), b.get(key), f"{prefix}{key}.")
+            # Only fields both know: one added or removed since the run started is not a change
+            # of that run (config_lib.from_saved reads old configs the same way).
+            for key in sorted(set(a) & set(b)):
+                yield from walk(a[key], b[key], f"{prefix}{key}.")
         elif a != b:
             yield f"{prefix[:-1]} ({a!r} -> {b!r})"
 

@@ -117,6 +117,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         errors.append(f"data.image_size must be >= 16, got {config.data.image_size}")
     _positive_int(config.data.frames_per_clip, "data.frames_per_clip", errors)
     _positive_int(config.data.clip_frames, "data.clip_frames", errors)
+    _positive_int(config.data.read_threads, "data.read_threads", errors)
+    workers = config.data.read_workers
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        errors.append(f"data.read_workers must be an integer >= 0, got {workers!r}")
     if config.data.margin < 1.0:
         errors.append(f"data.margin must be >= 1.0, got {config.data.margin}")
     mesh_data, mesh_fsdp = config.train.mesh_data, config.train.mesh_fsdp

@@ -118,7 +118,9 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str,
         seed=config.seed + (0 if stage == "teacher" else 7),
         augment=loader.HostAugment.from_config(config.data),
     )
-    data_iter = loader.iterate_from(batches, start, config.data.read_threads)
+    data_iter = loader.iterate_from(
+        batches, start, config.data.read_threads, config.data.read_workers
+    )
     first = sharding.host_to_global(next(data_iter), mesh)
     t0 = time.time()
     compiled = train_step.lower(state, teacher_vars, first, scalars).compile(

@@ -151,3 +151,13 @@ def test_the_compilation_cache_is_on_by_default_and_one_setting_moves_or_disable
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def test_resume_compares_only_fields_both_configs_know():
+    import ml_collections
+
+    from mkln_jax import checkpoint
+
+    saved = {"seed": 1, "removed_since": 2, "train": {"steps": 10, "cpu_dots": "auto"}}
+    today = ml_collections.ConfigDict({"seed": 1, "added_since": 3, "train": {"steps": 20}})
+    assert checkpoint.config_differences(saved, today) == ["train.steps (10 -> 20)"]

@@ -77,6 +77,19 @@ def test_evaluation_reads_each_share_once_and_pads_the_same_way(processes):
             np.testing.assert_array_equal(local["image"], whole["image"][rows])
 
 
+def test_worker_processes_give_the_same_batches_as_threads():
+    def first_batches(workers: int):
+        ds = loader.train_batches(
+            CountingSource(), np.arange(37), global_batch_size=BATCH, seed=5, augment=AUGMENT
+        )
+        it = loader.iterate_from(ds, 1, threads=2, workers=workers)
+        return [next(it) for _ in range(STEPS)]
+
+    for threaded, in_workers in zip(first_batches(0), first_batches(2), strict=True):
+        np.testing.assert_array_equal(threaded["image"], in_workers["image"])
+        np.testing.assert_array_equal(threaded["label"], in_workers["label"])
+
+
 def test_the_split_index_decodes_no_image(monkeypatch):
     import tensorflow_datasets as tfds
 

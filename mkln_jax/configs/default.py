@@ -48,7 +48,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Self-Blended Images on the fly: train on reals only, fakes synthesised from them
     # (Shiohara & Yamasaki, CVPR 2022); data.train_methods are then ignored for training.
     config.data.sbi = False
-    config.data.read_threads = 4  # grain reader threads
+    config.data.read_threads = 4  # grain reader threads (per worker process, if any)
+    # grain worker processes for training batches; 0 = read in the training process. Threads
+    # already use 2 cores for PNG decoding; workers help when Python augmentations dominate.
+    config.data.read_workers = 0
 
     # Stage 1: fine-tune the teacher from ImageNet weights (cross-entropy only).
     config.teacher = ml_collections.ConfigDict()

@@ -1,25 +1,32 @@
-"""Reading a split's labels, methods and video ids: decoding every record (images and masks,
-as the loader did before 2026-12-06) against `loader.split_index` (no image decoded), on a
-dataset of the forgery builders' own format with at least 50k examples at 256 px.
+"""The input pipeline on a dataset in the forgery builders' own format with at least 50k
+examples at 256 px: (1) reading a split's labels, methods and video ids by decoding every
+record (images and masks, as the loader did before 2026-12-06) against `loader.split_index`
+(no image decoded); (2) training batches per second with the FF++ config's host augmentations,
+by reader threads in this process and by grain worker processes.
 
-    python bench/index_bench.py [--videos=1600] [--frames=32] [--size=256]
+    python bench/input_bench.py [--videos=1600] [--frames=32] [--size=256] [--batches=40]
+    taskset -c 0 python bench/input_bench.py --skip_index     # the loader on one core
 
 The dataset is written once (cached under ~/.cache/mkln_jax/bench_index or $MKLN_CACHE): the
 `folder` builder with its preprocessing replaced by crops cut from the demo's real face video
 (64 distinct 256 px crops, jittered, PNG), so each record costs what a real FF++ record costs
-to decode. Both readings run in this process, one after the other; the ratio is printed.
+to decode. Both readings of (1) run in this process, one after the other; the ratio is
+printed. (2) reports images/s for each reader setting, with the cores this process may use.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import time
 
 import cv2
 import numpy as np
+import tensorflow_datasets as tfds
+from absl import flags
 
-from mkln_jax import fetch
+from mkln_jax import config_lib, fetch
 from mkln_jax.input_pipeline import catalog, loader, preprocess, video
 from mkln_jax.input_pipeline.datasets import forgery
 
@@ -89,12 +96,38 @@ def build(root: pathlib.Path, videos: int, frames: int, size: int) -> forgery.Fa
     return builder
 
 
+def loader_rate(builder, batch: int, batches: int, threads: int, workers: int) -> float:
+    """Images/s of train_batches with the FF++ config's host augmentations."""
+    config = config_lib.load("ffpp")
+    # As loader.open_split opens it: a read-only builder that worker processes can re-open.
+    reader = tfds.builder_from_directory(str(builder.data_dir))
+    source = reader.as_data_source(split="train", decoders=loader.index_decoders("folder", True))
+    ds = loader.train_batches(
+        source,
+        np.arange(len(source)),
+        global_batch_size=batch,
+        seed=0,
+        augment=loader.HostAugment.from_config(config.data),
+    )
+    it = loader.iterate_from(ds, 0, threads, workers)
+    for _ in range(3):  # start-up (workers spawn, buffers fill)
+        next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * batch / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--videos", type=int, default=1600)
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--skip_index", action="store_true")
     args = parser.parse_args()
+    flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
     root = fetch.default_cache_dir() / "bench_index"
     start = time.perf_counter()
     builder = build(root, args.videos, args.frames, args.size)
@@ -102,21 +135,31 @@ def main() -> None:
     train = builder.info.splits["train"].num_examples
     total = sum(s.num_examples for s in builder.info.splits.values())
     print(f"examples: {total} ({train} in train), {args.size} px crops with masks")
-
-    start = time.perf_counter()
-    full = loader.read_index(builder.as_data_source(split="train"))  # every image and mask
-    before = time.perf_counter() - start
-    start = time.perf_counter()
-    # What loader.split_index opens: the same source with image features left encoded.
-    skip = loader.index_decoders("folder")
-    light = loader.read_index(builder.as_data_source(split="train", decoders=skip))
-    after = time.perf_counter() - start
-    assert np.array_equal(full.labels, light.labels)
-    assert np.array_equal(full.video_ids, light.video_ids)
-    print(f"read_index, train split ({train} examples):")
-    print(f"  decoding every record: {before:7.1f} s ({train / before:8.0f} examples/s)")
-    print(f"  split_index, no image: {after:7.1f} s ({train / after:8.0f} examples/s)")
-    print(f"  ratio: {before / after:.1f}x")
+    if not args.skip_index:
+        start = time.perf_counter()
+        full = loader.read_index(builder.as_data_source(split="train"))  # every image, mask
+        before = time.perf_counter() - start
+        # What loader.split_index opens: the same source with image features left encoded.
+        skip = loader.index_decoders("folder")
+        start = time.perf_counter()
+        light = loader.read_index(builder.as_data_source(split="train", decoders=skip))
+        after = time.perf_counter() - start
+        assert np.array_equal(full.labels, light.labels)
+        assert np.array_equal(full.video_ids, light.video_ids)
+        print(f"read_index, train split ({train} examples):")
+        print(f"  decoding every record: {before:7.1f} s ({train / before:8.0f} examples/s)")
+        print(f"  split_index, no image: {after:7.1f} s ({train / after:8.0f} examples/s)")
+        print(f"  ratio: {before / after:.1f}x")
+    cores = len(os.sched_getaffinity(0))
+    print(f"loader, batch {args.batch}, FF++ host augmentations, {cores} core(s) available:")
+    for threads, workers in ((1, 0), (4, 0), (2, 1), (2, 2)):
+        rate = loader_rate(builder, args.batch, args.batches, threads, workers)
+        where = (
+            f"{workers} worker process(es) x {threads} threads"
+            if workers
+            else (f"{threads} thread(s) in this process")
+        )
+        print(f"  {where:40s} {rate:7.0f} images/s")
 
 
 if __name__ == "__main__":
