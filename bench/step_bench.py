@@ -80,9 +80,16 @@ def _flops(compiled) -> float:
 
 
 def _build(
-    student: str, teacher: str | None, batch: int, size: int, dtype: str, conv_impl: str = "auto"
+    student: str,
+    teacher: str | None,
+    batch: int,
+    size: int,
+    dtype: str,
+    conv_impl: str = "auto",
+    teacher_input: str = "clean",
 ):
-    """(compiled step, its arguments, None) on the default device."""
+    """(compiled step, its arguments, None) on the default device; teacher_input="view" is
+    consistent teaching (the teacher sees the student's augmented view)."""
     tx = optax.sgd(0.01, momentum=0.9)
     model = models.build(student, 2, dtype=dtype, conv_impl=conv_impl)
     graphdef, _, _ = step_lib.split_model(model)
@@ -95,7 +102,7 @@ def _build(
         t_spec = models.spec(teacher)
         teachers = (step_lib.ModelFn(t_graph, t_spec.mean, t_spec.std, models.DTYPES[dtype]),)
         frozen = (step_lib.Frozen(t_params, t_stats),)
-    method = step_lib.Method(frequency_augment=bool(teacher))
+    method = step_lib.Method(frequency_augment=bool(teacher), teacher_input=teacher_input)
     step = jax.jit(
         step_lib.make_train_step(fn_model, tx, teachers=teachers, method=method),
         donate_argnums=0,
