@@ -1,6 +1,6 @@
 """The input pipeline on a dataset in the forgery builders' own format with at least 50k
 examples at 256 px: (1) reading a split's labels, methods and video ids by decoding every
-record (images and masks, as the loader did before 2026-12-06) against `loader.split_index`
+record (images and masks, as the loader did before 2026-12-06) against `splits.split_index`
 (no image decoded); (2) training batches per second with the FF++ config's host augmentations,
 by reader threads in this process and by grain worker processes.
 
@@ -27,7 +27,7 @@ import tensorflow_datasets as tfds
 from absl import flags
 
 from mkln_jax import config_lib, fetch
-from mkln_jax.input_pipeline import catalog, loader, preprocess, video
+from mkln_jax.input_pipeline import catalog, loader, preprocess, splits, video
 from mkln_jax.input_pipeline.datasets import forgery
 
 
@@ -99,9 +99,9 @@ def build(root: pathlib.Path, videos: int, frames: int, size: int) -> forgery.Fa
 def loader_rate(builder, batch: int, batches: int, threads: int, workers: int) -> float:
     """Images/s of train_batches with the FF++ config's host augmentations."""
     config = config_lib.load("ffpp")
-    # As loader.open_split opens it: a read-only builder that worker processes can re-open.
+    # As splits.open_split opens it: a read-only builder that worker processes can re-open.
     reader = tfds.builder_from_directory(str(builder.data_dir))
-    source = reader.as_data_source(split="train", decoders=loader.index_decoders("folder", True))
+    source = reader.as_data_source(split="train", decoders=splits.index_decoders("folder", True))
     ds = loader.train_batches(
         source,
         np.arange(len(source)),
@@ -137,12 +137,12 @@ def main() -> None:
     print(f"examples: {total} ({train} in train), {args.size} px crops with masks")
     if not args.skip_index:
         start = time.perf_counter()
-        full = loader.read_index(builder.as_data_source(split="train"))  # every image, mask
+        full = splits.read_index(builder.as_data_source(split="train"))  # every image, mask
         before = time.perf_counter() - start
-        # What loader.split_index opens: the same source with image features left encoded.
-        skip = loader.index_decoders("folder")
+        # What splits.split_index opens: the same source with image features left encoded.
+        skip = splits.index_decoders("folder")
         start = time.perf_counter()
-        light = loader.read_index(builder.as_data_source(split="train", decoders=skip))
+        light = splits.read_index(builder.as_data_source(split="train", decoders=skip))
         after = time.perf_counter() - start
         assert np.array_equal(full.labels, light.labels)
         assert np.array_equal(full.video_ids, light.video_ids)

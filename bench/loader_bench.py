@@ -22,18 +22,18 @@ from _common import load_config, student_step
 
 from mkln_jax import config_lib
 from mkln_jax.backends.cpu import hostmem
-from mkln_jax.input_pipeline import loader, prepare
+from mkln_jax.input_pipeline import loader, prepare, splits
 
 hostmem.tune()  # as `mkln` does, before the first JAX computation
 
 
 def loader_rate(config, augment: loader.HostAugment, batches: int) -> float:
-    source = loader.open_split(config.data, config_lib.data_dir(config), "train")
-    index = loader.split_index(config.data, config_lib.data_dir(config), "train")
+    source = splits.open_split(config.data, config_lib.data_dir(config), "train")
+    index = splits.split_index(config.data, config_lib.data_dir(config), "train")
     if augment.sbi:
         indices = np.flatnonzero(index.methods == "real")
     else:
-        indices = loader.training_indices(index, config.data.train_methods, True)
+        indices = splits.training_indices(index, config.data.train_methods, True)
     ds = loader.train_batches(
         source, indices, global_batch_size=config.student.batch_size, seed=0, augment=augment
     )

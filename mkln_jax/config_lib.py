@@ -13,7 +13,7 @@ import ml_collections
 from mkln_jax import fetch, models
 from mkln_jax.backends.cpu import xla_options
 from mkln_jax.errors import MklnError
-from mkln_jax.input_pipeline import forgeries
+from mkln_jax.input_pipeline import forgeries, splits
 
 
 class ConfigError(MklnError, ValueError):
@@ -195,16 +195,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
 
 def _check_data(data: ml_collections.ConfigDict, errors: list[str]) -> None:
     """The dataset's name, methods and preprocessing settings."""
-    from mkln_jax.input_pipeline import catalog, faces, loader
+    from mkln_jax.input_pipeline import catalog, faces
 
     known = {
         "mkln_demo": forgeries.METHODS,
         "ffpp": (*catalog.FFPP_METHODS, catalog.DFD),
         "celebdf": (catalog.CELEBDF_METHOD,),
     }
-    if data.name not in ("mkln_demo", *loader.REAL_DATASETS):
+    if data.name not in ("mkln_demo", *splits.REAL_DATASETS):
         errors.append(
-            f"data.name must be mkln_demo or one of {loader.REAL_DATASETS}, got {data.name!r}"
+            f"data.name must be mkln_demo or one of {splits.REAL_DATASETS}, got {data.name!r}"
         )
         return
     for method in data.methods:

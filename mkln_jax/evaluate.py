@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 
 from mkln_jax import config_lib, experiment, fileio, metrics, perturb, scoring
-from mkln_jax.input_pipeline import loader
+from mkln_jax.input_pipeline import splits
 
 
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | None = None):
@@ -19,8 +19,8 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
     config_lib.validate(config)
     split = split or config.eval.split
     mesh = experiment.make_mesh(config)
-    source = loader.open_split(config.data, config_lib.data_dir(config), split)
-    index = loader.split_index(config.data, config_lib.data_dir(config), split)
+    source = splits.open_split(config.data, config_lib.data_dir(config), split)
+    index = splits.split_index(config.data, config_lib.data_dir(config), split)
     trained_on = config.eval.get("trained_on")  # set by --eval_data (cross-dataset)
     # Cross-dataset: no method of the other dataset was seen in training.
     trained = set() if trained_on else set(config.data.train_methods)
@@ -63,7 +63,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
             "model": experiment.describe_model(config, stage),
             "checkpoint_step": best_step,
             "split": split,
-            "dataset": loader.dataset_name(config.data),
+            "dataset": splits.dataset_name(config.data),
             "train_methods": sorted(trained),
             "metrics": report,
         }
@@ -99,8 +99,8 @@ def robustness_run(config: ml_collections.ConfigDict, workdir: str, split: str |
     split = split or config.eval.split
     stage = "student" if "student" in config.stages else config.stages[0]
     mesh = experiment.make_mesh(config)
-    source = loader.open_split(config.data, config_lib.data_dir(config), split)
-    index = loader.split_index(config.data, config_lib.data_dir(config), split)
+    source = splits.open_split(config.data, config_lib.data_dir(config), split)
+    index = splits.split_index(config.data, config_lib.data_dir(config), split)
     model, frozen, best_step = experiment.load_best(config, workdir, stage, mesh)
     key = jax.random.key(config.seed)
     curves: dict[str, list[dict]] = {}

@@ -11,7 +11,7 @@ from jax.experimental import multihost_utils
 
 from mkln_jax import metrics, perturb, sharding
 from mkln_jax import step as step_lib
-from mkln_jax.input_pipeline import loader
+from mkln_jax.input_pipeline import loader, splits
 
 
 def jit_eval_step(model: step_lib.ModelFn, mesh):
@@ -71,6 +71,6 @@ def predict_source(
     return np.concatenate(scores) if scores else np.zeros((0,), np.float32)
 
 
-def quick_metrics(index: loader.SplitIndex, keep, probs, threshold: float) -> dict[str, float]:
+def quick_metrics(index: splits.SplitIndex, keep, probs, threshold: float) -> dict[str, float]:
     s = metrics.summary(index.labels[keep], probs, threshold)
     return {k: s[k] for k in ("auc", "eer", "ap", "acc")}

@@ -25,7 +25,7 @@ from mkln_jax import metrics as metrics_lib
 from mkln_jax import step as step_lib
 from mkln_jax import workdir as workdir_lib
 from mkln_jax.errors import WorkdirError
-from mkln_jax.input_pipeline import loader
+from mkln_jax.input_pipeline import loader, splits
 from mkln_jax.logging_utils import MetricLogger, Progress
 
 # Config fields that do not change what a stage trains (so resuming may differ in them).
@@ -39,22 +39,22 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str,
     section = config[stage]
     out_dir = experiment.stage_dir(workdir, stage)
     data_dir = config_lib.data_dir(config)
-    train_source = loader.open_split(config.data, data_dir, "train")
-    val_source = loader.open_split(config.data, data_dir, "val")
+    train_source = splits.open_split(config.data, data_dir, "train")
+    val_source = splits.open_split(config.data, data_dir, "val")
     # DeepfakeBench-compatible numbers need the test AUC at every evaluation (its tables report
     # the mean of the top-3): logged apart, never used for model selection here.
     test_source, test_labels = None, None
     if config.eval.deepfakebench_report:
-        test_source = loader.open_split(config.data, data_dir, "test")
-        test_labels = loader.split_index(config.data, data_dir, "test").labels
-    train_labels = loader.split_index(config.data, data_dir, "train")
+        test_source = splits.open_split(config.data, data_dir, "test")
+        test_labels = splits.split_index(config.data, data_dir, "test").labels
+    train_labels = splits.split_index(config.data, data_dir, "train")
     if config.data.sbi:  # reals only; their self-blended twins are made on the fly
         train_index = np.flatnonzero(train_labels.methods == "real")
     else:
-        train_index = loader.training_indices(
+        train_index = splits.training_indices(
             train_labels, config.data.train_methods, config.data.balance
         )
-    val_index = loader.split_index(config.data, data_dir, "val")
+    val_index = splits.split_index(config.data, data_dir, "val")
     val_keep = np.flatnonzero(np.isin(val_index.methods, ["real", *config.data.train_methods]))
 
     repl = sharding.replicated(mesh)

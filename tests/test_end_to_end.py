@@ -64,12 +64,12 @@ def test_exported_artifact_matches_the_training_code_path(demo_run):
 
     from mkln_jax import config_lib, experiment, export, scoring, sharding
     from mkln_jax.configs import tiny
-    from mkln_jax.input_pipeline import loader
+    from mkln_jax.input_pipeline import splits
 
     workdir, _ = demo_run
     config = tiny.get_config()
     artifact = export.Artifact(workdir / "export")
-    source = loader.open_split(config.data, config_lib.data_dir(config), "test")
+    source = splits.open_split(config.data, config_lib.data_dir(config), "test")
     mesh = sharding.make_mesh(1)
     model, frozen, _ = experiment.load_best(config, workdir, "student", mesh)
     expected = scoring.predict_source(

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from mkln_jax.input_pipeline import loader
+from mkln_jax.input_pipeline import loader, splits
 
 BATCH, STEPS = 8, 3
 AUGMENT = loader.HostAugment(hflip=True, jpeg_prob=0.5, blur_prob=0.5, colour_prob=0.5)
@@ -107,9 +107,9 @@ def test_the_split_index_decodes_no_image(monkeypatch):
 
     monkeypatch.setattr(tfds.features.Image, "decode_example_np", counting)
     data_dir = config_lib.data_dir(config)
-    index = loader.split_index(config.data, data_dir, "train")
+    index = splits.split_index(config.data, data_dir, "train")
     assert len(index.labels) > 0 and not decoded
-    full = loader.read_index(loader.open_split(config.data, data_dir, "train"))
+    full = splits.read_index(splits.open_split(config.data, data_dir, "train"))
     assert decoded  # the same read with images decodes every one of them
     np.testing.assert_array_equal(full.labels, index.labels)
     np.testing.assert_array_equal(full.video_ids, index.video_ids)
@@ -122,7 +122,7 @@ jax.distributed.initialize(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
 import numpy as np
 sys.path.insert(0, sys.argv[5])
 from test_input_per_host import AUGMENT, BATCH, STEPS, CountingSource
-from mkln_jax.input_pipeline import loader
+from mkln_jax.input_pipeline import loader, splits
 source = CountingSource()
 ds = loader.train_batches(source, np.arange(len(source)), global_batch_size=BATCH, seed=5,
                           augment=AUGMENT)

@@ -21,7 +21,7 @@ def define_flags() -> list[str]:
 
 def main(config, args: list[str]) -> int:
     from mkln_jax import config_lib
-    from mkln_jax.input_pipeline import demo, loader
+    from mkln_jax.input_pipeline import demo, splits
 
     timings = []
     for name, command in (
@@ -36,7 +36,7 @@ def main(config, args: list[str]) -> int:
         timings.append((name, time.time() - t0))
     print("\n=== predict ===", flush=True)
     t0 = time.time()
-    samples = demo.predict_samples(loader.demo_settings(config.data), config_lib.cache_dir(config))
+    samples = demo.predict_samples(splits.demo_settings(config.data), config_lib.cache_dir(config))
     predict.main(None, [str(path) for path in samples])
     timings.append(("predict", time.time() - t0))
     print("\n=== wall times ===")

@@ -15,14 +15,14 @@ def define_flags() -> list[str]:
 def configure(config, args: list[str]) -> None:
     """The dataset named on the command line replaces data.name (before validation)."""
     from mkln_jax import config_lib
-    from mkln_jax.input_pipeline import loader
+    from mkln_jax.input_pipeline import splits
 
     if len(args) > 1:
         raise config_lib.ConfigError(f"unexpected arguments {args[1:]}")
     if args:
         name = "mkln_demo" if args[0] == "demo" else args[0]
-        if name not in ("mkln_demo", *loader.REAL_DATASETS):
-            known = ", ".join(loader.REAL_DATASETS)
+        if name not in ("mkln_demo", *splits.REAL_DATASETS):
+            known = ", ".join(splits.REAL_DATASETS)
             raise config_lib.ConfigError(f"unknown dataset {args[0]!r}; give demo, {known}")
         config.data.name = name
 

@@ -13,7 +13,7 @@ import ml_collections
 import tensorflow_datasets as tfds
 
 from mkln_jax import config_lib
-from mkln_jax.input_pipeline import catalog, loader, video
+from mkln_jax.input_pipeline import catalog, splits, video
 from mkln_jax.input_pipeline.datasets import mkln_demo
 
 
@@ -24,7 +24,7 @@ def prepare(config: ml_collections.ConfigDict, sources=None) -> list[str]:
     if config.data.name != "mkln_demo":
         return prepare_real(config)
     builder = mkln_demo.MklnDemo(
-        settings=loader.demo_settings(config.data),
+        settings=splits.demo_settings(config.data),
         sources=sources,
         cache_dir=config_lib.cache_dir(config),
         data_dir=str(data_dir),
@@ -57,8 +57,8 @@ def prepare_real(config: ml_collections.ConfigDict, progress: bool = True) -> li
             f"`mkln prepare {data.name} --config.data.root=/data/{data.name}`"
         )
     builder = forgery.BUILDERS[data.name](
-        source=loader.forgery_source(data),
-        settings=loader.preprocess_settings(data),
+        source=splits.forgery_source(data),
+        settings=splits.preprocess_settings(data),
         workers=data.workers,
         beam=data.beam,
         progress=progress,
