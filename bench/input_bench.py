@@ -27,8 +27,9 @@ import tensorflow_datasets as tfds
 from absl import flags
 
 from mkln_jax import config_lib, fetch
-from mkln_jax.input_pipeline import catalog, loader, preprocess, splits, video
-from mkln_jax.input_pipeline.datasets import forgery
+from mkln_jax.input_pipeline import loader, splits, video
+from mkln_jax.input_pipeline.build import catalog, preprocess
+from mkln_jax.input_pipeline.build.datasets import forgery
 
 
 def _crops(size: int, count: int = 64) -> list[bytes]:

@@ -31,7 +31,8 @@ import cv2
 import numpy as np
 
 from mkln_jax import fetch
-from mkln_jax.input_pipeline import catalog, faces, preprocess, video
+from mkln_jax.input_pipeline import faces, video
+from mkln_jax.input_pipeline.build import catalog, preprocess
 
 VIDEOS = ("WolfgangLanger_Pexels.mp4", "single_face.mp4", "face_noface.mov", "noface_face.mov")
 

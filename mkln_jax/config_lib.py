@@ -195,7 +195,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
 
 def _check_data(data: ml_collections.ConfigDict, errors: list[str]) -> None:
     """The dataset's name, methods and preprocessing settings."""
-    from mkln_jax.input_pipeline import catalog, faces
+    from mkln_jax.input_pipeline import faces
+    from mkln_jax.input_pipeline.build import catalog
 
     known = {
         "mkln_demo": forgeries.METHODS,

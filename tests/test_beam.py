@@ -6,8 +6,8 @@ import dataset_trees as trees
 import numpy as np
 import pytest
 
-from mkln_jax.input_pipeline import catalog, preprocess
-from mkln_jax.input_pipeline.datasets import forgery
+from mkln_jax.input_pipeline.build import catalog, preprocess
+from mkln_jax.input_pipeline.build.datasets import forgery
 
 pytestmark = pytest.mark.slow  # trains or runs `mkln` in subprocesses
 

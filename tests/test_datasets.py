@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from cli import mkln
 
-from mkln_jax.input_pipeline import catalog, faces, loader, preprocess
-from mkln_jax.input_pipeline.datasets import forgery
+from mkln_jax.input_pipeline import faces, loader
+from mkln_jax.input_pipeline.build import catalog, preprocess
+from mkln_jax.input_pipeline.build.datasets import forgery
 
 SETTINGS = preprocess.Settings(num_frames=3, crop_size=48)
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from mkln_jax.input_pipeline import demo, forgeries, video
+from mkln_jax.input_pipeline import forgeries, video
+from mkln_jax.input_pipeline.build import demo
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ def define_flags() -> list[str]:
 
 def main(config, args: list[str]) -> int:
     from mkln_jax import config_lib
-    from mkln_jax.input_pipeline import demo, splits
+    from mkln_jax.input_pipeline import splits
+    from mkln_jax.input_pipeline.build import demo
 
     timings = []
     for name, command in (

@@ -13,8 +13,9 @@ import ml_collections
 import tensorflow_datasets as tfds
 
 from mkln_jax import config_lib
-from mkln_jax.input_pipeline import catalog, splits, video
-from mkln_jax.input_pipeline.datasets import mkln_demo
+from mkln_jax.input_pipeline import splits, video
+from mkln_jax.input_pipeline.build import catalog
+from mkln_jax.input_pipeline.build.datasets import mkln_demo
 
 
 def prepare(config: ml_collections.ConfigDict, sources=None) -> list[str]:
@@ -48,7 +49,7 @@ def _summary(builder, report_lines: list[str]) -> list[str]:
 
 
 def prepare_real(config: ml_collections.ConfigDict, progress: bool = True) -> list[str]:
-    from mkln_jax.input_pipeline.datasets import forgery
+    from mkln_jax.input_pipeline.build.datasets import forgery
 
     data = config.data
     if not data.root and data.name != "deepfakebench":

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mkln_jax.input_pipeline import demo
-from mkln_jax.input_pipeline.datasets import mkln_demo
+from mkln_jax.input_pipeline.build import demo
+from mkln_jax.input_pipeline.build.datasets import mkln_demo
 
 
 def demo_settings(data_config) -> demo.DemoSettings:
@@ -31,7 +31,7 @@ REAL_DATASETS = ("ffpp", "celebdf", "folder", "deepfakebench")
 
 def forgery_source(data_config):
     """The `forgery.Source` of a real dataset config."""
-    from mkln_jax.input_pipeline.datasets import forgery
+    from mkln_jax.input_pipeline.build.datasets import forgery
 
     return forgery.Source(
         kind=data_config.name,
@@ -45,7 +45,7 @@ def forgery_source(data_config):
 
 
 def preprocess_settings(data_config):
-    from mkln_jax.input_pipeline import preprocess
+    from mkln_jax.input_pipeline.build import preprocess
 
     return preprocess.Settings(
         num_frames=data_config.num_frames,
@@ -61,7 +61,7 @@ def dataset_name(data_config) -> str:
     if data_config.name == "mkln_demo":
         return f"mkln_demo/{mkln_demo.config_name(demo_settings(data_config))}"
     if data_config.name in REAL_DATASETS:
-        from mkln_jax.input_pipeline.datasets import forgery
+        from mkln_jax.input_pipeline.build.datasets import forgery
 
         source = forgery_source(data_config)
         builder = forgery.BUILDER_NAMES[data_config.name]

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from mkln_jax.input_pipeline import faces, video
-from mkln_jax.input_pipeline.catalog import Entry
+from mkln_jax.input_pipeline.build.catalog import Entry
 
 
 @dataclasses.dataclass(frozen=True)

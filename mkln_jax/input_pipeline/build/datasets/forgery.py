@@ -27,8 +27,8 @@ import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mkln_jax.input_pipeline import catalog, preprocess
-from mkln_jax.input_pipeline.datasets import mkln_demo
+from mkln_jax.input_pipeline.build import catalog, preprocess
+from mkln_jax.input_pipeline.build.datasets import mkln_demo
 
 SPLITS = catalog.SPLITS
 

@@ -1,4 +1,4 @@
-"""TFDS builder of the built-in demo data (see `mkln_jax.input_pipeline.demo`)."""
+"""TFDS builder of the built-in demo data (see `mkln_jax.input_pipeline.build.demo`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mkln_jax.input_pipeline import demo
+from mkln_jax.input_pipeline.build import demo
 
 SPLITS = ("train", "val", "test")
 
