@@ -6,13 +6,13 @@ each formulation and its speed-up over XLA's own convolution, all measured in th
 interleaved:
 
 - depthwise: XLA's grouped convolution, the shifted multiply-adds differentiated by autodiff
-  (the zoo's formulation before its own backward pass), `layers.shifted_depthwise_conv` with
+  (the zoo's formulation before its own backward pass), `cpu_ops.shifted_depthwise_conv` with
   its jnp backward pass (`native.portable()`) and with our FFI kernels (`backends/cpu/native`,
   what the zoo runs on CPU in float32);
-- 1x1: XLA's convolution and `layers.pointwise_conv` (a dot with its own backward pass);
+- 1x1: XLA's convolution and `cpu_ops.pointwise_conv` (a dot with its own backward pass);
 - dense (ResNet-18's 3x3 layers and 7x7 stem): XLA's convolution compiled as jaxlib does by
   default (YNNPACK), with Eigen's kernels (`xla_options.compiler_options("eigen")`, what the
-  trainer uses for ResNets where XLA runs them) and `layers.dense_conv` on our FFI kernels
+  trainer uses for ResNets where XLA runs them) and `cpu_ops.dense_conv` on our FFI kernels
   (`backends/cpu/native/dense.cc`, what the zoo runs on CPU in float32);
 - max pooling 3x3 (Xception's and ResNet's layers): XLA's reduce-window, differentiated by
   autodiff, against `layers.max_pool(impl="cpu")` in its jnp formulation and on our FFI kernels
@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mkln_jax.backends.cpu import hostmem, native, xla_options
+from mkln_jax.backends.cpu import ops as cpu_ops
 from mkln_jax.models import layers
 
 hostmem.tune()  # as `mkln` does, before the first JAX computation
@@ -76,12 +77,12 @@ def _grad_fn(conv):
 
 
 def _autodiff_shifted(x, w, stride, pads):
-    return layers._shifted_sum(jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0))), w, stride)
+    return cpu_ops._shifted_sum(jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0))), w, stride)
 
 
 def _depthwise_fns(x, w, stride: int, pads, channels: int) -> dict:
     strides = (stride, stride)
-    ours = lambda x, w: layers.shifted_depthwise_conv(
+    ours = lambda x, w: cpu_ops.shifted_depthwise_conv(
         x, w, strides, pads, feature_group_count=channels
     )
     with native.portable():  # traced now, so without the FFI kernels
@@ -108,7 +109,7 @@ def _pointwise_fns(stride: int) -> dict:
                 x, w, strides, "VALID", dimension_numbers=DIMS
             )
         ),
-        "ours": _grad_fn(lambda x, w: layers.pointwise_conv(x, w, strides, "VALID")),
+        "ours": _grad_fn(lambda x, w: cpu_ops.pointwise_conv(x, w, strides, "VALID")),
     }
 
 
@@ -122,7 +123,7 @@ def _dense_fns(x, w, kernel: int, stride: int) -> dict:
     if eigen := xla_options.compiler_options("eigen"):
         fns["eigen"] = lowered.compile(compiler_options=eigen)
     if native.dense_available(x.dtype) and w.shape[-1] % native.dense_lanes() == 0:
-        fns["ffi"] = _grad_fn(lambda x, w: layers.dense_conv(x, w, (stride,) * 2, pad))
+        fns["ffi"] = _grad_fn(lambda x, w: cpu_ops.dense_conv(x, w, (stride,) * 2, pad))
     return fns
 
 
@@ -193,7 +194,7 @@ def main() -> None:
         for size, ch, k, stride in DEPTHWISE:
             x = jnp.asarray(rng.standard_normal((args.batch, size, size, ch), np.float32))
             w = jnp.asarray(rng.standard_normal((k, k, 1, ch), np.float32))
-            pads = (layers.same_padding(size, k, stride),) * 2
+            pads = (cpu_ops.same_padding(size, k, stride),) * 2
             ms = _compare(_depthwise_fns(x, w, stride, pads, ch), x, w, args.repeats)
             kernels = ms.get("native", float("nan"))
             best = min(ms["jnp"], ms.get("native", ms["jnp"]))

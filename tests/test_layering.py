@@ -41,9 +41,7 @@ LAYERS = {
         "mkln_jax.workdir",
         "mkln_jax.fetch",
         "mkln_jax.distributed",
-        "mkln_jax.backends.cpu.native",
-        "mkln_jax.backends.cpu.xla_options",
-        "mkln_jax.backends.cpu.hostmem",
+        "mkln_jax.backends",
     ),
     0: ("mkln_jax.errors", "mkln_jax.fileio", "mkln_jax"),
 }

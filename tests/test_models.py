@@ -12,6 +12,7 @@ from flax import nnx
 
 from mkln_jax import models
 from mkln_jax import step as step_lib
+from mkln_jax.backends.cpu import ops as cpu_ops
 from mkln_jax.errors import WeightFileError
 from mkln_jax.models import convert, layers, torch_state
 from mkln_jax.models.efficientnet import EfficientNet
@@ -38,7 +39,7 @@ def test_shifted_depthwise_conv_equals_xla_conv_and_its_gradients(kernel, stride
         )
 
     expected = run(jax.lax.conv_general_dilated)
-    got = run(layers.shifted_depthwise_conv)
+    got = run(cpu_ops.shifted_depthwise_conv)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
 
     def loss(fn, xx, ww):
@@ -56,7 +57,7 @@ def test_shifted_depthwise_conv_equals_xla_conv_and_its_gradients(kernel, stride
         )
 
     g_ref = jax.grad(lambda a, b: loss(jax.lax.conv_general_dilated, a, b), (0, 1))(x, w)
-    g_new = jax.grad(lambda a, b: loss(layers.shifted_depthwise_conv, a, b), (0, 1))(x, w)
+    g_new = jax.grad(lambda a, b: loss(cpu_ops.shifted_depthwise_conv, a, b), (0, 1))(x, w)
     for a, b in zip(g_new, g_ref, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
@@ -75,13 +76,13 @@ def test_pointwise_conv_equals_xla_conv_and_its_gradients(stride, padding):
         lambda a, b: loss(jax.lax.conv_general_dilated, a, b), (0, 1), has_aux=True
     )(x, w)
     (_, got), g_new = jax.value_and_grad(
-        lambda a, b: loss(layers.pointwise_conv, a, b), (0, 1), has_aux=True
+        lambda a, b: loss(cpu_ops.pointwise_conv, a, b), (0, 1), has_aux=True
     )(x, w)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
     for a, b in zip(g_new, g_ref, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="1x1"):
-        layers.pointwise_conv(x, jnp.zeros((3, 3, 5, 7)), (1, 1), "SAME")
+        cpu_ops.pointwise_conv(x, jnp.zeros((3, 3, 5, 7)), (1, 1), "SAME")
 
 
 @pytest.mark.parametrize("size,stride", [(9, 2), (8, 2), (8, 1), (15, 3)])

@@ -16,6 +16,7 @@ from flax import nnx
 from mkln_jax import models
 from mkln_jax import step as step_lib
 from mkln_jax.backends.cpu import native
+from mkln_jax.backends.cpu import ops as cpu_ops
 from mkln_jax.models import layers
 
 # Skipped only where there is no C++ compiler at all; a build that fails fails these tests.
@@ -60,14 +61,14 @@ def test_native_depthwise_equals_xla_conv_and_its_gradients(kernel, stride, hw, 
             )
         )
 
-    text = jax.jit(lambda a, b: _conv(layers.shifted_depthwise_conv, a, b, stride, padding))
+    text = jax.jit(lambda a, b: _conv(cpu_ops.shifted_depthwise_conv, a, b, stride, padding))
     assert "mkln_depthwise_forward" in text.lower(x, w).as_text()  # the kernel is what runs
     (v_ref, g_ref), (v_new, g_new) = (
         loss(jax.lax.conv_general_dilated)(x, w),
-        loss(layers.shifted_depthwise_conv)(x, w),
+        loss(cpu_ops.shifted_depthwise_conv)(x, w),
     )
     np.testing.assert_allclose(
-        _conv(layers.shifted_depthwise_conv, x, w, stride, padding),
+        _conv(cpu_ops.shifted_depthwise_conv, x, w, stride, padding),
         _conv(jax.lax.conv_general_dilated, x, w, stride, padding),
         rtol=1e-5,
         atol=1e-5,
@@ -81,23 +82,23 @@ def test_native_depthwise_equals_xla_conv_and_its_gradients(kernel, stride, hw, 
 def dense_kernels_at_every_size(monkeypatch):
     """The tests here take the kernels' every path on small maps, whatever the vector width
     (the zoo leaves small maps to XLA on 8-lane CPUs: see the routing test below)."""
-    monkeypatch.setattr(layers, "MIN_PIXELS_WITH_8_LANES", 0)
+    monkeypatch.setattr(cpu_ops, "MIN_PIXELS_WITH_8_LANES", 0)
 
 
 def test_with_8_lanes_the_zoo_leaves_small_dense_maps_to_xla(monkeypatch):
     """On AVX2 (8 floats a vector) the zoo's kernels take maps of >= 1024 pixels only; with
     AVX-512 every size. This machine's lowering follows the same rule."""
-    monkeypatch.setattr(layers, "MIN_PIXELS_WITH_8_LANES", 1024)
-    assert layers._dense_kernels_pay(1023, 16) and layers._dense_kernels_pay(1024, 8)
-    assert not layers._dense_kernels_pay(1023, 8)
+    monkeypatch.setattr(cpu_ops, "MIN_PIXELS_WITH_8_LANES", 1024)
+    assert cpu_ops._dense_kernels_pay(1023, 16) and cpu_ops._dense_kernels_pay(1024, 8)
+    assert not cpu_ops._dense_kernels_pay(1023, 8)
     w = jnp.ones((3, 3, 16, 16), jnp.float32)
     for hw in (16, 32):
         x = jnp.ones((2, hw, hw, 16), jnp.float32)
-        text = jax.jit(lambda a, b: _dense(layers.dense_conv, a, b, 1, "SAME")).lower(x, w)
-        expected = layers._dense_kernels_pay(hw * hw, native.dense_lanes())
+        text = jax.jit(lambda a, b: _dense(cpu_ops.dense_conv, a, b, 1, "SAME")).lower(x, w)
+        expected = cpu_ops._dense_kernels_pay(hw * hw, native.dense_lanes())
         assert ("mkln_dense_forward" in text.as_text()) == expected
     # The small CNN student keeps every size on the kernels (results independent of threads).
-    every = functools.partial(layers.dense_conv, small_maps_on_kernels=True)
+    every = functools.partial(cpu_ops.dense_conv, small_maps_on_kernels=True)
     text = jax.jit(lambda a, b: _dense(every, a, b, 1, "SAME")).lower(jnp.ones((2, 8, 8, 16)), w)
     assert "mkln_dense_forward" in text.as_text()
 
@@ -144,17 +145,17 @@ def test_native_dense_conv_equals_xla_conv_and_its_gradients(
             )
         )
 
-    lowered = loss(layers.dense_conv).lower(x, w).as_text()
+    lowered = loss(cpu_ops.dense_conv).lower(x, w).as_text()
     assert "mkln_dense_forward" in lowered and "mkln_dense_filter_grad" in lowered
     np.testing.assert_allclose(
-        _dense(layers.dense_conv, x, w, stride, padding),
+        _dense(cpu_ops.dense_conv, x, w, stride, padding),
         _dense(jax.lax.conv_general_dilated, x, w, stride, padding),
         rtol=1e-5,
         atol=1e-5,
     )
     (v_ref, g_ref), (v_new, g_new) = (
         loss(jax.lax.conv_general_dilated)(x, w),
-        loss(layers.dense_conv)(x, w),
+        loss(cpu_ops.dense_conv)(x, w),
     )
     np.testing.assert_allclose(v_new, v_ref, rtol=1e-5, atol=1e-6 * x.size)
     for got, want in zip(g_new, g_ref, strict=True):
@@ -274,10 +275,10 @@ def test_pointwise_filter_gradient_on_the_kernels_where_it_pays(shape, cin, cout
             jax.grad(lambda a, b: jnp.sum(jnp.cos(_dense(conv, a, b, 1, "VALID"))), (0, 1))
         )
 
-    text = grads(layers.pointwise_conv).lower(x, w).as_text()
+    text = grads(cpu_ops.pointwise_conv).lower(x, w).as_text()
     assert ("mkln_dense_filter_grad" in text) == kernel_expected
     for a, b in zip(
-        grads(layers.pointwise_conv)(x, w), grads(jax.lax.conv_general_dilated)(x, w), strict=True
+        grads(cpu_ops.pointwise_conv)(x, w), grads(jax.lax.conv_general_dilated)(x, w), strict=True
     ):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4 * float(np.max(np.abs(b))))
 
@@ -291,7 +292,7 @@ def test_dense_conv_leaves_what_the_kernels_do_not_cover_to_xla():
         (jnp.ones((3, 3, 16, 16), jnp.bfloat16), x.astype(jnp.bfloat16), "SAME"),
         (jnp.ones((3, 3, 16, 16), jnp.float32), x, ((3, 3), (1, 1))),
     ):
-        fn = jax.jit(lambda a, b, p=padding: _dense(layers.dense_conv, a, b, 1, p))
+        fn = jax.jit(lambda a, b, p=padding: _dense(cpu_ops.dense_conv, a, b, 1, p))
         assert "mkln_dense" not in fn.lower(xx, w).as_text()
         np.testing.assert_array_equal(
             fn(xx, w), _dense(jax.lax.conv_general_dilated, xx, w, 1, padding)
@@ -302,9 +303,9 @@ def test_portable_and_other_dtypes_trace_without_the_ffi_call():
     x = jnp.ones((1, 8, 8, 4), jnp.float32)
     w = jnp.ones((3, 3, 1, 4), jnp.float32)
     with native.portable():
-        text = jax.jit(lambda a, b: _conv(layers.shifted_depthwise_conv, a, b, 1, "SAME"))
+        text = jax.jit(lambda a, b: _conv(cpu_ops.shifted_depthwise_conv, a, b, 1, "SAME"))
         assert "mkln_depthwise" not in text.lower(x, w).as_text()
-    bf16 = jax.jit(lambda a, b: _conv(layers.shifted_depthwise_conv, a, b, 1, "SAME"))
+    bf16 = jax.jit(lambda a, b: _conv(cpu_ops.shifted_depthwise_conv, a, b, 1, "SAME"))
     lowered = bf16.lower(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)).as_text()
     assert "mkln_depthwise" not in lowered
     scale = jnp.ones((4,), jnp.float32)
@@ -383,9 +384,9 @@ def test_without_the_kernels_a_process_trains_on_the_jnp_formulation(tmp_path):
     code = (
         "import jax, jax.numpy as jnp\n"
         "from mkln_jax.backends.cpu import native\n"
-        "from mkln_jax.models import layers\n"
+        "from mkln_jax.backends.cpu import ops\n"
         "x = jnp.ones((1, 6, 6, 3)); w = jnp.ones((3, 3, 1, 3))\n"
-        "f = lambda a, b: layers.shifted_depthwise_conv(a, b, (1, 1), 'SAME',"
+        "f = lambda a, b: ops.shifted_depthwise_conv(a, b, (1, 1), 'SAME',"
         " feature_group_count=3)\n"
         "print(native.depthwise_available(jnp.float32),"
         " 'mkln_depthwise' in jax.jit(f).lower(x, w).as_text(), float(f(x, w).sum()))\n"
@@ -415,11 +416,15 @@ def test_without_the_kernels_a_process_trains_on_the_jnp_formulation(tmp_path):
     "conv,x_shape,w_shape",
     [
         (
-            lambda a, b: _conv(layers.shifted_depthwise_conv, a, b, 1, "SAME"),
+            lambda a, b: _conv(cpu_ops.shifted_depthwise_conv, a, b, 1, "SAME"),
             (16, 32, 32, 96),
             (3, 3, 1, 96),
         ),
-        (lambda a, b: _dense(layers.dense_conv, a, b, 1, "SAME"), (16, 16, 16, 64), (3, 3, 64, 64)),
+        (
+            lambda a, b: _dense(cpu_ops.dense_conv, a, b, 1, "SAME"),
+            (16, 16, 16, 64),
+            (3, 3, 64, 64),
+        ),
         (lambda a, b: layers.batch_norm_train(a, b, 0.5 * b, 1e-5)[0], (16, 32, 32, 96), (96,)),
     ],
     ids=["depthwise", "dense", "batch_norm"],
@@ -482,7 +487,7 @@ def test_the_trainer_says_its_flop_count_leaves_out_the_kernels():
 
     x = jnp.ones((2, 8, 8, 16), jnp.float32)
     w = jnp.ones((3, 3, 16, 16), jnp.float32)
-    with_kernels = jax.jit(lambda a, b: _dense(layers.dense_conv, a, b, 1, "SAME")).lower(x, w)
+    with_kernels = jax.jit(lambda a, b: _dense(cpu_ops.dense_conv, a, b, 1, "SAME")).lower(x, w)
     without = jax.jit(lambda a, b: _dense(jax.lax.conv_general_dilated, a, b, 1, "SAME"))
     assert "without mkln_jax's CPU kernels" in experiment.compiled_costs(with_kernels.compile())
     assert "without" not in experiment.compiled_costs(without.lower(x, w).compile())

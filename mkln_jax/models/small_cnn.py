@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mkln_jax.backends.cpu import ops as cpu_ops
 from mkln_jax.models import layers as zoo_layers
 
 
@@ -16,11 +17,11 @@ class ConvBNReLU(nnx.Module):
     def __init__(
         self, in_ch: int, out_ch: int, stride: int, *, dtype: Any, impl: str, rngs: nnx.Rngs
     ):
-        # "cpu": our FFI convolution kernels where they apply (layers.dense_conv), small maps
+        # "cpu": our FFI convolution kernels where they apply (cpu_ops.dense_conv), small maps
         # too: their results do not depend on the thread or process layout, XLA's can (two
         # processes then train the default student differently from one in the last bits).
         conv = (
-            functools.partial(zoo_layers.dense_conv, small_maps_on_kernels=True)
+            functools.partial(cpu_ops.dense_conv, small_maps_on_kernels=True)
             if impl == "cpu"
             else jax.lax.conv_general_dilated
         )

@@ -10,7 +10,7 @@ jaxlib version and the CPU's feature flags; a build is written to a temporary fi
 so processes starting together (several hosts on one file system, the multi-process tests)
 never load a half-written library. Where no compiler is found, the build fails or MKLN_NATIVE=0
 is set, `depthwise_available()` is False and the models use their jnp formulation
-(models/layers.py), with one warning saying why.
+(backends/cpu/ops.py), with one warning saying why.
 
 `portable()` turns the kernels off while a model is traced for somewhere other than XLA:CPU
 (the ONNX export; jax2onnx cannot convert an FFI call).
