@@ -359,7 +359,8 @@ def test_prepare_ffpp_from_the_command_line_then_train_on_it(ffpp_root, tmp_path
     # Cross-dataset: the FF++-trained model tested on the (tiny) demo data, then compared.
     workdir = f"--workdir={tmp_path / 'run'}"
     stages = "--config.stages=('teacher',)"
-    assert mkln("prepare", "--config=configs/tiny.py").returncode == 0
+    # prepare takes the run's --workdir like the other commands (scripts pass it to all).
+    assert mkln("prepare", "--config=configs/tiny.py", workdir).returncode == 0
     cross = mkln("evaluate", *common, stages, workdir, "--eval_data=configs/tiny.py", devices=1)
     assert cross.returncode == 0, cross.stderr[-3000:]
     report = json.loads((tmp_path / "run" / "eval" / "mkln_demo_test.json").read_text())

@@ -9,7 +9,11 @@ TAKES_CONFIG = True
 
 
 def define_flags() -> list[str]:
-    return []
+    from mkln_jax.cli import common
+
+    # A run's commands share their flags, so `prepare` takes --workdir too; the dataset itself
+    # goes to config.data.data_dir (default <cache_dir>/tfds), where every run finds it.
+    return common.workdir()
 
 
 def configure(config, args: list[str]) -> None:
