@@ -187,6 +187,11 @@ class Checkpoints:
         if metrics and step not in self.best.all_steps():
             self.best.save(step, args=args, metrics=metrics)
 
+    def save_best(self, step: int, state, config, metrics: dict[str, float]) -> None:
+        """Into `best` only (a population member: the population's `latest` resumes it)."""
+        if step not in self.best.all_steps():
+            self.best.save(step, args=self._args(state, config), metrics=metrics)
+
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 

@@ -3,6 +3,8 @@ touches data."""
 
 from __future__ import annotations
 
+import ast
+import copy as copy_lib
 import dataclasses
 import importlib.util
 import pathlib
@@ -107,6 +109,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             f"stages must be a non-empty subset of (teacher, student), got {tuple(config.stages)}"
         )
     methods = tuple(config.data.methods)
+    _check_population(config, errors)
     _check_data(config.data, errors)
     for method in config.data.train_methods:
         if method not in methods:
@@ -191,6 +194,21 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _positive_int(config.train.log_every, "train.log_every", errors)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _check_population(config: ml_collections.ConfigDict, errors: list[str]) -> None:
+    pop = config.get("population")
+    if pop is None:
+        return
+    if not all(isinstance(m, str) for m in pop.members):
+        errors.append(
+            f"population.members must be strings like 'distill.temperature=4', got "
+            f"{tuple(pop.members)!r}"
+        )
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in pop.seeds):
+        errors.append(f"population.seeds must be integers, got {tuple(pop.seeds)!r}")
+    if not isinstance(pop.mesh, int) or pop.mesh < 1:
+        errors.append(f"population.mesh must be an integer >= 1, got {pop.mesh!r}")
 
 
 def _check_data(data: ml_collections.ConfigDict, errors: list[str]) -> None:
@@ -322,6 +340,42 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
     with config.unlocked():
         merge(config, saved)
     return config
+
+
+def copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    return copy_lib.deepcopy(config)
+
+
+def set_field(config: ml_collections.ConfigDict, path: str, text: str) -> None:
+    """Sets `path` ("a.b") from its text as the command line would: parsed by the field's
+    current type (a float field takes "4"; a tuple takes "(1, 2)" or "1, 2")."""
+    *parents, leaf = path.split(".")
+    node = config
+    try:
+        for part in parents:
+            node = node[part]
+        current = node[leaf]
+    except (KeyError, AttributeError, TypeError):
+        raise ConfigError(f"{path}: no such config field") from None
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            value = text.lower() in ("true", "1")
+        elif isinstance(current, int):
+            value = int(text)
+        elif isinstance(current, float):
+            value = float(text)
+        elif isinstance(current, tuple):
+            parsed = ast.literal_eval(text if text.strip().startswith("(") else f"({text},)")
+            value = tuple(parsed) if isinstance(parsed, (tuple, list)) else (parsed,)
+        else:
+            value = text
+    except (ValueError, SyntaxError):
+        kind = type(current).__name__
+        raise ConfigError(f"{path}={text!r}: not a valid {kind}") from None
+    with config.unlocked():
+        node[leaf] = value
 
 
 def cache_dir(config: ml_collections.ConfigDict) -> pathlib.Path:

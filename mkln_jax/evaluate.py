@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import pathlib
 
@@ -9,7 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mkln_jax import config_lib, experiment, fileio, metrics, perturb, scoring
+from mkln_jax import config_lib, experiment, fileio, metrics, perturb, population, scoring
 from mkln_jax.input_pipeline import splits
 
 
@@ -21,12 +22,6 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
     mesh = experiment.make_mesh(config)
     source = splits.open_split(config.data, config_lib.data_dir(config), split)
     index = splits.split_index(config.data, config_lib.data_dir(config), split)
-    trained_on = config.eval.get("trained_on")  # set by --eval_data (cross-dataset)
-    # Cross-dataset: no method of the other dataset was seen in training.
-    trained = set() if trained_on else set(config.data.train_methods)
-    notes = {m: "seen in training" for m in trained}
-    notes.update({m: "NOT seen in training" for m in config.data.methods if m not in trained})
-    notes["all"] = "every method"
     results, sections = {}, []
     for stage in config.stages:
         model, frozen, best_step = experiment.load_best(config, workdir, stage, mesh)
@@ -38,57 +33,199 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
             mesh,
             config.eval.batch_size,
         )
-        report = metrics.report(
-            index.labels,
-            probs,
-            index.methods,
-            index.video_ids,
+        results[stage], section = _stage_report(
+            config, workdir, stage, split, index, probs, best_step
+        )
+        sections.append(section)
+    markdown = "\n\n".join(sections)
+    _write_report(config, workdir, split, results, markdown)
+    return results, markdown
+
+
+def _trained_methods(config) -> set[str]:
+    # Cross-dataset (eval.trained_on, set by --eval_data): no method of the other dataset was
+    # seen in training.
+    return set() if config.eval.get("trained_on") else set(config.data.train_methods)
+
+
+def _stage_report(config, workdir, stage: str, split: str, index, probs, best_step):
+    """(result, markdown section) of one stage's scores on a split."""
+    trained = _trained_methods(config)
+    notes = {m: "seen in training" for m in trained}
+    notes.update({m: "NOT seen in training" for m in config.data.methods if m not in trained})
+    notes["all"] = "every method"
+    report = metrics.report(
+        index.labels,
+        probs,
+        index.methods,
+        index.video_ids,
+        config.eval.threshold,
+        bootstrap=config.eval.bootstrap,
+        seed=config.seed,
+    )
+    seen = np.isin(index.methods, ["real", *trained])
+    if trained:
+        report["seen methods"] = metrics.report(
+            index.labels[seen],
+            probs[seen],
+            index.methods[seen],
+            index.video_ids[seen],
             config.eval.threshold,
             bootstrap=config.eval.bootstrap,
             seed=config.seed,
+        )["all"]
+        notes["seen methods"] = "reals + " + ", ".join(sorted(trained))
+    result = {
+        "model": experiment.describe_model(config, stage),
+        "checkpoint_step": best_step,
+        "split": split,
+        "dataset": splits.dataset_name(config.data),
+        "train_methods": sorted(trained),
+        "metrics": report,
+    }
+    section = (
+        f"### {stage}: {experiment.describe_model(config, stage)} (best validation checkpoint, "
+        f"step {best_step}), {split} split\n\n" + metrics.markdown_table(report, notes)
+    )
+    dfb = deepfakebench_number(pathlib.Path(workdir) / stage / "logs" / "metrics.jsonl")
+    if dfb is not None and not config.eval.get("trained_on"):
+        result["deepfakebench_compatible_top3_test_auc"] = dfb
+        section += (
+            f"\n\nDeepfakeBench-compatible number, for comparison with published tables "
+            f"ONLY: mean of the top-3 test frame AUCs over the {dfb['evaluations']} "
+            f"evaluations during training = {dfb['mean_top3']:.4f}. Those checkpoints were "
+            "picked on the TEST set; the table above (checkpoint picked on validation) is "
+            "the number to trust."
         )
-        seen = np.isin(index.methods, ["real", *trained])
-        if trained:
-            report["seen methods"] = metrics.report(
-                index.labels[seen],
-                probs[seen],
-                index.methods[seen],
-                index.video_ids[seen],
-                config.eval.threshold,
-                bootstrap=config.eval.bootstrap,
-                seed=config.seed,
-            )["all"]
-            notes["seen methods"] = "reals + " + ", ".join(sorted(trained))
-        results[stage] = {
-            "model": experiment.describe_model(config, stage),
-            "checkpoint_step": best_step,
-            "split": split,
-            "dataset": splits.dataset_name(config.data),
-            "train_methods": sorted(trained),
-            "metrics": report,
-        }
-        sections.append(
-            f"### {stage}: {experiment.describe_model(config, stage)} (best validation checkpoint, "
-            f"step {best_step}), {split} split\n\n" + metrics.markdown_table(report, notes)
-        )
-        dfb = deepfakebench_number(pathlib.Path(workdir) / stage / "logs" / "metrics.jsonl")
-        if dfb is not None and not trained_on:
-            results[stage]["deepfakebench_compatible_top3_test_auc"] = dfb
-            sections[-1] += (
-                f"\n\nDeepfakeBench-compatible number, for comparison with published tables "
-                f"ONLY: mean of the top-3 test frame AUCs over the {dfb['evaluations']} "
-                f"evaluations during training = {dfb['mean_top3']:.4f}. Those checkpoints were "
-                "picked on the TEST set; the table above (checkpoint picked on validation) is "
-                "the number to trust."
-            )
-    markdown = "\n\n".join(sections)
+    return result, section
+
+
+def _write_report(config, workdir, split: str, results: dict, markdown: str) -> None:
     out_dir = pathlib.Path(workdir) / "eval"
     if jax.process_index() == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        name = f"{config.data.name}_{split}" if trained_on else split
+        name = f"{config.data.name}_{split}" if config.eval.get("trained_on") else split
         (out_dir / f"{name}.json").write_text(json.dumps(results, indent=2))
         (out_dir / f"{name}.md").write_text(markdown + "\n")
-    return results, markdown
+
+
+def population_run(config: ml_collections.ConfigDict, workdir: str, split: str | None = None):
+    """Every member of a student population on `split`, read and decoded once for all: each
+    member's report in its own folder (members/<name>/eval/, as `evaluate_run` writes it), and
+    one table in <workdir>/eval/population_<split>.{md,csv,json}: each member's settings, best
+    validation AUC, test AUCs (all, seen methods, each unseen method), and its video AUC minus
+    member 0's with a paired bootstrap interval over videos. Returns (rows, markdown)."""
+    config_lib.validate(config)
+    split = split or config.eval.split
+    members = population.members(config)
+    mesh = population.make_mesh(1, config.train.mesh_data, config.train.mesh_fsdp)
+    source = splits.open_split(config.data, config_lib.data_dir(config), split)
+    index = splits.split_index(config.data, config_lib.data_dir(config), split)
+    frozen, steps = [], []
+    for member in members:
+        model, variables, best_step = experiment.load_best(
+            member.config, population.member_workdir(workdir, member), "student", mesh
+        )
+        frozen.append(variables)
+        steps.append(best_step)
+    stacked = population.stack(frozen)
+    shardings = population.state_shardings(stacked, mesh, config.train.fsdp_min_size)
+    eval_step = population.jit_eval_step(model, mesh, shardings.params, shardings.batch_stats)
+    probs = scoring.predict_source(
+        eval_step,
+        stacked.params,
+        stacked.batch_stats,
+        source,
+        mesh,
+        config.eval.batch_size,
+    )
+    trained = _trained_methods(config)
+    _, video_labels, reference = metrics.video_level(index.video_ids, index.labels, probs[:, 0])
+    rows = []
+    for k, member in enumerate(members):
+        member_dir = population.member_workdir(workdir, member)
+        result, section = _stage_report(
+            member.config, member_dir, "student", split, index, probs[:, k], steps[k]
+        )
+        _write_report(member.config, member_dir, split, {"student": result}, section)
+        report = result["metrics"]
+        _, _, video_scores = metrics.video_level(index.video_ids, index.labels, probs[:, k])
+        diff, lo, hi = metrics.paired_difference(
+            video_labels,
+            reference,
+            video_scores,
+            samples=config.eval.bootstrap or 1000,
+            seed=config.seed,
+        )
+        row = {
+            "member": k,
+            **member.settings,
+            "best_step": steps[k],
+            "val_auc": best_validation_auc(member_dir),
+            "test_auc_all": report["all"]["frame"]["auc"],
+        }
+        if "seen methods" in report:
+            row["test_auc_seen"] = report["seen methods"]["frame"]["auc"]
+        for method in sorted(m for m in report if m not in ("all", "seen methods")):
+            if method not in trained:
+                row[f"test_auc_{method}"] = report[method]["frame"]["auc"]
+        row["video_auc"] = report["all"]["video"]["auc"]
+        row["video_auc_minus_member_0"] = diff
+        row["ci_low"], row["ci_high"] = lo, hi
+        rows.append(row)
+    markdown = _population_markdown(rows, split, len(video_labels))
+    out_dir = pathlib.Path(workdir) / "eval"
+    if jax.process_index() == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        base = out_dir / f"population_{split}"
+        fileio.atomic_write(base.with_suffix(".json"), json.dumps(rows, indent=2))
+        fileio.atomic_write(base.with_suffix(".md"), markdown + "\n")
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        with open(base.with_suffix(".csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    return rows, markdown
+
+
+def _population_markdown(rows: list[dict], split: str, videos: int) -> str:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:+.4f}" if value < 0 else f"{value:.4f}"
+        return str(value)
+
+    lines = [
+        f"### Population, {split} split ({len(rows)} members, {videos} videos)",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    lines += [
+        "",
+        "video_auc_minus_member_0: this member's video-level AUC minus member 0's on the same "
+        "videos; ci_low/ci_high: its 95% paired bootstrap interval (videos resampled, both "
+        "members scored on each draw). Members share batches and augmentation draws, so the "
+        "difference comes from their settings (and seeds, where they differ).",
+    ]
+    return "\n".join(lines)
+
+
+def best_validation_auc(workdir, stage: str = "student") -> float:
+    """The best validation AUC in a run's log (NaN when it logged none)."""
+    path = pathlib.Path(workdir) / stage / "logs" / "metrics.jsonl"
+    values = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                value = json.loads(line).get("val/auc")
+            except ValueError:
+                continue
+            if value is not None:
+                values.append(value)
+    return max(values) if values else float("nan")
 
 
 def robustness_run(config: ml_collections.ConfigDict, workdir: str, split: str | None = None):

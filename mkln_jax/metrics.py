@@ -89,6 +89,27 @@ def summary(labels, scores, threshold: float = 0.5) -> dict[str, float]:
     }
 
 
+def _cluster_draws(clusters, size: int, samples: int, seed: int):
+    """`samples` bootstrap draws of example indices, whole clusters at a time."""
+    if clusters is None:
+        clusters = np.arange(size)
+    clusters = np.asarray([str(c) for c in clusters])
+    names, inverse = np.unique(clusters, return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(names.size)]
+    rng = np.random.default_rng(seed)
+    for _ in range(samples):
+        drawn = rng.integers(0, names.size, names.size)
+        yield np.concatenate([members[k] for k in drawn])
+
+
+def _percentiles(values: list[float], level: float) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    tail = (1.0 - level) / 2 * 100
+    lo, hi = np.percentile(values, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
 def bootstrap_interval(
     labels,
     scores,
@@ -102,24 +123,36 @@ def bootstrap_interval(
     replacement, since frames of one video are not independent; without clusters, single
     examples. Replicates where the metric is undefined (one class drawn) are dropped."""
     labels, scores = _check(labels, scores)
-    if clusters is None:
-        clusters = np.arange(labels.size)
-    clusters = np.asarray([str(c) for c in clusters])
-    names, inverse = np.unique(clusters, return_inverse=True)
-    members = [np.flatnonzero(inverse == k) for k in range(names.size)]
-    rng = np.random.default_rng(seed)
     values = []
-    for _ in range(samples):
-        drawn = rng.integers(0, names.size, names.size)
-        idx = np.concatenate([members[k] for k in drawn])
+    for idx in _cluster_draws(clusters, labels.size, samples, seed):
         value = metric(labels[idx], scores[idx])
         if np.isfinite(value):
             values.append(value)
-    if not values:
-        return float("nan"), float("nan")
-    tail = (1.0 - level) / 2 * 100
-    lo, hi = np.percentile(values, [tail, 100 - tail])
-    return float(lo), float(hi)
+    return _percentiles(values, level)
+
+
+def paired_difference(
+    labels,
+    scores_a,
+    scores_b,
+    clusters=None,
+    metric=auc,
+    samples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """metric(b) - metric(a) on the same examples, with a paired bootstrap interval: each
+    replicate draws one set of clusters (videos) and scores both models on it, so what the
+    two share (the hard and easy videos) cancels. Returns (difference, low, high)."""
+    labels, scores_a = _check(labels, scores_a)
+    _, scores_b = _check(labels, scores_b)
+    values = []
+    for idx in _cluster_draws(clusters, labels.size, samples, seed):
+        value = metric(labels[idx], scores_b[idx]) - metric(labels[idx], scores_a[idx])
+        if np.isfinite(value):
+            values.append(value)
+    lo, hi = _percentiles(values, level)
+    return float(metric(labels, scores_b) - metric(labels, scores_a)), lo, hi
 
 
 def video_level(video_ids, labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -182,53 +182,49 @@ def _with_projection(model, x, train):
     return model.feature_projectors(features), logits
 
 
-def make_train_step(
-    student: ModelFn,
-    tx: optax.GradientTransformation,
-    *,
-    teachers: tuple[ModelFn, ...] = (),
-    method: Method = Method(),
-) -> Callable:
-    """Builds step(state, teacher_vars, batch, hparams) -> (state, metrics).
-
-    batch: {"image": uint8[B, H, W, 3], "label": int32[B]}. teacher_vars: a tuple of `Frozen`,
-    one per teacher (or None without teachers). hparams: an `HParams` (or a mapping of its field
-    names, checked), traced so sweeps never recompile.
-
-    Loss of one model: (1 - alpha) CE + alpha * weighted KD over teachers (CE alone without
-    teachers) [+ feature_weight * feature loss]. Mutual: the sum over both peers of that, plus
-    mutual_weight * KL(other peer || this peer) for each, the other peer a stop-gradient target.
-    """
+def _step_parts(student, tx, teachers, method):
+    """The two halves of a train step: `views` (the augmented view and the teachers' outputs,
+    which depend on the data, the shared key and the augmentation settings only) and `update`
+    (one trained model's loss, gradients and optimiser update). A population step computes the
+    first once per batch and maps the second over its members."""
     if method.feature_loss and (not teachers or method.mutual):
         raise ValueError("feature distillation needs teachers and a single (non-mutual) student")
 
-    def step(state: TrainState, teacher_vars, batch, hparams):
-        hp = as_hparams(hparams)
-        rng, aug_key = jax.random.split(jax.random.wrap_key_data(state.rng))
+    def augment(rng, batch, hp):
+        rng, aug_key = jax.random.split(jax.random.wrap_key_data(rng))
         clean = to_unit_range(batch["image"])
-        labels = batch["label"]
         view = clean
         if method.frequency_augment:
             view = frequency.frequency_augment(
-                aug_key, clean, labels=labels, block=method.augment_block, **hp.augment_settings()
+                aug_key,
+                clean,
+                labels=batch["label"],
+                block=method.augment_block,
+                **hp.augment_settings(),
             )
             view = jnp.clip(view, 0.0, 1.0)
+        return jax.random.key_data(rng), clean, view
+
+    def teach(teacher_vars, image):
+        teacher_logits, teacher_features = [], []
+        for model_fn, frozen in zip(teachers, teacher_vars or (), strict=True):
+            if method.feature_loss:
+                (features, logits), _ = model_fn.apply(
+                    frozen.params, frozen.batch_stats, image, False, _features_and_logits
+                )
+                teacher_features.append(jax.lax.stop_gradient(features.astype(jnp.float32)))
+            else:
+                logits, _ = model_fn.apply(frozen.params, frozen.batch_stats, image, False)
+            teacher_logits.append(jax.lax.stop_gradient(logits))
+        return tuple(teacher_logits), tuple(teacher_features)
+
+    def update(state: TrainState, hp: HParams, labels, view, targets, rng):
+        teacher_logits, teacher_features = targets
         progress = state.step / jnp.maximum(hp.total_steps, 1.0)
         temperature = distill.scheduled(
             method.schedule, hp.temperature, hp.temperature_end, progress
         )
         alpha = distill.scheduled(method.schedule, hp.alpha, hp.alpha_end, progress)
-        teacher_image = view if method.teacher_input == "view" else clean
-        teacher_logits, teacher_features = [], []
-        for model_fn, frozen in zip(teachers, teacher_vars or (), strict=True):
-            if method.feature_loss:
-                (features, logits), _ = model_fn.apply(
-                    frozen.params, frozen.batch_stats, teacher_image, False, _features_and_logits
-                )
-                teacher_features.append(jax.lax.stop_gradient(features.astype(jnp.float32)))
-            else:
-                logits, _ = model_fn.apply(frozen.params, frozen.batch_stats, teacher_image, False)
-            teacher_logits.append(jax.lax.stop_gradient(logits))
         weights = hp.teacher_weights
         if weights is None:
             weights = jnp.ones((len(teachers),), jnp.float32)
@@ -238,7 +234,7 @@ def make_train_step(
             ce = distill.cross_entropy(logits, labels)
             if not teachers:
                 return ce, {"ce": ce}
-            kd = distill.multi_teacher_kd(logits, tuple(teacher_logits), weights, temperature)
+            kd = distill.multi_teacher_kd(logits, teacher_logits, weights, temperature)
             return alpha * kd + (1.0 - alpha) * ce, {"ce": ce, "kd": kd}
 
         def loss_fn(params):
@@ -284,9 +280,10 @@ def make_train_step(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         grad_norm = optax.tree.norm(grads)
-        # NaN/Inf guard: a non-finite step changes nothing but the counters, so the state (and
-        # every checkpoint of it) stays good; the loop stops on the count.
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # NaN/Inf guard: a non-finite step changes nothing but the counter, so the state (and
+        # every checkpoint of it) stays good. A model that went non-finite once stays frozen:
+        # the loop stops a single run on the count, and a population goes on without it.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.nonfinite == 0)
         params, opt_state, batch_stats = jax.tree.map(
             lambda new, old: jnp.where(finite, new, old),
             (params, opt_state, batch_stats),
@@ -307,12 +304,96 @@ def make_train_step(
             params=params,
             batch_stats=batch_stats,
             opt_state=opt_state,
-            rng=jax.random.key_data(rng),
+            rng=rng,
             nonfinite=state.nonfinite + jnp.where(finite, 0, 1).astype(jnp.int32),
         )
         return new_state, metrics
 
+    def views(rng, teacher_vars, batch, hp):
+        rng, clean, view = augment(rng, batch, hp)
+        targets = teach(teacher_vars, view if method.teacher_input == "view" else clean)
+        return rng, view, targets
+
+    return augment, teach, views, update
+
+
+def make_train_step(
+    student: ModelFn,
+    tx: optax.GradientTransformation,
+    *,
+    teachers: tuple[ModelFn, ...] = (),
+    method: Method = Method(),
+) -> Callable:
+    """Builds step(state, teacher_vars, batch, hparams) -> (state, metrics).
+
+    batch: {"image": uint8[B, H, W, 3], "label": int32[B]}. teacher_vars: a tuple of `Frozen`,
+    one per teacher (or None without teachers). hparams: an `HParams` (or a mapping of its field
+    names, checked), traced so sweeps never recompile.
+
+    Loss of one model: (1 - alpha) CE + alpha * weighted KD over teachers (CE alone without
+    teachers) [+ feature_weight * feature loss]. Mutual: the sum over both peers of that, plus
+    mutual_weight * KL(other peer || this peer) for each, the other peer a stop-gradient target.
+    """
+    _, _, views, update = _step_parts(student, tx, teachers, method)
+
+    def step(state: TrainState, teacher_vars, batch, hparams):
+        hp = as_hparams(hparams)
+        rng, view, targets = views(state.rng, teacher_vars, batch, hp)
+        return update(state, hp, batch["label"], view, targets, rng)
+
     return step
+
+
+def make_population_step(
+    student: ModelFn,
+    tx: optax.GradientTransformation,
+    *,
+    teachers: tuple[ModelFn, ...] = (),
+    method: Method = Method(),
+    shared_augment: bool = True,
+) -> Callable:
+    """Builds step(states, teacher_vars, batch, hparams) -> (states, metrics) for a population
+    of K students: `states` and `hparams` carry a leading member axis (an HParams whose leaves
+    are [K, ...]); the batch and the teachers are shared.
+
+    Every member sees the same batch and the same random numbers (the augmentation key of
+    member 0; members are created with one data seed, so their keys are equal), so members
+    differ by their settings alone. With `shared_augment` (no augmentation setting varies over
+    the population) the augmented view and the teachers' forward passes are computed once per
+    batch; otherwise each member's view is made with its own settings and the teachers run once
+    per member only when they see that view (`teacher_input="view"`). Member k's result is the
+    single step's with member k's state and settings.
+    """
+    augment, teach, views, update = _step_parts(student, tx, teachers, method)
+
+    def step(states: TrainState, teacher_vars, batch, hparams):
+        hp = as_hparams(hparams)
+        labels = batch["label"]
+        rng0 = states.rng[0]
+        if shared_augment:
+            rng, view, targets = views(rng0, teacher_vars, batch, jax.tree.map(_first, hp))
+            return jax.vmap(lambda s, h: update(s, h, labels, view, targets, rng))(states, hp)
+        if method.teacher_input != "view":
+            _, clean, _ = augment(rng0, batch, jax.tree.map(_first, hp))
+            targets = teach(teacher_vars, clean)
+
+            def member(s, h):
+                rng, _, view = augment(rng0, batch, h)
+                return update(s, h, labels, view, targets, rng)
+
+            return jax.vmap(member)(states, hp)
+
+        def member_with_teachers(s, h):
+            rng, view, targets = views(rng0, teacher_vars, batch, h)
+            return update(s, h, labels, view, targets, rng)
+
+        return jax.vmap(member_with_teachers)(states, hp)
+
+    return step
+
+
+def _first(x):
+    return x[0]
 
 
 def make_eval_step(model: ModelFn) -> Callable:

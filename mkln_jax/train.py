@@ -15,12 +15,12 @@ import signal
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from clu import metrics as clu_metrics
 from jax.experimental import multihost_utils
 
-from mkln_jax import checkpoint, config_lib, experiment, scoring, sharding
+from mkln_jax import checkpoint, config_lib, experiment, population, scoring, sharding
 from mkln_jax import metrics as metrics_lib
 from mkln_jax import step as step_lib
 from mkln_jax import workdir as workdir_lib
@@ -30,14 +30,19 @@ from mkln_jax.logging_utils import MetricLogger, Progress
 
 # Config fields that do not change what a stage trains (so resuming may differ in them).
 IGNORED_ON_RESUME = {
-    "teacher": ("student", "distill", "mutual", "eval", "predict", "stages"),
+    "teacher": ("student", "distill", "mutual", "population", "eval", "predict", "stages"),
     "student": ("eval", "predict", "stages"),
 }
 
 
-def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str, float]:
+def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
+    """Trains one stage; returns its best validation result (for a population, each member's,
+    by member name)."""
     section = config[stage]
     out_dir = experiment.stage_dir(workdir, stage)
+    pop = Members(config, workdir) if stage == "student" and population.enabled(config) else None
+    if pop is not None:
+        mesh = pop.mesh
     data_dir = config_lib.data_dir(config)
     train_source = splits.open_split(config.data, data_dir, "train")
     val_source = splits.open_split(config.data, data_dir, "val")
@@ -68,8 +73,12 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str,
 
     tx = experiment.make_optimizer(config, stage)
     ckpts = checkpoint.Checkpoints(out_dir / "checkpoints", keep=config.train.keep_checkpoints)
-    graphdef, abstract = experiment.abstract_train_state(config, stage)
-    state_shardings = experiment.shardings_of(config, abstract, mesh)
+    if pop is None:
+        graphdef, abstract = experiment.abstract_train_state(config, stage)
+        state_shardings = experiment.shardings_of(config, abstract, mesh)
+    else:
+        graphdef, abstract = population.abstract_states(config, len(pop.members))
+        state_shardings = population.state_shardings(abstract, mesh, config.train.fsdp_min_size)
 
     def same_run(saved: dict) -> None:
         changed = checkpoint.config_differences(saved, config, ignore=IGNORED_ON_RESUME[stage])
@@ -92,24 +101,46 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str,
         print(f"[{stage}] resumed from step {start} (checkpoint verified)")
     else:
         start = 0
-        state = experiment.create_state(config, stage, mesh, state_shardings)
+        if pop is None:
+            state = experiment.create_state(config, stage, mesh, state_shardings)
+        else:
+            state = population.create_states(config, pop.members, state_shardings)
     student = experiment.model_fn(config, stage, graphdef)
     if start >= section.steps:
         ckpts.close()
         print(f"[{stage}] already trained ({start} steps); skipping")
-        return {"best_step": ckpts.best_step()}
+        return {"best_step": ckpts.best_step()} if pop is None else pop.best_steps()
 
+    method = experiment.method(config, stage)
+    if pop is None:
+        step_fn = step_lib.make_train_step(student, tx, teachers=teachers, method=method)
+        host_scalars = experiment.hparams(config, stage)
+        scalar_shardings = jax.tree.map(lambda _: repl, host_scalars)
+        metric_sharding = repl
+        eval_step = scoring.jit_eval_step(student, mesh)
+    else:
+        step_fn = step_lib.make_population_step(
+            student, tx, teachers=teachers, method=method, shared_augment=pop.shared_augment
+        )
+        host_scalars = population.hparams(pop.members)
+        scalar_shardings = population.member_sharding(host_scalars, mesh)
+        metric_sharding = population.member_sharding(None, mesh)
+        eval_step = population.jit_eval_step(
+            student, mesh, state_shardings.params, state_shardings.batch_stats
+        )
+        print(f"[{stage}] {pop.describe()}")
     train_step = jax.jit(
-        step_lib.make_train_step(
-            student, tx, teachers=teachers, method=experiment.method(config, stage)
+        step_fn,
+        in_shardings=(
+            state_shardings,
+            teacher_shardings,
+            sharding.batch_sharding(mesh),
+            scalar_shardings,
         ),
-        in_shardings=(state_shardings, teacher_shardings, sharding.batch_sharding(mesh), repl),
-        out_shardings=(state_shardings, repl),
+        out_shardings=(state_shardings, metric_sharding),
         donate_argnums=0,
     )
-    eval_step = scoring.jit_eval_step(student, mesh)
-    host_scalars = experiment.hparams(config, stage)
-    scalars = sharding.place(host_scalars, jax.tree.map(lambda _: repl, host_scalars))
+    scalars = sharding.place(host_scalars, scalar_shardings)
 
     batches = loader.train_batches(
         train_source,
@@ -134,13 +165,7 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str,
 
     logger = MetricLogger(out_dir / "logs")
     progress = Progress(stage, section.steps, start)
-    collection = clu_metrics.Collection.create(
-        **{
-            k: clu_metrics.Average.from_output(k)
-            for k in jax.eval_shape(train_step, state, teacher_vars, first, scalars)[1]
-        }
-    )
-    accumulated = None
+    averages = RunningMeans()
     best = {}
     batch = first
     preemption = preemption or PreemptionWatch()
@@ -151,18 +176,22 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str,
                 if step > start:
                     batch = sharding.host_to_global(next(data_iter), mesh)
                 state, step_metrics = compiled(state, teacher_vars, batch, scalars)
-                update = collection.single_from_model_output(**step_metrics)
-                accumulated = update if accumulated is None else accumulated.merge(update)
+                averages.add(step_metrics)
                 done = step + 1
                 last = done == section.steps
                 if done % config.train.log_every == 0 or last:
-                    _check_finite(state, stage, done, last_saved)
-                    values = {k: float(v) for k, v in accumulated.compute().items()}
-                    accumulated = None
+                    if pop is None:
+                        _check_finite(state, stage, done, last_saved)
+                    else:
+                        pop.check_finite(state, done)
+                    values = averages.pop()
+                    if pop is not None:
+                        values = pop.log_train(done, values)
                     logger.write(done, {f"train/{k}": v for k, v in values.items()})
                     progress.report(done, values)
                 metrics = {}
-                if done % config.train.eval_every == 0 or last:
+                evaluated = done % config.train.eval_every == 0 or last
+                if evaluated:
                     probs = scoring.predict_source(
                         eval_step,
                         state.params,
@@ -172,13 +201,21 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str,
                         config.eval.batch_size,
                         keep=val_keep,
                     )
-                    val = scoring.quick_metrics(val_index, val_keep, probs, config.eval.threshold)
-                    logger.write(done, {f"val/{k}": v for k, v in val.items()})
-                    print(
-                        f"[{stage}] step {done} validation: "
-                        + " ".join(f"{k} {v:.4f}" for k, v in val.items()),
-                        flush=True,
-                    )
+                    if pop is not None:
+                        pop.validate(done, state, val_index, val_keep, probs)
+                    else:
+                        val = scoring.quick_metrics(
+                            val_index, val_keep, probs, config.eval.threshold
+                        )
+                        logger.write(done, {f"val/{k}": v for k, v in val.items()})
+                        print(
+                            f"[{stage}] step {done} validation: "
+                            + " ".join(f"{k} {v:.4f}" for k, v in val.items()),
+                            flush=True,
+                        )
+                        metrics = {checkpoint.BEST_METRIC: val["auc"]}
+                        if not best or val["auc"] > best["val_auc"]:
+                            best = {"val_auc": val["auc"], "best_step": done}
                     if test_source is not None:
                         test_probs = scoring.predict_source(
                             eval_step,
@@ -188,21 +225,26 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str,
                             mesh,
                             config.eval.batch_size,
                         )
-                        logger.write(
-                            done,
-                            {
-                                "test_for_deepfakebench_report/auc": metrics_lib.auc(
-                                    test_labels, test_probs
-                                )
-                            },
-                        )
-                    metrics = {checkpoint.BEST_METRIC: val["auc"]}
-                    if not best or val["auc"] > best["val_auc"]:
-                        best = {"val_auc": val["auc"], "best_step": done}
+                        if pop is None:
+                            logger.write(
+                                done,
+                                {
+                                    "test_for_deepfakebench_report/auc": metrics_lib.auc(
+                                        test_labels, test_probs
+                                    )
+                                },
+                            )
+                        else:
+                            pop.log_test_auc(done, test_labels, test_probs)
                 stop = preemption.reached(done)
-                if metrics or done % config.train.checkpoint_every == 0 or stop:
-                    _check_finite(state, stage, done, last_saved)
-                    _save(ckpts, done, state, config, metrics, out_dir)
+                if evaluated or done % config.train.checkpoint_every == 0 or stop:
+                    if pop is None:
+                        _check_finite(state, stage, done, last_saved)
+                        _save(ckpts, done, state, config, metrics, out_dir)
+                    else:
+                        # The population's latest (resume); each member's best was saved by
+                        # validate() above.
+                        _save(ckpts, done, state, config, {}, out_dir)
                     last_saved = done
                 if stop:
                     _wait(ckpts, out_dir)
@@ -213,7 +255,10 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str,
     finally:
         try:
             _wait(ckpts, out_dir)
-            if best:
+            if pop is not None:
+                pop.wait()
+                best = pop.best_steps()
+            elif best:
                 # The step whose checkpoint `best` kept: on a tie orbax keeps the later one
                 # (seen in the demo: equal validation AUC at steps 500 and 600, 600 kept).
                 best["best_step"] = ckpts.best_step()
@@ -221,8 +266,135 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict[str,
             # Stop orbax's writer threads even after a failed save: none left running at exit.
             with contextlib.suppress(Exception):
                 ckpts.close()
+            if pop is not None:
+                pop.close()
             logger.close()
     return best
+
+
+class RunningMeans:
+    """Means of the step metrics since the last `pop()`, summed on the device (a population's
+    metrics are per member: float32[K] each)."""
+
+    def __init__(self):
+        self.total, self.count = None, 0
+
+    def add(self, metrics: dict) -> None:
+        self.total = metrics if self.total is None else jax.tree.map(jnp.add, self.total, metrics)
+        self.count += 1
+
+    def pop(self) -> dict:
+        values = jax.tree.map(lambda x: np.asarray(x) / self.count, jax.device_get(self.total))
+        self.total, self.count = None, 0
+        return {k: (float(v) if np.ndim(v) == 0 else v) for k, v in values.items()}
+
+
+class Members:
+    """The bookkeeping of a student population in `train_stage`: its mesh, each member's log,
+    best checkpoint and validation, and the members that went non-finite (frozen, named, left
+    out of the means)."""
+
+    def __init__(self, config, workdir):
+        self.config = config
+        self.members = population.members(config)
+        size = len(self.members)
+        if jax.process_count() > 1 and config.population.mesh > 1:
+            raise config_lib.ConfigError(
+                "population.mesh > 1 with several processes is not supported yet. Fix: "
+                "population.mesh=1 (members side by side on every device)."
+            )
+        if size % config.population.mesh:
+            raise config_lib.ConfigError(
+                f"population.mesh={config.population.mesh} must divide the {size} members"
+            )
+        self.mesh = population.make_mesh(
+            config.population.mesh, config.train.mesh_data, config.train.mesh_fsdp
+        )
+        self.shared_augment = not population.augment_varies(self.members)
+        self.dirs = [population.member_workdir(workdir, m) for m in self.members]
+        if jax.process_index() == 0:
+            population.write_listing(workdir, self.members)
+        self.loggers = [MetricLogger(d / "student" / "logs") for d in self.dirs]
+        self.ckpts = [
+            checkpoint.Checkpoints(d / "student" / "checkpoints", keep=1) for d in self.dirs
+        ]
+        self.frozen: dict[int, int] = {}  # member -> step it was found non-finite
+
+    def describe(self) -> str:
+        shared = (
+            "one augmented view and one teacher pass per batch"
+            if self.shared_augment
+            else "augmentation settings differ: one view per member"
+        )
+        names = ", ".join(m.name for m in self.members)
+        return f"population of {len(self.members)} students in one step ({shared}): {names}"
+
+    def check_finite(self, state, step: int) -> None:
+        counts = np.asarray(jax.device_get(state.nonfinite))
+        for k in np.flatnonzero(counts):
+            if int(k) not in self.frozen:
+                self.frozen[int(k)] = step
+                print(
+                    f"[student] member {k} ({self.members[k].name}) had a non-finite loss or "
+                    f"gradient by step {step}: frozen at its last finite state; the others go "
+                    "on. Fix for a rerun: lower its learning rate or change its settings.",
+                    flush=True,
+                )
+        if len(self.frozen) == len(self.members):
+            raise NonFiniteError(
+                f"[student] every member of the population went non-finite (by step {step}); "
+                "training stops. Fix: lower the learning rate or check the input data."
+            )
+
+    def live(self) -> np.ndarray:
+        return np.asarray([k not in self.frozen for k in range(len(self.members))])
+
+    def log_train(self, step: int, values: dict) -> dict:
+        """Writes each member's train metrics to its own log; returns the live members' means
+        (for the population's log and progress line)."""
+        live = self.live()
+        for k, logger in enumerate(self.loggers):
+            logger.write(step, {f"train/{n}": v[k] for n, v in values.items()})
+        means = {n: float(np.mean(v[live])) for n, v in values.items()}
+        return means | {"frozen": float(len(self.frozen))} if self.frozen else means
+
+    def validate(self, step: int, state, index, keep, probs: np.ndarray) -> None:
+        """Each member's validation metrics (one pass over the data for all), logged, and its
+        best checkpoint kept by validation AUC."""
+        lines = []
+        for k, member in enumerate(self.members):
+            val = scoring.quick_metrics(index, keep, probs[:, k], self.config.eval.threshold)
+            self.loggers[k].write(step, {f"val/{n}": v for n, v in val.items()})
+            member_state = population.take(state, k)
+            self.ckpts[k].save_best(
+                step, member_state, member.config, {checkpoint.BEST_METRIC: val["auc"]}
+            )
+            mark = " (frozen)" if k in self.frozen else ""
+            lines.append(f"  {k} {member.name}: auc {val['auc']:.4f} eer {val['eer']:.4f}{mark}")
+        print(f"[student] step {step} validation:\n" + "\n".join(lines), flush=True)
+
+    def log_test_auc(self, step: int, labels, probs: np.ndarray) -> None:
+        for k, logger in enumerate(self.loggers):
+            logger.write(
+                step, {"test_for_deepfakebench_report/auc": metrics_lib.auc(labels, probs[:, k])}
+            )
+
+    def wait(self) -> None:
+        for ckpts in self.ckpts:
+            ckpts.wait()
+
+    def best_steps(self) -> dict:
+        return {
+            m.name: {"best_step": c.best_step()}
+            for m, c in zip(self.members, self.ckpts, strict=True)
+        }
+
+    def close(self) -> None:
+        for ckpts in self.ckpts:
+            with contextlib.suppress(Exception):
+                ckpts.close()
+        for logger in self.loggers:
+            logger.close()
 
 
 class Preempted(SystemExit):
@@ -338,6 +510,9 @@ class PreemptionWatch:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
     """Runs the configured stages in order; returns each stage's best validation result."""
     config_lib.validate(config)
+    if population.enabled(config) and "student" in config.stages:
+        for member in population.members(config):  # every member's settings, before compiling
+            config_lib.validate(member.config)
     # One writer per workdir (process 0 holds the lock for a multi-process run).
     lock = workdir_lib.WorkdirLock(workdir) if jax.process_index() == 0 else None
     if lock is not None:

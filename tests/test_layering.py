@@ -23,7 +23,7 @@ LAYERS = {
         "mkln_jax.predict",
         "mkln_jax.input_pipeline.prepare",
     ),
-    4: ("mkln_jax.experiment", "mkln_jax.scoring"),
+    4: ("mkln_jax.experiment", "mkln_jax.scoring", "mkln_jax.population"),
     3: ("mkln_jax.config_lib", "mkln_jax.configs"),
     2: (
         "mkln_jax.step",

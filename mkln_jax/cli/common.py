@@ -53,3 +53,36 @@ def distributed() -> list[str]:
 
 def artifact_dir() -> str:
     return FLAGS.artifact or str(pathlib.Path(FLAGS.workdir) / "export")
+
+
+def member() -> list[str]:
+    return [
+        _once(
+            "member",
+            flags.DEFINE_string,
+            "",
+            "A member of a population run: its index or name (listed in "
+            "<workdir>/members/members.json); the command then works on that member's folder.",
+        )
+    ]
+
+
+def select_member(config):
+    """With --member: --workdir becomes that member's folder (a single-student run's layout)
+    and the member's config (its settings, student stage only) replaces `config`."""
+    if not FLAGS.member:
+        return config
+    from mkln_jax import config_lib, population
+
+    folder = population.find_member(FLAGS.workdir, FLAGS.member)
+    found = [m for m in population.members(config) if m.name == folder.name]
+    if not found:
+        raise config_lib.ConfigError(
+            f"--member={FLAGS.member}: {folder.name} is not a member of this config's "
+            "population. Fix: pass the --config (and overrides) the run was trained with."
+        )
+    member_config = found[0].config
+    with member_config.unlocked():
+        member_config.stages = ("student",)
+    FLAGS.workdir = str(folder)
+    return member_config

@@ -11,7 +11,7 @@ from mkln_jax.cli import common
 SUMMARY = "evaluate a finished run: AUC/EER/AP/ACC with intervals, or robustness curves"
 USAGE = (
     "mkln evaluate --config=CONFIG --workdir=DIR [--split=test] [--protocol=robustness] "
-    "[--eval_data=CONFIG --eval_data.data.root=DIR]"
+    "[--eval_data=CONFIG --eval_data.data.root=DIR] [--member=K]"
 )
 EXAMPLE = (
     "mkln evaluate --config=ffpp --workdir=runs/ffpp --eval_data=celebdf "
@@ -31,7 +31,7 @@ def define_flags() -> list[str]:
             ["standard", "robustness"],
             "Metrics with bootstrap intervals, or the perturbation suite (curves + plot).",
         )
-    return [*common.workdir(), *common.split(), "protocol"]
+    return [*common.workdir(), *common.split(), *common.member(), "protocol"]
 
 
 def apply_eval_data(config, other) -> None:
@@ -44,13 +44,21 @@ def apply_eval_data(config, other) -> None:
 
 
 def main(config, args: list[str]) -> int:
-    from mkln_jax import evaluate, workdir
+    from mkln_jax import config_lib, evaluate, population, workdir
 
     FLAGS = common.FLAGS
     workdir.require_existing(FLAGS.workdir)
+    config = common.select_member(config)
     if SECOND_CONFIG in FLAGS and FLAGS[SECOND_CONFIG].value is not None:
         apply_eval_data(config, FLAGS[SECOND_CONFIG].value)
-    if FLAGS.protocol == "robustness":
+    if population.enabled(config) and "student" in config.stages:
+        if FLAGS.protocol == "robustness":
+            raise config_lib.ConfigError(
+                "--protocol=robustness scores one model: add --member=K (see "
+                f"{pathlib.Path(FLAGS.workdir) / 'members' / 'members.json'})"
+            )
+        _, markdown = evaluate.population_run(config, FLAGS.workdir, FLAGS.split or None)
+    elif FLAGS.protocol == "robustness":
         _, markdown = evaluate.robustness_run(config, FLAGS.workdir, FLAGS.split or None)
     else:
         _, markdown = evaluate.evaluate_run(config, FLAGS.workdir, FLAGS.split or None)

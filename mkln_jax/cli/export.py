@@ -7,7 +7,7 @@ from absl import flags
 from mkln_jax.cli import common
 
 SUMMARY = "export the best student checkpoint as a jax.export artifact (optionally ONNX)"
-USAGE = "mkln export --config=CONFIG --workdir=DIR [--artifact=DIR] [--onnx]"
+USAGE = "mkln export --config=CONFIG --workdir=DIR [--artifact=DIR] [--onnx] [--member=K]"
 EXAMPLE = "mkln export --config=demo --workdir=runs/demo --artifact=runs/demo/export"
 TAKES_CONFIG = True
 
@@ -15,7 +15,7 @@ TAKES_CONFIG = True
 def define_flags() -> list[str]:
     if "onnx" not in common.FLAGS:
         flags.DEFINE_bool("onnx", False, "Also write model.onnx (the `onnx` extra) and check it.")
-    return [*common.workdir(), *common.artifact(), "onnx"]
+    return [*common.workdir(), *common.artifact(), *common.member(), "onnx"]
 
 
 def main(config, args: list[str]) -> int:
@@ -23,6 +23,7 @@ def main(config, args: list[str]) -> int:
 
     FLAGS = common.FLAGS
     workdir.require_existing(FLAGS.workdir)
+    config = common.select_member(config)
     out = export.export_stage(config, FLAGS.workdir, common.artifact_dir())
     print(f"exported the best student checkpoint to {out}")
     if FLAGS.onnx:

@@ -120,6 +120,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.mutual.weight = 1.0  # weight of each peer's KL to the other
     config.mutual.deploy = "rgb"  # "rgb" (first peer), "frequency" (second) or "ensemble"
 
+    # A population of students trained as one program (mkln_jax/population.py): each member a
+    # setting of traced fields, e.g. ("distill.temperature=1", "distill.temperature=4"), fields
+    # joined by ";"; crossed with `seeds` (model seeds; () = config.seed). Every member sees the
+    # same batches and views. () and () = one student, as without this group.
+    config.population = ml_collections.ConfigDict()
+    config.population.members = ()
+    config.population.seeds = ()
+    config.population.mesh = 1  # devices on the `population` mesh axis (the rest on `data`)
+
     config.train = ml_collections.ConfigDict()
     config.train.compute_dtype = "float32"  # or "bfloat16" (params stay float32)
     config.train.log_every = 25

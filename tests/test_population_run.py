@@ -1,0 +1,87 @@
+"""A population run from the command line: one `mkln train` trains every member, each member
+keeps its own best checkpoint and log, `mkln evaluate` writes one table with paired
+differences, `--member` exports one member, and an interrupted population resumes to the same
+state. Also the config side: members crossed with seeds, static fields refused."""
+
+import json
+import shutil
+
+import pytest
+from cli import mkln
+
+from mkln_jax import config_lib, population
+from mkln_jax.configs import tiny
+
+MEMBERS = "--config.population.members=('distill.temperature=1','distill.temperature=4')"
+
+
+def test_members_cross_settings_with_seeds_and_refuse_a_static_field():
+    config = tiny.get_config()
+    config.population.members = ("distill.temperature=1;distill.alpha=0.5", "freq_aug.jitter=0.2")
+    config.population.seeds = (0, 3)
+    members = population.members(config)
+    assert [m.name for m in members] == [
+        "distill.temperature-1_distill.alpha-0.5_seed-0",
+        "distill.temperature-1_distill.alpha-0.5_seed-3",
+        "freq_aug.jitter-0.2_seed-0",
+        "freq_aug.jitter-0.2_seed-3",
+    ]
+    assert members[1].config.distill.temperature == 1.0 and members[1].config.seed == 3
+    assert members[1].config.distill.alpha == 0.5 and members[2].config.freq_aug.jitter == 0.2
+    assert config.distill.temperature == 6.0  # the base config is untouched
+    assert population.augment_varies(members)
+    assert not population.augment_varies(members[:2])
+    config.population.members = ("student.model=xception",)
+    with pytest.raises(config_lib.ConfigError, match=r"student\.model.*separate runs"):
+        population.members(config)
+    config.population.members = ("distill.temperature=warm",)
+    with pytest.raises(config_lib.ConfigError, match="not a valid float"):
+        population.members(config)
+
+
+@pytest.mark.slow  # trains in subprocesses
+def test_a_population_trains_evaluates_exports_and_resumes(tmp_path, cache_dir):
+    workdir = tmp_path / "run"
+    common = ["--config=configs/tiny.py", f"--workdir={workdir}", MEMBERS]
+    assert mkln("prepare", *common).returncode == 0
+    run = mkln("train", *common, devices=1)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "population of 2 students in one step" in run.stdout
+    listing = json.loads((workdir / "members" / "members.json").read_text())
+    assert listing["members"] == ["distill.temperature-1_seed-0", "distill.temperature-4_seed-0"]
+    for name in listing["members"]:
+        log = workdir / "members" / name / "student" / "logs" / "metrics.jsonl"
+        rows = [json.loads(line) for line in log.read_text().splitlines()]
+        val = {r["step"]: r["val/auc"] for r in rows if "val/auc" in r}
+        assert sorted(val) == [3, 6] and any("train/loss" in r for r in rows)
+        best = sorted((workdir / "members" / name / "student" / "checkpoints" / "best").iterdir())
+        # The member's best checkpoint is its own best validation step (orbax keeps the later
+        # step on a tie).
+        best_step = max(val, key=lambda s: (val[s], s))
+        assert [p.name for p in best if p.name.isdigit()] == [str(best_step)]
+
+    evaluated = mkln("evaluate", *common, devices=1)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    rows = json.loads((workdir / "eval" / "population_test.json").read_text())
+    assert [r["distill.temperature"] for r in rows] == ["1", "4"]
+    assert rows[0]["video_auc_minus_member_0"] == 0.0
+    assert rows[1]["ci_low"] <= rows[1]["video_auc_minus_member_0"] <= rows[1]["ci_high"]
+    for name in listing["members"]:  # each member's own report, as a single run writes it
+        report = json.loads((workdir / "members" / name / "eval" / "test.json").read_text())
+        assert set(report) == {"student"}
+
+    exported = mkln("export", *common, "--member=1", devices=1)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    artifact = workdir / "members" / listing["members"][1] / "export"
+    assert (artifact / "metadata.json").is_file()
+
+    # Interrupted after step 3: the population resumes from its `latest` and ends where the
+    # uninterrupted run ended, array for array (the checkpoints' fingerprints).
+    latest = workdir / "student" / "checkpoints" / "latest"
+    final = json.loads((latest / "6" / "integrity" / "metadata").read_text())
+    assert (latest / "3").is_dir()
+    shutil.rmtree(latest / "6")
+    again = mkln("train", *common, devices=1)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[student] resumed from step 3" in again.stdout
+    assert json.loads((latest / "6" / "integrity" / "metadata").read_text()) == final
