@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import shlex
 
 import pytest
 
@@ -88,11 +89,13 @@ def test_sweep_dry_run_prints_train_and_evaluate_per_point(capsys, tmp_path):
             "--config.student.steps=50",
             "--reuse_teacher=runs/demo",
             "--mkln=mkln",
+            "--separate",
             "--dry_run",
         ]
     )
     assert code == 0
     out = capsys.readouterr().out
+    assert "one run each (--separate)" in out
     for t in ("1", "4", "8"):
         point = f"{tmp_path}/sw/distill.temperature-{t}"
         assert (
@@ -109,7 +112,7 @@ def test_sweep_dry_run_on_slurm_prints_one_job_per_point(capsys, tmp_path):
         [
             "--config=configs/demo.py",
             f"--workdir={tmp_path}/sw",
-            "--grid=distill.alpha=0.5,0.95",
+            "--grid=student.model=small_cnn,efficientnet_b0",
             "--runner=slurm",
             "--dry_run",
         ]
@@ -121,7 +124,36 @@ def test_sweep_dry_run_on_slurm_prints_one_job_per_point(capsys, tmp_path):
     assert out.count("[dry-run] sbatch") == 3
     assert out.count("make setup PLATFORM=cuda12") == 1
     assert out.count("#SBATCH --dependency=afterok:<setup-job-id>") == 2
-    assert "--config.distill.alpha=0.95" in out
+    assert "--config.student.model=efficientnet_b0" in out
+    assert "student.model changes the compiled program" in out
+
+
+def test_a_sweep_of_traced_fields_is_one_population_run(capsys, tmp_path):
+    code = sweep.main(
+        [
+            "--config=configs/demo.py",
+            f"--workdir={tmp_path}/sw",
+            "--grid=distill.temperature=1,4",
+            "--grid=freq_aug.jitter=0.1,0.5",
+            "--mkln=mkln",
+            "--dry_run",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "4 point(s), every swept field traced: one population run" in out
+    members = repr(
+        tuple(
+            f"distill.temperature={t};freq_aug.jitter={j}"
+            for t in ("1", "4")
+            for j in ("0.1", "0.5")
+        )
+    )
+    assert out.count("[dry-run] mkln train") == 1 and out.count("[dry-run] mkln evaluate") == 1
+    train = next(line for line in out.splitlines() if line.startswith("[dry-run] mkln train"))
+    argv = shlex.split(train.removeprefix("[dry-run] "))
+    assert f"--workdir={tmp_path}/sw" in argv
+    assert f"--config.population.members={members}" in argv
 
 
 @pytest.mark.slow
@@ -158,6 +190,8 @@ def test_local_sweep_of_two_temperatures_writes_the_aggregated_table(tmp_path, c
     assert [r["distill.temperature"] for r in rows] == ["1", "8"]
     assert all(0.0 <= r["test_auc_all"] <= 1.0 for r in rows)
     assert "test_auc_face_swap" in rows[0]  # the held-out method has its own column
+    assert "video_auc_minus_member_0" in rows[1]  # one population: paired differences
+    assert (workdir / "members" / "members.json").is_file()
     assert (workdir / "results.md").read_text().count("\n") == 4
     assert (workdir / "results.png").stat().st_size > 1000
 

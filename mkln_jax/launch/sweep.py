@@ -1,9 +1,16 @@
-"""Sweep any config fields over a grid: one workdir per point, run locally or on a cluster,
-then one table (markdown, CSV, JSON) and one plot of the results.
+"""Sweep any config fields over a grid, run locally or on a cluster, then one table
+(markdown, CSV, JSON) and one plot of the results.
 
     mkln launch sweep --config=configs/demo.py --workdir=runs/sweep \
         --grid=distill.temperature=1,4,8 [--grid=distill.alpha=0.5,0.95] \
-        [--reuse_teacher=runs/demo] [--runner=local|slurm|print] [--dry_run]
+        [--reuse_teacher=runs/demo] [--runner=local|slurm|print] [--separate] [--dry_run]
+
+When every swept field is one of the step's traced hyper-parameters (population.TRACED_FIELDS:
+temperatures, weights, augmentation strengths), the grid trains as one population run in
+--workdir: one program, one pass over the data and one teacher pass per batch for all points
+(mkln_jax/population.py). Any other field (model, stream, freq_aug.block, ...) changes the
+compiled program, so each point is its own run in a subfolder; `--separate` asks for that
+always.
 
 `--reuse_teacher` copies a finished teacher stage into every point, so a sweep over
 distillation settings trains the teacher once. `--runner=slurm` submits one job per point
@@ -55,6 +62,37 @@ def point_name(point: dict[str, str]) -> str:
     return "_".join(f"{field}-{value}" for field, value in point.items()).replace("/", "-")
 
 
+def is_population(grid: list[tuple[str, list[str]]]) -> bool:
+    from mkln_jax import population
+
+    return all(field in population.TRACED_FIELDS for field, _ in grid)
+
+
+def population_override(grid_points: list[dict[str, str]]) -> str:
+    """population.members=(...) holding every point, its fields joined by ";"."""
+    specs = [";".join(f"{k}={v}" for k, v in point.items()) for point in grid_points]
+    return f"population.members={tuple(specs)!r}"
+
+
+def population_commands(args, grid_points: list[dict[str, str]]) -> list[list[str]]:
+    overrides = [*args.overrides, population_override(grid_points)]
+    return [
+        mkln_command(action, args.config, args.workdir, overrides, args.mkln)
+        for action in ("train", "evaluate")
+    ]
+
+
+def aggregate_population(args, grid_points: list[dict[str, str]]) -> list[dict]:
+    """The population run's table (eval/population_test.json) as the sweep's results."""
+    root = pathlib.Path(args.workdir)
+    source = root / "eval" / "population_test.json"
+    if not source.exists():
+        print(f"not finished: {root}", file=sys.stderr)
+        return []
+    rows = json.loads(source.read_text())
+    return _write_results(root, rows, list(grid_points[0]))
+
+
 def point_commands(args, point: dict[str, str]) -> list[list[str]]:
     workdir = str(pathlib.Path(args.workdir) / point_name(point))
     overrides = [*args.overrides, *(f"{k}={v}" for k, v in point.items())]
@@ -96,17 +134,21 @@ def aggregate(args, grid_points: list[dict[str, str]]) -> list[dict]:
         for method in unseen:
             row[f"test_auc_{method}"] = metrics[method]["frame"]["auc"]
         rows.append(row)
+    return _write_results(root, rows, list(grid_points[0]))
+
+
+def _write_results(root: pathlib.Path, rows: list[dict], fields: list[str]) -> list[dict]:
     if not rows:
         return rows
-    columns = list(rows[0])
-    lines = markdown_table(rows, lambda v: v if isinstance(v, str) else f"{v:.4f}")
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    lines = markdown_table(rows, lambda v: f"{v:.4f}" if isinstance(v, float) else str(v))
     (root / "results.md").write_text("\n".join(lines) + "\n")
     with open(root / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     (root / "results.json").write_text(json.dumps(rows, indent=2))
-    plot(rows, list(grid_points[0]), root / "results.png")
+    plot(rows, fields, root / "results.png")
     print("\n".join(lines))
     return rows
 
@@ -213,6 +255,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", default=str(pathlib.Path(__file__).resolve().parents[2]))
     p.add_argument("--dry_run", action="store_true", help="print what would run")
     p.add_argument("--aggregate_only", action="store_true")
+    p.add_argument(
+        "--separate",
+        action="store_true",
+        help="one run per point even when every swept field is traced (no population)",
+    )
     return p
 
 
@@ -222,7 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     if not grid_points or not args.grid:
         print("error: give at least one --grid field=v1,v2", file=sys.stderr)
         return 2
-    print(f"{len(grid_points)} point(s) under {args.workdir}")
+    grid = parse_grid(args.grid)
+    if is_population(grid) and not args.separate:
+        return _run_population(args, grid_points)
+    static = [f for f, _ in grid if not is_population([(f, [])])]
+    why = f"{', '.join(static)} changes the compiled program" if static else "--separate"
+    print(f"{len(grid_points)} point(s) under {args.workdir}, one run each ({why})")
     setup_job = ""
     if args.runner == "slurm" and not args.aggregate_only:
         setup_job = submit_setup(args)
@@ -262,6 +314,48 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run or args.runner != "local":
             return 0
     aggregate(args, grid_points)
+    return 0
+
+
+def _run_population(args, grid_points: list[dict[str, str]]) -> int:
+    workdir = pathlib.Path(args.workdir)
+    print(
+        f"{len(grid_points)} point(s), every swept field traced: one population run in "
+        f"{workdir} (one program; the data, the augmented views and the teacher passes shared; "
+        "--separate for one run per point)"
+    )
+    if not args.aggregate_only:
+        if args.reuse_teacher:
+            source = pathlib.Path(args.reuse_teacher) / "teacher"
+            print(f"{'[dry-run] ' if args.dry_run else ''}copy {source} -> {workdir / 'teacher'}")
+            if not args.dry_run and not (workdir / "teacher").exists():
+                shutil.copytree(source, workdir / "teacher")
+        if args.runner == "slurm":
+            setup_job = submit_setup(args)
+            if not setup_job:
+                return 1
+            overrides = [*args.overrides, population_override(grid_points)]
+            slurm_args = [
+                "--config",
+                args.config,
+                "--workdir",
+                str(workdir),
+                "--job_name",
+                f"mkln-population-{workdir.name}"[:64],
+                f"--platform={args.platform}",
+                f"--repo={args.repo}",
+                "--no_setup",
+                f"--dependency={setup_job}",
+                *([f"--partition={args.partition}"] if args.partition else []),
+                *(f"--config.{override}" for override in overrides),
+            ]
+            return slurm.main([*slurm_args, *(["--dry_run"] if args.dry_run else [])])
+        code = execute(
+            population_commands(args, grid_points), args.dry_run or args.runner == "print"
+        )
+        if code or args.dry_run or args.runner != "local":
+            return code
+    aggregate_population(args, grid_points)
     return 0
 
 
