@@ -14,6 +14,7 @@ resuming falls back to the newest intact step, setting the broken one aside unde
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 import shutil
 import time
@@ -31,6 +32,17 @@ from mkln_jax.errors import CheckpointError
 BEST_METRIC = "val_auc"
 INTEGRITY_FORMAT = 1
 _ITEMS = ("state", "config", "integrity")
+
+
+class _ReadOnlyNotice(logging.Filter):
+    """Drops orbax's warning that a manager we opened read-only is read-only (one per
+    evaluation, export and teacher load: noise between our own lines)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_ReadOnlyNotice())
 
 
 # The fingerprint of one array, defined once and computed two ways with identical results: in
@@ -165,9 +177,15 @@ class Checkpoints:
                 item_names=_ITEMS,
             )
 
-        self.latest = manager("latest", max_to_keep=keep)
+        # Read-only managers get the settings orbax would force on them (it warns otherwise).
+        writes = {"save_interval_steps": 0} if read_only else {}
+        self.latest = manager("latest", max_to_keep=None if read_only else keep, **writes)
         self.best = manager(
-            "best", max_to_keep=1, best_fn=lambda m: m[BEST_METRIC], best_mode="max"
+            "best",
+            max_to_keep=None if read_only else 1,
+            best_fn=lambda m: m[BEST_METRIC],
+            best_mode="max",
+            **writes,
         )
 
     @staticmethod

@@ -47,6 +47,8 @@ def test_a_population_trains_evaluates_exports_and_resumes(tmp_path, cache_dir):
     run = mkln("train", *common, devices=1)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "population of 2 students in one step" in run.stdout
+    # absl logging at WARNING by default: none of orbax's INFO lines.
+    assert "checkpoint_manager.py" not in run.stderr, run.stderr[:2000]
     listing = json.loads((workdir / "members" / "members.json").read_text())
     assert listing["members"] == ["distill.temperature-1_seed-0", "distill.temperature-4_seed-0"]
     for name in listing["members"]:

@@ -179,7 +179,15 @@ def run() -> None:
         _define_config("config", spec or DEFAULT_CONFIG, argv, "The config.")
         if second_spec:
             _define_config(second, second_spec, argv, "A config whose dataset to test on.")
-    app.run(lambda args: _main(command, args), argv=argv, flags_parser=_parse_flags)
+    app.run(lambda args: _main(command, args), argv=quiet_logs(argv), flags_parser=_parse_flags)
+
+
+def quiet_logs(argv: list[str]) -> list[str]:
+    """absl logging (orbax's, TFDS's, jax's) at WARNING unless --verbosity (or -v) is given:
+    app.run would otherwise log at INFO, and orbax alone writes hundreds of multi-kilobyte
+    INFO lines per training run between our progress lines."""
+    given = any(a == "-v" or a.startswith(("--verbosity", "-v=", "--v=")) for a in argv)
+    return argv if given else [*argv, "--verbosity=-1"]
 
 
 def _distributed_flags() -> list[str]:
