@@ -1,14 +1,51 @@
-"""Training logs: JSON lines + TensorBoard event files, and a progress line with rate and ETA."""
+"""Training logs: JSON lines + TensorBoard event files, a progress line with rate and ETA, and
+the trainer's own lines, printed and kept with time stamps in <stage>/logs/train.log."""
 
 from __future__ import annotations
 
 import json
 import pathlib
-import sys
 import time
 
 import jax
 import numpy as np
+
+_OPEN: list = []  # the TextLogs now open, innermost last
+
+
+class TextLog:
+    """While open, every `say()` line is also appended, time-stamped, to <directory>/train.log
+    (train.p<k>.log on process k > 0), so a run's story stays in its workdir after the
+    terminal or the Slurm log is gone."""
+
+    def __init__(self, directory: str | pathlib.Path):
+        self.directory = pathlib.Path(directory)
+        self.file = None
+
+    def __enter__(self) -> TextLog:
+        index = jax.process_index()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = "train.log" if index == 0 else f"train.p{index}.log"
+        self.file = open(self.directory / name, "a")
+        _OPEN.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _OPEN.remove(self)
+        self.file.close()
+
+    def write(self, text: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        for line in text.splitlines() or [""]:
+            self.file.write(f"{stamp} {line}\n")
+        self.file.flush()
+
+
+def say(text: str) -> None:
+    """Prints a trainer line (stdout, flushed) and appends it to the open TextLog, if any."""
+    print(text, flush=True)
+    if _OPEN:
+        _OPEN[-1].write(text)
 
 
 class MetricLogger:
@@ -65,4 +102,4 @@ class Progress:
 
     def report(self, step: int, scalars: dict[str, float]) -> None:
         if jax.process_index() == 0:
-            print(self.line(step, scalars), file=sys.stdout, flush=True)
+            say(self.line(step, scalars))

@@ -26,7 +26,7 @@ from mkln_jax import step as step_lib
 from mkln_jax import workdir as workdir_lib
 from mkln_jax.errors import WorkdirError
 from mkln_jax.input_pipeline import loader, splits
-from mkln_jax.logging_utils import MetricLogger, Progress
+from mkln_jax.logging_utils import MetricLogger, Progress, TextLog, say
 
 # Config fields that do not change what a stage trains (so resuming may differ in them).
 IGNORED_ON_RESUME = {
@@ -37,7 +37,12 @@ IGNORED_ON_RESUME = {
 
 def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
     """Trains one stage; returns its best validation result (for a population, each member's,
-    by member name)."""
+    by member name). What it prints is also kept in <stage>/logs/train.log."""
+    with TextLog(experiment.stage_dir(workdir, stage) / "logs"):
+        return _train_stage(config, workdir, stage, mesh, preemption)
+
+
+def _train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
     section = config[stage]
     out_dir = experiment.stage_dir(workdir, stage)
     pop = Members(config, workdir) if stage == "student" and population.enabled(config) else None
@@ -66,7 +71,7 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
     teachers, teacher_vars = (), None
     if stage == "student" and config.distill.teachers:
         teachers, teacher_vars, described = experiment.load_teachers(config, workdir, mesh)
-        print(f"[{stage}] teachers: {'; '.join(described)}")
+        say(f"[{stage}] teachers: {'; '.join(described)}")
     teacher_shardings = (
         experiment.shardings_of(config, teacher_vars, mesh) if teacher_vars else repl
     )
@@ -92,13 +97,13 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
         start, state = ckpts.restore_latest_intact(
             checkpoint.abstract_like(abstract, state_shardings),
             same_run,
-            log=lambda line: print(f"[{stage}] {line}", flush=True),
+            log=lambda line: say(f"[{stage}] {line}"),
         )
     except BaseException:
         ckpts.close()
         raise
     if start is not None:
-        print(f"[{stage}] resumed from step {start} (checkpoint verified)")
+        say(f"[{stage}] resumed from step {start} (checkpoint verified)")
     else:
         start = 0
         if pop is None:
@@ -108,7 +113,7 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
     student = experiment.model_fn(config, stage, graphdef)
     if start >= section.steps:
         ckpts.close()
-        print(f"[{stage}] already trained ({start} steps); skipping")
+        say(f"[{stage}] already trained ({start} steps); skipping")
         return {"best_step": ckpts.best_step()} if pop is None else pop.best_steps()
 
     method = experiment.method(config, stage)
@@ -128,7 +133,7 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
         eval_step = population.jit_eval_step(
             student, mesh, state_shardings.params, state_shardings.batch_stats
         )
-        print(f"[{stage}] {pop.describe()}")
+        say(f"[{stage}] {pop.describe()}")
     train_step = jax.jit(
         step_fn,
         in_shardings=(
@@ -157,7 +162,7 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
     compiled = train_step.lower(state, teacher_vars, first, scalars).compile(
         compiler_options=experiment.cpu_compiler_options(config, stage)
     )
-    print(
+    say(
         f"[{stage}] {section.model}: {experiment.count_params(state.params):,} parameters, mesh "
         f"{dict(mesh.shape)}, step compiled in {time.time() - t0:.1f}s"
         f"{experiment.compiled_costs(compiled)}"
@@ -208,10 +213,9 @@ def train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
                             val_index, val_keep, probs, config.eval.threshold
                         )
                         logger.write(done, {f"val/{k}": v for k, v in val.items()})
-                        print(
+                        say(
                             f"[{stage}] step {done} validation: "
-                            + " ".join(f"{k} {v:.4f}" for k, v in val.items()),
-                            flush=True,
+                            + " ".join(f"{k} {v:.4f}" for k, v in val.items())
                         )
                         metrics = {checkpoint.BEST_METRIC: val["auc"]}
                         if not best or val["auc"] > best["val_auc"]:
@@ -334,11 +338,10 @@ class Members:
         for k in np.flatnonzero(counts):
             if int(k) not in self.frozen:
                 self.frozen[int(k)] = step
-                print(
+                say(
                     f"[student] member {k} ({self.members[k].name}) had a non-finite loss or "
                     f"gradient by step {step}: frozen at its last finite state; the others go "
-                    "on. Fix for a rerun: lower its learning rate or change its settings.",
-                    flush=True,
+                    "on. Fix for a rerun: lower its learning rate or change its settings."
                 )
         if len(self.frozen) == len(self.members):
             raise NonFiniteError(
@@ -371,7 +374,7 @@ class Members:
             )
             mark = " (frozen)" if k in self.frozen else ""
             lines.append(f"  {k} {member.name}: auc {val['auc']:.4f} eer {val['eer']:.4f}{mark}")
-        print(f"[student] step {step} validation:\n" + "\n".join(lines), flush=True)
+        say(f"[student] step {step} validation:\n" + "\n".join(lines))
 
     def log_test_auc(self, step: int, labels, probs: np.ndarray) -> None:
         for k, logger in enumerate(self.loggers):
@@ -401,7 +404,7 @@ class Preempted(SystemExit):
     """Raised after the checkpoint of a SIGTERM'd run is safely written."""
 
     def __init__(self, message: str):
-        print(message, flush=True)
+        say(message)
         super().__init__(143)
 
 

@@ -49,6 +49,11 @@ def test_a_population_trains_evaluates_exports_and_resumes(tmp_path, cache_dir):
     assert "population of 2 students in one step" in run.stdout
     # absl logging at WARNING by default: none of orbax's INFO lines.
     assert "checkpoint_manager.py" not in run.stderr, run.stderr[:2000]
+    # What the trainer printed is kept, time-stamped, in each stage's train.log.
+    text_log = (workdir / "student" / "logs" / "train.log").read_text().splitlines()
+    assert any(line.endswith("[student] step 6 validation:") for line in text_log)
+    assert all(line[:4].isdigit() for line in text_log)  # "2026-12-06 20:40:01 ..."
+    assert "[teacher] step 4/4" in (workdir / "teacher" / "logs" / "train.log").read_text()
     listing = json.loads((workdir / "members" / "members.json").read_text())
     assert listing["members"] == ["distill.temperature-1_seed-0", "distill.temperature-4_seed-0"]
     for name in listing["members"]:
