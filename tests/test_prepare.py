@@ -93,3 +93,27 @@ def test_upsampler_leaves_a_period_two_spectral_peak():
     checker = np.indices(up.shape[:2]).sum(0) % 2 * 2 - 1
     smooth = forgeries.transposed_conv_upsample(small, np.repeat(bilinear, 3, -1))
     assert abs((up[..., 0] * checker).mean()) > 5 * abs((smooth[..., 0] * checker).mean())
+
+
+def test_progress_is_one_rewritten_line_on_a_terminal_and_new_lines_in_a_log():
+    import io
+
+    from mkln_jax.input_pipeline.build import preprocess
+
+    log = io.StringIO()  # a file or pipe, as under Slurm or Beam
+    bar = preprocess._Progress(3, stream=log, every=0.0)
+    for done in (1, 2, 3):
+        bar.update(done)
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and len(lines) == 3
+    assert lines[-1].startswith("preprocess 3/3 videos")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Terminal()
+    bar = preprocess._Progress(3, stream=tty)
+    bar.update(1)
+    bar.update(3)
+    assert tty.getvalue().startswith("\rpreprocess 1/3") and tty.getvalue().endswith("\n")
