@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import pathlib
+import time
 
 import jax
 import ml_collections
@@ -241,6 +242,8 @@ def robustness_run(config: ml_collections.ConfigDict, workdir: str, split: str |
     model, frozen, best_step = experiment.load_best(config, workdir, stage, mesh)
     key = jax.random.key(config.seed)
     curves: dict[str, list[dict]] = {}
+    total = sum(len(perturb.LEVELS[name]) for name in config.eval.perturbations)
+    done, start = 0, time.time()
     for name in config.eval.perturbations:
         rows = []
         for severity, level in enumerate(perturb.LEVELS[name]):
@@ -266,9 +269,11 @@ def robustness_run(config: ml_collections.ConfigDict, workdir: str, split: str |
                     },
                 }
             )
+            done += 1
+            eta = (time.time() - start) / done * (total - done)
             print(
-                f"[robustness] {name} severity {severity} ({level}): frame AUC "
-                f"{rows[-1]['frame_auc']:.4f}",
+                f"[robustness] {done}/{total} {name} severity {severity} ({level}): frame AUC "
+                f"{rows[-1]['frame_auc']:.4f} | ETA {int(eta // 60)}m{int(eta % 60):02d}s",
                 flush=True,
             )
         curves[name] = rows

@@ -130,6 +130,7 @@ def test_robustness_report_with_plot_from_one_command(demo_run):
         "evaluate", "--config=configs/tiny.py", f"--workdir={workdir}", "--protocol=robustness"
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "[robustness] 36/36 contrast severity 5" in result.stdout  # progress with a count
     report = json.loads((workdir / "eval" / "robustness_test.json").read_text())
     assert set(report["curves"]) == {
         "gaussian_noise",
