@@ -13,6 +13,7 @@ import numpy as np
 
 from mkln_jax import config_lib, experiment, fileio, metrics, perturb, population, scoring
 from mkln_jax.input_pipeline import splits
+from mkln_jax.logging_utils import MetricLogger
 
 
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | None = None):
@@ -38,9 +39,28 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
             config, workdir, stage, split, index, probs, best_step
         )
         sections.append(section)
+        _log_hparams(config, workdir, stage, split, results[stage])
     markdown = "\n\n".join(sections)
     _write_report(config, workdir, split, results, markdown)
     return results, markdown
+
+
+def _log_hparams(config, workdir, stage: str, split: str, result: dict) -> None:
+    """The stage's config with its best validation and this split's AUCs into its TensorBoard
+    log (HPARAMS tab): a sweep's runs side by side there."""
+    report = result["metrics"]
+    scores = {
+        "hparams/val_auc": best_validation_auc(workdir, stage),
+        f"hparams/{split}_auc": report["all"]["frame"]["auc"],
+        f"hparams/{split}_video_auc": report["all"]["video"]["auc"],
+    }
+    if "seen methods" in report:
+        scores[f"hparams/{split}_auc_seen"] = report["seen methods"]["frame"]["auc"]
+    logger = MetricLogger(pathlib.Path(workdir) / stage / "logs")
+    try:
+        logger.hparams(config.to_dict(), scores, name=f"eval_{split}")
+    finally:
+        logger.close()
 
 
 def _trained_methods(config) -> set[str]:
@@ -149,6 +169,7 @@ def population_run(config: ml_collections.ConfigDict, workdir: str, split: str |
             member.config, member_dir, "student", split, index, probs[:, k], steps[k]
         )
         _write_report(member.config, member_dir, split, {"student": result}, section)
+        _log_hparams(member.config, member_dir, "student", split, result)
         report = result["metrics"]
         _, _, video_scores = metrics.video_level(index.video_ids, index.labels, probs[:, k])
         diff, lo, hi = metrics.paired_difference(

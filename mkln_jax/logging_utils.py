@@ -72,6 +72,27 @@ class MetricLogger:
             self._tb.add_scalar(name, value, step)
         self._tb.flush()
 
+    def hparams(self, config: dict, metrics: dict[str, float], name: str = "hparams") -> None:
+        """The run's settings beside its final numbers, for TensorBoard's HPARAMS tab (a sweep
+        browsed as a table): every scalar config field, flattened to "a.b", tuples as text."""
+        if not self.enabled:
+            return
+        flat = {}
+
+        def walk(node, prefix: str) -> None:
+            for key, value in node.items():
+                name_ = f"{prefix}{key}"
+                if isinstance(value, dict):
+                    walk(value, name_ + ".")
+                elif isinstance(value, (bool, int, float, str)):
+                    flat[name_] = value
+                elif isinstance(value, (tuple, list)):
+                    flat[name_] = ", ".join(str(v) for v in value)
+
+        walk(config, "")
+        self._tb.add_hparams(flat, {k: float(v) for k, v in metrics.items()}, name=name)
+        self._tb.flush()
+
     def close(self) -> None:
         if self.enabled:
             self._jsonl.close()

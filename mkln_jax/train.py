@@ -171,6 +171,7 @@ def _train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
     logger = MetricLogger(out_dir / "logs")
     progress = Progress(stage, section.steps, start)
     averages = RunningMeans()
+    last_log = None  # (time, step) of the last log line
     best = {}
     batch = first
     preemption = preemption or PreemptionWatch()
@@ -192,7 +193,15 @@ def _train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
                     values = averages.pop()
                     if pop is not None:
                         values = pop.log_train(done, values)
-                    logger.write(done, {f"train/{k}": v for k, v in values.items()})
+                    now, rates = time.time(), {}
+                    if last_log is not None:  # the first interval holds warm-up; no rate
+                        rate = (done - last_log[1]) / max(now - last_log[0], 1e-9)
+                        rates = {
+                            "steps_per_second": rate,
+                            "images_per_second": rate * section.batch_size,
+                        }
+                    last_log = (now, done)
+                    logger.write(done, {f"train/{k}": v for k, v in (values | rates).items()})
                     progress.report(done, values)
                 metrics = {}
                 evaluated = done % config.train.eval_every == 0 or last

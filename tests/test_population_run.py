@@ -76,6 +76,11 @@ def test_a_population_trains_evaluates_exports_and_resumes(tmp_path, cache_dir):
     for name in listing["members"]:  # each member's own report, as a single run writes it
         report = json.loads((workdir / "members" / name / "eval" / "test.json").read_text())
         assert set(report) == {"student"}
+        # Its settings and AUCs in TensorBoard's HPARAMS tab.
+        tensorboard = workdir / "members" / name / "student" / "logs" / "tensorboard"
+        assert list((tensorboard / "eval_test").glob("events.out.tfevents.*"))
+    rows = [json.loads(line) for line in (workdir / "student" / "logs" / "metrics.jsonl").open()]
+    assert any(r.get("train/images_per_second", 0) > 0 for r in rows)
 
     exported = mkln("export", *common, "--member=1", devices=1)
     assert exported.returncode == 0, exported.stderr[-3000:]
