@@ -333,17 +333,16 @@ def config_differences(
     saved: dict, config: ml_collections.ConfigDict, ignore: tuple[str, ...] = ()
 ) -> list[str]:
     """Dotted names of the fields where `config` differs from a checkpoint's saved config,
-    except top-level sections in `ignore`."""
+    except the sections and fields named in `ignore` ("eval", "train.profile_steps")."""
     current = json.loads(config.to_json())
-    saved = {k: v for k, v in saved.items() if k not in ignore}
-    current = {k: v for k, v in current.items() if k not in ignore}
 
     def walk(a, b, prefix: str):
         if isinstance(a, dict) and isinstance(b, dict):
             # Only fields both know: one added or removed since the run started is not a change
             # of that run (config_lib.from_saved reads old configs the same way).
             for key in sorted(set(a) & set(b)):
-                yield from walk(a[key], b[key], f"{prefix}{key}.")
+                if f"{prefix}{key}" not in ignore:
+                    yield from walk(a[key], b[key], f"{prefix}{key}.")
         elif a != b:
             yield f"{prefix[:-1]} ({a!r} -> {b!r})"
 

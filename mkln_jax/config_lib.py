@@ -110,6 +110,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         )
     methods = tuple(config.data.methods)
     _check_population(config, errors)
+    profile = config.train.get("profile_steps", 0)
+    if not isinstance(profile, int) or isinstance(profile, bool) or profile < 0:
+        errors.append(f"train.profile_steps must be an integer >= 0, got {profile!r}")
     _check_data(config.data, errors)
     for method in config.data.train_methods:
         if method not in methods:

@@ -30,8 +30,17 @@ from mkln_jax.logging_utils import MetricLogger, Progress, TextLog, say
 
 # Config fields that do not change what a stage trains (so resuming may differ in them).
 IGNORED_ON_RESUME = {
-    "teacher": ("student", "distill", "mutual", "population", "eval", "predict", "stages"),
-    "student": ("eval", "predict", "stages"),
+    "teacher": (
+        "student",
+        "distill",
+        "mutual",
+        "population",
+        "eval",
+        "predict",
+        "stages",
+        "train.profile_steps",
+    ),
+    "student": ("eval", "predict", "stages", "train.profile_steps"),
 }
 
 
@@ -171,6 +180,7 @@ def _train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
     logger = MetricLogger(out_dir / "logs")
     progress = Progress(stage, section.steps, start)
     averages = RunningMeans()
+    profiler = StepProfiler(out_dir / "profile", config.train.profile_steps, start)
     last_log = None  # (time, step) of the last log line
     best = {}
     batch = first
@@ -181,7 +191,9 @@ def _train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
             for step in range(start, section.steps):
                 if step > start:
                     batch = sharding.host_to_global(next(data_iter), mesh)
+                profiler.before(step)
                 state, step_metrics = compiled(state, teacher_vars, batch, scalars)
+                profiler.after(step, state)
                 averages.add(step_metrics)
                 done = step + 1
                 last = done == section.steps
@@ -281,8 +293,35 @@ def _train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
                 ckpts.close()
             if pop is not None:
                 pop.close()
+            profiler.close()
             logger.close()
     return best
+
+
+class StepProfiler:
+    """train.profile_steps = N: a jax.profiler trace of steps start+2 .. start+2+N-1 (past
+    compilation and the first executions) into <stage>/profile; off when N = 0."""
+
+    def __init__(self, directory: pathlib.Path, steps: int, start: int):
+        self.directory, self.first = directory, start + 2
+        self.last = self.first + steps - 1 if steps > 0 else -1
+        self.active = False
+
+    def before(self, step: int) -> None:
+        if step == self.first and self.last >= self.first:
+            jax.profiler.start_trace(str(self.directory))
+            self.active = True
+
+    def after(self, step: int, state) -> None:
+        if self.active and step == self.last:
+            jax.block_until_ready(state)
+            self.close()
+            say(f"profile of {self.last - self.first + 1} step(s) written to {self.directory}")
+
+    def close(self) -> None:
+        if self.active:
+            self.active = False
+            jax.profiler.stop_trace()
 
 
 class RunningMeans:

@@ -44,9 +44,13 @@ def test_a_population_trains_evaluates_exports_and_resumes(tmp_path, cache_dir):
     workdir = tmp_path / "run"
     common = ["--config=configs/tiny.py", f"--workdir={workdir}", MEMBERS]
     assert mkln("prepare", *common).returncode == 0
-    run = mkln("train", *common, devices=1)
+    run = mkln("train", *common, "--config.train.profile_steps=2", devices=1)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "population of 2 students in one step" in run.stdout
+    # train.profile_steps: a jax.profiler trace of 2 steps per stage (not a change of the run:
+    # the resume below leaves it out).
+    assert "profile of 2 step(s) written" in run.stdout
+    assert list((workdir / "student" / "profile").rglob("*.xplane.pb"))
     # absl logging at WARNING by default: none of orbax's INFO lines.
     assert "checkpoint_manager.py" not in run.stderr, run.stderr[:2000]
     # What the trainer printed is kept, time-stamped, in each stage's train.log.

@@ -135,6 +135,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.eval_every = 100  # validation (and a checkpoint, ranked for `best`)
     config.train.checkpoint_every = 100  # checkpoint for resuming
     config.train.keep_checkpoints = 2  # latest checkpoints kept for resume
+    config.train.profile_steps = 0  # > 0: a jax.profiler trace of that many steps (after 2
+    # warm-up steps) into <stage>/profile, for TensorBoard's profile tab or Perfetto
     config.train.grad_accum_steps = 1  # batches averaged per optimizer update (steps count
     # batches; schedules count updates)
     config.train.mesh_data = -1  # devices on the `data` axis; -1 = all (after fsdp)
