@@ -161,7 +161,13 @@ def population_run(config: ml_collections.ConfigDict, workdir: str, split: str |
         config.eval.batch_size,
     )
     trained = _trained_methods(config)
-    _, video_labels, reference = metrics.video_level(index.video_ids, index.labels, probs[:, 0])
+    _, video_labels, _ = metrics.video_level(index.video_ids, index.labels, probs[:, 0])
+    video_scores = np.stack(
+        [
+            metrics.video_level(index.video_ids, index.labels, probs[:, k])[2]
+            for k in range(len(members))
+        ]
+    )
     rows = []
     for k, member in enumerate(members):
         member_dir = population.member_workdir(workdir, member)
@@ -171,11 +177,10 @@ def population_run(config: ml_collections.ConfigDict, workdir: str, split: str |
         _write_report(member.config, member_dir, split, {"student": result}, section)
         _log_hparams(member.config, member_dir, "student", split, result)
         report = result["metrics"]
-        _, _, video_scores = metrics.video_level(index.video_ids, index.labels, probs[:, k])
         diff, lo, hi = metrics.paired_difference(
             video_labels,
-            reference,
-            video_scores,
+            video_scores[0],
+            video_scores[k],
             samples=config.eval.bootstrap or 1000,
             seed=config.seed,
         )
@@ -196,10 +201,17 @@ def population_run(config: ml_collections.ConfigDict, workdir: str, split: str |
         row["ci_low"], row["ci_high"] = lo, hi
         rows.append(row)
     markdown = _population_markdown(rows, split, len(video_labels))
+    settings = _by_setting(config, members, rows, video_labels, video_scores)
+    if settings:
+        markdown += "\n\n" + _settings_markdown(settings)
     out_dir = pathlib.Path(workdir) / "eval"
     if jax.process_index() == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         base = out_dir / f"population_{split}"
+        if settings:
+            fileio.atomic_write(
+                out_dir / f"population_{split}_by_setting.json", json.dumps(settings, indent=2)
+            )
         fileio.atomic_write(base.with_suffix(".json"), json.dumps(rows, indent=2))
         fileio.atomic_write(base.with_suffix(".md"), markdown + "\n")
         columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -208,6 +220,84 @@ def population_run(config: ml_collections.ConfigDict, workdir: str, split: str |
             writer.writeheader()
             writer.writerows(rows)
     return rows, markdown
+
+
+def _by_setting(config, members, rows, video_labels, video_scores) -> list[dict]:
+    """With several seeds per setting: each setting's mean and standard deviation over its
+    seeds, and its seed-averaged video AUC minus the first setting's, with a paired bootstrap
+    interval over videos (each draw scores every seed of both settings). [] with one seed."""
+    groups: dict[tuple, list[int]] = {}
+    for k, member in enumerate(members):
+        groups.setdefault(member.overrides, []).append(k)
+    if all(len(ks) == 1 for ks in groups.values()):
+        return []
+    first = next(iter(groups.values()))
+    out = []
+    for overrides, ks in groups.items():
+        frame = np.asarray([rows[k]["test_auc_all"] for k in ks])
+        video = np.asarray([rows[k]["video_auc"] for k in ks])
+        diff, lo, hi = metrics.paired_difference(
+            video_labels,
+            video_scores[first],
+            video_scores[ks],
+            samples=config.eval.bootstrap or 1000,
+            seed=config.seed,
+        )
+        out.append(
+            {
+                **dict(overrides),
+                "seeds": len(ks),
+                "test_auc_all_mean": float(frame.mean()),
+                "test_auc_all_std": float(frame.std(ddof=1)) if len(ks) > 1 else 0.0,
+                "video_auc_mean": float(video.mean()),
+                "video_auc_std": float(video.std(ddof=1)) if len(ks) > 1 else 0.0,
+                "video_auc_minus_first": diff,
+                "ci_low": lo,
+                "ci_high": hi,
+            }
+        )
+    return out
+
+
+def _settings_markdown(settings: list[dict]) -> str:
+    fields = [k for k in settings[0] if k not in _SETTING_NUMBERS]
+    lines = [
+        "### By setting (mean +- std over seeds)",
+        "",
+        "| "
+        + " | ".join(
+            [*fields, "seeds", "test frame AUC", "video AUC", "video AUC - first (95% CI)"]
+        )
+        + " |",
+        "|" + "---|" * (len(fields) + 4),
+    ]
+    for row in settings:
+        cells = [str(row[f]) for f in fields] + [
+            str(row["seeds"]),
+            f"{row['test_auc_all_mean']:.4f} +- {row['test_auc_all_std']:.4f}",
+            f"{row['video_auc_mean']:.4f} +- {row['video_auc_std']:.4f}",
+            f"{row['video_auc_minus_first']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "video AUC - first: this setting's video AUC averaged over its seeds minus the first "
+        "setting's, on the same videos; the interval resamples videos and scores every seed of "
+        "both settings on each draw.",
+    ]
+    return "\n".join(lines)
+
+
+_SETTING_NUMBERS = {
+    "seeds",
+    "test_auc_all_mean",
+    "test_auc_all_std",
+    "video_auc_mean",
+    "video_auc_std",
+    "video_auc_minus_first",
+    "ci_low",
+    "ci_high",
+}
 
 
 def _population_markdown(rows: list[dict], split: str, videos: int) -> str:

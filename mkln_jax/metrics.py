@@ -142,17 +142,26 @@ def paired_difference(
     seed: int = 0,
 ) -> tuple[float, float, float]:
     """metric(b) - metric(a) on the same examples, with a paired bootstrap interval: each
-    replicate draws one set of clusters (videos) and scores both models on it, so what the
-    two share (the hard and easy videos) cancels. Returns (difference, low, high)."""
-    labels, scores_a = _check(labels, scores_a)
-    _, scores_b = _check(labels, scores_b)
+    replicate draws one set of clusters (videos) and scores both on it, so what the two share
+    (the hard and easy videos) cancels. Scores of shape [S, N] are S models (seeds) of one
+    setting: the metric is averaged over them. Returns (difference, low, high)."""
+    labels = np.asarray(labels)
+    a = np.atleast_2d(np.asarray(scores_a, np.float64))
+    b = np.atleast_2d(np.asarray(scores_b, np.float64))
+    for scores in (*a, *b):
+        _check(labels, scores)
+
+    def mean_metric(group, idx):
+        return float(np.mean([metric(labels[idx], s[idx]) for s in group]))
+
     values = []
     for idx in _cluster_draws(clusters, labels.size, samples, seed):
-        value = metric(labels[idx], scores_b[idx]) - metric(labels[idx], scores_a[idx])
+        value = mean_metric(b, idx) - mean_metric(a, idx)
         if np.isfinite(value):
             values.append(value)
     lo, hi = _percentiles(values, level)
-    return float(metric(labels, scores_b) - metric(labels, scores_a)), lo, hi
+    everything = np.arange(labels.size)
+    return mean_metric(b, everything) - mean_metric(a, everything), lo, hi
 
 
 def video_level(video_ids, labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -65,3 +65,22 @@ def test_report_per_method_uses_that_methods_fakes_and_all_reals():
         skm.roc_auc_score([0, 0, 1, 1], [0.1, 0.2, 0.15, 0.05])
     )
     assert out["all"]["frame"]["n"] == 6 and out["m1"]["frame"]["n"] == 4
+
+
+def test_paired_difference_cancels_what_two_models_share():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 100)
+    base = labels + rng.normal(0, 1.0, labels.size)  # hard and easy videos, shared
+    better = base + labels * 0.5
+    diff, lo, hi = metrics.paired_difference(labels, base, better, samples=300)
+    assert diff == pytest.approx(metrics.auc(labels, better) - metrics.auc(labels, base))
+    assert 0 < lo <= diff <= hi
+    # Paired, the interval is narrower than the two unpaired intervals' overlap suggests.
+    a_lo, a_hi = metrics.bootstrap_interval(labels, base, samples=300)
+    assert hi - lo < (a_hi - a_lo)
+    assert metrics.paired_difference(labels, base, base, samples=50) == (0.0, 0.0, 0.0)
+    # Seeds of a setting: the metric averaged over them.
+    two = np.stack([better, better + 0.01 * rng.normal(size=labels.size)])
+    mean_diff, _, _ = metrics.paired_difference(labels, base, two, samples=50)
+    expected = np.mean([metrics.auc(labels, s) for s in two]) - metrics.auc(labels, base)
+    assert mean_diff == pytest.approx(expected)

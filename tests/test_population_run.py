@@ -13,6 +13,8 @@ from mkln_jax import config_lib, population
 from mkln_jax.configs import tiny
 
 MEMBERS = "--config.population.members=('distill.temperature=1','distill.temperature=4')"
+SEEDS = "--config.population.seeds=(0,1)"
+NAMES = [f"distill.temperature-{t}_seed-{s}" for t in (1, 4) for s in (0, 1)]
 
 
 def test_members_cross_settings_with_seeds_and_refuse_a_static_field():
@@ -42,11 +44,11 @@ def test_members_cross_settings_with_seeds_and_refuse_a_static_field():
 @pytest.mark.slow  # trains in subprocesses
 def test_a_population_trains_evaluates_exports_and_resumes(tmp_path, cache_dir):
     workdir = tmp_path / "run"
-    common = ["--config=configs/tiny.py", f"--workdir={workdir}", MEMBERS]
+    common = ["--config=configs/tiny.py", f"--workdir={workdir}", MEMBERS, SEEDS]
     assert mkln("prepare", *common).returncode == 0
     run = mkln("train", *common, "--config.train.profile_steps=2", devices=1)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "population of 2 students in one step" in run.stdout
+    assert "population of 4 students in one step" in run.stdout
     # train.profile_steps: a jax.profiler trace of 2 steps per stage (not a change of the run:
     # the resume below leaves it out).
     assert "profile of 2 step(s) written" in run.stdout
@@ -59,7 +61,7 @@ def test_a_population_trains_evaluates_exports_and_resumes(tmp_path, cache_dir):
     assert all(line[:4].isdigit() for line in text_log)  # "2026-12-06 20:40:01 ..."
     assert "[teacher] step 4/4" in (workdir / "teacher" / "logs" / "train.log").read_text()
     listing = json.loads((workdir / "members" / "members.json").read_text())
-    assert listing["members"] == ["distill.temperature-1_seed-0", "distill.temperature-4_seed-0"]
+    assert listing["members"] == NAMES
     for name in listing["members"]:
         log = workdir / "members" / name / "student" / "logs" / "metrics.jsonl"
         rows = [json.loads(line) for line in log.read_text().splitlines()]
@@ -74,9 +76,21 @@ def test_a_population_trains_evaluates_exports_and_resumes(tmp_path, cache_dir):
     evaluated = mkln("evaluate", *common, devices=1)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     rows = json.loads((workdir / "eval" / "population_test.json").read_text())
-    assert [r["distill.temperature"] for r in rows] == ["1", "4"]
+    assert [(r["distill.temperature"], r["seed"]) for r in rows] == [
+        ("1", "0"),
+        ("1", "1"),
+        ("4", "0"),
+        ("4", "1"),
+    ]
     assert rows[0]["video_auc_minus_member_0"] == 0.0
     assert rows[1]["ci_low"] <= rows[1]["video_auc_minus_member_0"] <= rows[1]["ci_high"]
+    # Two seeds per setting: mean +- std and the seed-averaged paired difference.
+    settings = json.loads((workdir / "eval" / "population_test_by_setting.json").read_text())
+    assert [s["distill.temperature"] for s in settings] == ["1", "4"]
+    assert settings[1]["test_auc_all_mean"] == pytest.approx(
+        (rows[2]["test_auc_all"] + rows[3]["test_auc_all"]) / 2
+    )
+    assert settings[0]["video_auc_minus_first"] == 0.0
     for name in listing["members"]:  # each member's own report, as a single run writes it
         report = json.loads((workdir / "members" / name / "eval" / "test.json").read_text())
         assert set(report) == {"student"}
@@ -86,9 +100,9 @@ def test_a_population_trains_evaluates_exports_and_resumes(tmp_path, cache_dir):
     rows = [json.loads(line) for line in (workdir / "student" / "logs" / "metrics.jsonl").open()]
     assert any(r.get("train/images_per_second", 0) > 0 for r in rows)
 
-    exported = mkln("export", *common, "--member=1", devices=1)
+    exported = mkln("export", *common, "--member=2", devices=1)
     assert exported.returncode == 0, exported.stderr[-3000:]
-    artifact = workdir / "members" / listing["members"][1] / "export"
+    artifact = workdir / "members" / NAMES[2] / "export"
     assert (artifact / "metadata.json").is_file()
 
     # Interrupted after step 3: the population resumes from its `latest` and ends where the
