@@ -20,6 +20,7 @@ Members differ in distillation temperature; their views and teacher pass are sha
 
     python bench/population_bench.py                      # both cases, K = 1, 2, 4, 8
     python bench/population_bench.py --cases=demo --sizes=1,4 --steps=5
+    python bench/population_bench.py --cases=b4_b0 --size=256 --batch=128 --dtype=bfloat16  # GPU
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ hostmem.tune()  # as `mkln` does, before the first JAX computation
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 
 
-def case_config(name: str):
+def case_config(name: str, size: int = 0, batch: int = 0, dtype: str = ""):
     config = default.get_config()
     if name == "b4_b0":
         config.teacher.model = "efficientnet_b4"
@@ -50,6 +51,9 @@ def case_config(name: str):
         config.data.image_size = 128
     elif name != "demo":
         raise SystemExit(f"unknown case {name!r}: demo or b4_b0")
+    config.data.image_size = size or config.data.image_size
+    config.student.batch_size = batch or config.student.batch_size
+    config.train.compute_dtype = dtype or config.train.compute_dtype
     return config
 
 
@@ -122,11 +126,14 @@ def main() -> None:
     parser.add_argument(
         "--run_steps", type=int, default=600, help="steps of the sweep in the sweep ratio"
     )
+    parser.add_argument("--size", type=int, default=0, help="image side (default: the case's)")
+    parser.add_argument("--batch", type=int, default=0, help="batch (default: the case's)")
+    parser.add_argument("--dtype", default="", help="float32 or bfloat16 (default: float32)")
     args = parser.parse_args()
     sizes = [int(k) for k in args.sizes.split(",")]
     print(f"devices: {jax.devices()}; timed steps {args.steps}; sweep runs of {args.run_steps}")
     for name in args.cases.split(","):
-        config = case_config(name)
+        config = case_config(name, args.size, args.batch, args.dtype)
         print(
             f"\n## {name}: {config.teacher.model} -> {config.student.model}, "
             f"{config.data.image_size} px, batch {config.student.batch_size}"
