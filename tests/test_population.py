@@ -186,3 +186,31 @@ def test_a_population_sharded_over_population_and_data_equals_the_unsharded_one(
     np.testing.assert_allclose(losses_sharded, losses, rtol=1e-5)
     for k in range(2):
         _assert_member_equals(states_sharded, k, population.take(states, k))
+
+
+@pytest.mark.slow
+def test_the_population_benchmark_runs_at_a_tiny_size():
+    import pathlib
+    import subprocess
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "bench/population_bench.py",
+            "--cases=demo",
+            "--sizes=2",
+            "--steps=1",
+            "--size=32",
+            "--batch=4",
+            "--run_steps=10",
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| 2 |"))
+    assert len(row.split("|")) == 9  # K, step, K single steps, ratios, compile, sweep ratio
