@@ -203,7 +203,7 @@ def test_the_population_benchmark_runs_at_a_tiny_size():
             "--sizes=2",
             "--steps=1",
             "--size=32",
-            "--batch=4",
+            "--batch=8",
             "--run_steps=10",
         ],
         cwd=repo,
