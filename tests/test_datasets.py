@@ -196,6 +196,33 @@ def test_celebdf_builder_writes_every_split(tmp_path, frames):
         assert counts[split] == videos * SETTINGS.num_frames
 
 
+def test_a_celebdf_download_of_only_the_test_list_prepares_its_test_split(
+    tmp_path, frames, monkeypatch
+):
+    import ml_collections
+
+    from mkln_jax.input_pipeline import splits
+
+    root = trees.celebdf_tree(tmp_path / "celeb", frames)
+    test_list = (root / "List_of_testing_videos.txt").read_text().splitlines()
+    listed = {line.split()[1] for line in test_list if line}
+    for video in root.rglob("*.mp4"):  # keep only what the FF++ -> Celeb-DF protocol needs
+        if str(video.relative_to(root)) not in listed:
+            video.unlink()
+    source = forgery.Source("celebdf", str(root), version="v2")
+    builder = _build(forgery.CelebDf, source, tmp_path)
+    assert builder.empty_splits == ["train", "val"]
+    assert sorted(builder.info.splits) == ["test"]
+    assert len(_records(builder, "test")) == 3 * SETTINGS.num_frames
+    # Training and evaluation open splits by name: the missing one is refused in one line.
+    folder = pathlib.Path(builder.data_dir)  # <data_dir>/<builder>/<config>/<version>
+    monkeypatch.setattr(splits, "dataset_name", lambda _: f"{folder.parts[-3]}/{folder.parts[-2]}")
+    data = ml_collections.ConfigDict({"name": "celebdf"})
+    assert len(splits.open_split(data, folder.parents[2], "test")) == 3 * SETTINGS.num_frames
+    with pytest.raises(splits.MissingSplitError, match=r"no 'train' split.*written: test\)"):
+        splits.open_split(data, folder.parents[2], "train")
+
+
 def test_folder_of_videos_and_images(tmp_path, frames):
     root = tmp_path / "mine"
     trees.write_video(root / "real" / "a.mp4", trees.clip(frames, "a"))

@@ -84,6 +84,12 @@ def prepare_real(config: ml_collections.ConfigDict, progress: bool = True) -> li
             for split, methods in sorted(catalog.summary(builder.entries).items()):
                 counts = ", ".join(f"{m} {n}" for m, n in sorted(methods.items()))
                 lines.append(f"{split} videos: {counts}")
+        if builder.empty_splits:
+            lines.append(
+                f"no videos for split(s) {', '.join(builder.empty_splits)}: not written. This "
+                "dataset can be evaluated on its other splits (e.g. --eval_data for a "
+                "cross-dataset test); training needs train and val."
+            )
         if builder.report is not None:
             lines += builder.report.lines()
         if data.name == "folder":

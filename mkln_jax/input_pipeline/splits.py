@@ -79,6 +79,10 @@ def index_decoders(dataset: str, images: bool = False) -> dict | None:
     return {f: tfds.decode.SkipDecoding() for f in skipped} or None
 
 
+class MissingSplitError(FileNotFoundError):
+    """A prepared dataset without the split asked for (its download had no videos for it)."""
+
+
 def open_split(data_config, data_dir: pathlib.Path, split: str, images: bool = True):
     """The split as a random-access TFDS data source; a clear error if it was never prepared.
     Masks are never decoded (no step uses them); with images=False, neither are the images
@@ -94,7 +98,17 @@ def open_split(data_config, data_dir: pathlib.Path, split: str, images: bool = T
         if not versions:
             raise FileNotFoundError(name)
         builder = tfds.builder_from_directory(str(versions[-1].parent))
+        written = sorted(builder.info.splits)
+        if split not in written:
+            raise MissingSplitError(
+                f"dataset {name} under {data_dir} has no {split!r} split: `prepare` found no "
+                f"videos for it (written: {', '.join(written)}). Fix: prepare a download that "
+                f"holds {split} videos, or use this dataset only where {', '.join(written)} "
+                "is enough (e.g. --eval_data for a cross-dataset test)."
+            )
         return builder.as_data_source(split=split, decoders=decoders)
+    except MissingSplitError:
+        raise
     except Exception as err:  # tfds raises several types for a missing dataset
         which = "" if data_config.name == "mkln_demo" else f"{data_config.name} "
         raise FileNotFoundError(
