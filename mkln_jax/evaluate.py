@@ -177,12 +177,17 @@ def population_run(config: ml_collections.ConfigDict, workdir: str, split: str |
         _write_report(member.config, member_dir, split, {"student": result}, section)
         _log_hparams(member.config, member_dir, "student", split, result)
         report = result["metrics"]
-        diff, lo, hi = metrics.paired_difference(
-            video_labels,
-            video_scores[0],
-            video_scores[k],
-            samples=config.eval.bootstrap or 1000,
+        samples = config.eval.bootstrap or 1000
+        frame_diff = metrics.paired_difference(
+            index.labels,
+            probs[:, 0],
+            probs[:, k],
+            clusters=index.video_ids,
+            samples=samples,
             seed=config.seed,
+        )
+        video_diff = metrics.paired_difference(
+            video_labels, video_scores[0], video_scores[k], samples=samples, seed=config.seed
         )
         row = {
             "member": k,
@@ -196,12 +201,14 @@ def population_run(config: ml_collections.ConfigDict, workdir: str, split: str |
         for method in sorted(m for m in report if m not in ("all", "seen methods")):
             if method not in trained:
                 row[f"test_auc_{method}"] = report[method]["frame"]["auc"]
+        row["frame_auc_minus_member_0"] = frame_diff[0]
+        row["frame_ci_low"], row["frame_ci_high"] = frame_diff[1:]
         row["video_auc"] = report["all"]["video"]["auc"]
-        row["video_auc_minus_member_0"] = diff
-        row["ci_low"], row["ci_high"] = lo, hi
+        row["video_auc_minus_member_0"] = video_diff[0]
+        row["video_ci_low"], row["video_ci_high"] = video_diff[1:]
         rows.append(row)
     markdown = _population_markdown(rows, split, len(video_labels))
-    settings = _by_setting(config, members, rows, video_labels, video_scores)
+    settings = _by_setting(config, members, rows, index, probs, video_labels, video_scores)
     if settings:
         markdown += "\n\n" + _settings_markdown(settings)
     out_dir = pathlib.Path(workdir) / "eval"
@@ -222,26 +229,32 @@ def population_run(config: ml_collections.ConfigDict, workdir: str, split: str |
     return rows, markdown
 
 
-def _by_setting(config, members, rows, video_labels, video_scores) -> list[dict]:
+def _by_setting(config, members, rows, index, probs, video_labels, video_scores) -> list[dict]:
     """With several seeds per setting: each setting's mean and standard deviation over its
-    seeds, and its seed-averaged video AUC minus the first setting's, with a paired bootstrap
-    interval over videos (each draw scores every seed of both settings). [] with one seed."""
+    seeds, and its seed-averaged AUC minus the first setting's (frame level, and video level),
+    with paired bootstrap intervals over videos (each draw scores every seed of both settings
+    on the same videos). [] with one seed per setting."""
     groups: dict[tuple, list[int]] = {}
     for k, member in enumerate(members):
         groups.setdefault(member.overrides, []).append(k)
     if all(len(ks) == 1 for ks in groups.values()):
         return []
     first = next(iter(groups.values()))
+    samples = config.eval.bootstrap or 1000
     out = []
     for overrides, ks in groups.items():
         frame = np.asarray([rows[k]["test_auc_all"] for k in ks])
         video = np.asarray([rows[k]["video_auc"] for k in ks])
-        diff, lo, hi = metrics.paired_difference(
-            video_labels,
-            video_scores[first],
-            video_scores[ks],
-            samples=config.eval.bootstrap or 1000,
+        frame_diff = metrics.paired_difference(
+            index.labels,
+            probs[:, first].T,
+            probs[:, ks].T,
+            clusters=index.video_ids,
+            samples=samples,
             seed=config.seed,
+        )
+        video_diff = metrics.paired_difference(
+            video_labels, video_scores[first], video_scores[ks], samples=samples, seed=config.seed
         )
         out.append(
             {
@@ -249,11 +262,14 @@ def _by_setting(config, members, rows, video_labels, video_scores) -> list[dict]
                 "seeds": len(ks),
                 "test_auc_all_mean": float(frame.mean()),
                 "test_auc_all_std": float(frame.std(ddof=1)) if len(ks) > 1 else 0.0,
+                "frame_auc_minus_first": frame_diff[0],
+                "frame_ci_low": frame_diff[1],
+                "frame_ci_high": frame_diff[2],
                 "video_auc_mean": float(video.mean()),
                 "video_auc_std": float(video.std(ddof=1)) if len(ks) > 1 else 0.0,
-                "video_auc_minus_first": diff,
-                "ci_low": lo,
-                "ci_high": hi,
+                "video_auc_minus_first": video_diff[0],
+                "video_ci_low": video_diff[1],
+                "video_ci_high": video_diff[2],
             }
         )
     return out
@@ -261,29 +277,35 @@ def _by_setting(config, members, rows, video_labels, video_scores) -> list[dict]
 
 def _settings_markdown(settings: list[dict]) -> str:
     fields = [k for k in settings[0] if k not in _SETTING_NUMBERS]
+    heads = [
+        "seeds",
+        "test frame AUC",
+        "frame AUC - first (95% CI)",
+        "video AUC",
+        "video AUC - first (95% CI)",
+    ]
     lines = [
         "### By setting (mean +- std over seeds)",
         "",
-        "| "
-        + " | ".join(
-            [*fields, "seeds", "test frame AUC", "video AUC", "video AUC - first (95% CI)"]
-        )
-        + " |",
-        "|" + "---|" * (len(fields) + 4),
+        "| " + " | ".join([*fields, *heads]) + " |",
+        "|" + "---|" * (len(fields) + len(heads)),
     ]
     for row in settings:
         cells = [str(row[f]) for f in fields] + [
             str(row["seeds"]),
             f"{row['test_auc_all_mean']:.4f} +- {row['test_auc_all_std']:.4f}",
+            f"{row['frame_auc_minus_first']:+.4f} "
+            f"[{row['frame_ci_low']:+.4f}, {row['frame_ci_high']:+.4f}]",
             f"{row['video_auc_mean']:.4f} +- {row['video_auc_std']:.4f}",
-            f"{row['video_auc_minus_first']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]",
+            f"{row['video_auc_minus_first']:+.4f} "
+            f"[{row['video_ci_low']:+.4f}, {row['video_ci_high']:+.4f}]",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "video AUC - first: this setting's video AUC averaged over its seeds minus the first "
-        "setting's, on the same videos; the interval resamples videos and scores every seed of "
-        "both settings on each draw.",
+        "AUC - first: this setting's AUC averaged over its seeds minus the first setting's, on "
+        "the same test examples; the interval resamples videos and scores every seed of both "
+        "settings on each draw.",
     ]
     return "\n".join(lines)
 
@@ -292,11 +314,14 @@ _SETTING_NUMBERS = {
     "seeds",
     "test_auc_all_mean",
     "test_auc_all_std",
+    "frame_auc_minus_first",
+    "frame_ci_low",
+    "frame_ci_high",
     "video_auc_mean",
     "video_auc_std",
     "video_auc_minus_first",
-    "ci_low",
-    "ci_high",
+    "video_ci_low",
+    "video_ci_high",
 }
 
 
@@ -317,10 +342,11 @@ def _population_markdown(rows: list[dict], split: str, videos: int) -> str:
     lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
     lines += [
         "",
-        "video_auc_minus_member_0: this member's video-level AUC minus member 0's on the same "
-        "videos; ci_low/ci_high: its 95% paired bootstrap interval (videos resampled, both "
-        "members scored on each draw). Members share batches and augmentation draws, so the "
-        "difference comes from their settings (and seeds, where they differ).",
+        "frame/video_auc_minus_member_0: this member's frame- or video-level AUC minus member "
+        "0's on the same test examples; *_ci_low/high: its 95% paired bootstrap interval "
+        "(videos resampled, both members scored on each draw). Members share batches and "
+        "augmentation draws, so the difference comes from their settings (and seeds, where "
+        "they differ).",
     ]
     return "\n".join(lines)
 

@@ -82,15 +82,23 @@ def test_a_population_trains_evaluates_exports_and_resumes(tmp_path, cache_dir):
         ("4", "0"),
         ("4", "1"),
     ]
-    assert rows[0]["video_auc_minus_member_0"] == 0.0
-    assert rows[1]["ci_low"] <= rows[1]["video_auc_minus_member_0"] <= rows[1]["ci_high"]
+    assert rows[0]["video_auc_minus_member_0"] == rows[0]["frame_auc_minus_member_0"] == 0.0
+    for level in ("frame", "video"):
+        low, diff, high = (rows[1][f"{level}_{k}"] for k in ("ci_low", "auc_minus_member_0", "ci_high"))
+        assert low <= diff <= high
+    assert rows[1]["frame_auc_minus_member_0"] == pytest.approx(
+        rows[1]["test_auc_all"] - rows[0]["test_auc_all"]
+    )
     # Two seeds per setting: mean +- std and the seed-averaged paired difference.
     settings = json.loads((workdir / "eval" / "population_test_by_setting.json").read_text())
     assert [s["distill.temperature"] for s in settings] == ["1", "4"]
     assert settings[1]["test_auc_all_mean"] == pytest.approx(
         (rows[2]["test_auc_all"] + rows[3]["test_auc_all"]) / 2
     )
-    assert settings[0]["video_auc_minus_first"] == 0.0
+    assert settings[0]["video_auc_minus_first"] == settings[0]["frame_auc_minus_first"] == 0.0
+    assert settings[1]["frame_auc_minus_first"] == pytest.approx(
+        settings[1]["test_auc_all_mean"] - settings[0]["test_auc_all_mean"]
+    )
     for name in listing["members"]:  # each member's own report, as a single run writes it
         report = json.loads((workdir / "members" / name / "eval" / "test.json").read_text())
         assert set(report) == {"student"}
