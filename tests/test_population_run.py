@@ -84,7 +84,8 @@ def test_a_population_trains_evaluates_exports_and_resumes(tmp_path, cache_dir):
     ]
     assert rows[0]["video_auc_minus_member_0"] == rows[0]["frame_auc_minus_member_0"] == 0.0
     for level in ("frame", "video"):
-        low, diff, high = (rows[1][f"{level}_{k}"] for k in ("ci_low", "auc_minus_member_0", "ci_high"))
+        keys = ("ci_low", "auc_minus_member_0", "ci_high")
+        low, diff, high = (rows[1][f"{level}_{k}"] for k in keys)
         assert low <= diff <= high
     assert rows[1]["frame_auc_minus_member_0"] == pytest.approx(
         rows[1]["test_auc_all"] - rows[0]["test_auc_all"]
