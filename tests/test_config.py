@@ -161,3 +161,20 @@ def test_resume_compares_only_fields_both_configs_know():
     saved = {"seed": 1, "removed_since": 2, "train": {"steps": 10, "cpu_dots": "auto"}}
     today = ml_collections.ConfigDict({"seed": 1, "added_since": 3, "train": {"steps": 20}})
     assert checkpoint.config_differences(saved, today) == ["train.steps (10 -> 20)"]
+
+
+def test_library_logs_default_to_warning_before_any_double_dash():
+    from mkln_jax.cli.main import quiet_logs
+
+    assert quiet_logs(["mkln", "prepare", "ffpp", "--x=1"]) == [
+        "mkln",
+        "prepare",
+        "--verbosity=-1",
+        "ffpp",
+        "--x=1",
+    ]
+    assert quiet_logs(["mkln", "train", "--", "a"])[2] == "--verbosity=-1"
+    assert quiet_logs(["mkln", "train", "--verbosity=0"]) == ["mkln", "train", "--verbosity=0"]
+    assert quiet_logs(["mkln", "train", "-v", "1"]) == ["mkln", "train", "-v", "1"]
+    # A --verbosity after "--" is an argument, not the flag.
+    assert "--verbosity=-1" in quiet_logs(["mkln", "train", "--", "--verbosity=0"])

@@ -186,8 +186,9 @@ def quiet_logs(argv: list[str]) -> list[str]:
     """absl logging (orbax's, TFDS's, jax's) at WARNING unless --verbosity (or -v) is given:
     app.run would otherwise log at INFO, and orbax alone writes hundreds of multi-kilobyte
     INFO lines per training run between our progress lines."""
-    given = any(a == "-v" or a.startswith(("--verbosity", "-v=", "--v=")) for a in argv)
-    return argv if given else [*argv, "--verbosity=-1"]
+    flags_part = argv[: argv.index("--")] if "--" in argv else argv  # absl stops at "--"
+    given = any(a == "-v" or a.startswith(("--verbosity", "-v=", "--v=")) for a in flags_part)
+    return argv if given else [*argv[:2], "--verbosity=-1", *argv[2:]]
 
 
 def _distributed_flags() -> list[str]:
