@@ -14,7 +14,6 @@ resuming falls back to the newest intact step, setting the broken one aside unde
 from __future__ import annotations
 
 import json
-import logging
 import pathlib
 import shutil
 import time
@@ -32,17 +31,6 @@ from mkln_jax.errors import CheckpointError
 BEST_METRIC = "val_auc"
 INTEGRITY_FORMAT = 1
 _ITEMS = ("state", "config", "integrity")
-
-
-class _ReadOnlyNotice(logging.Filter):
-    """Drops orbax's warning that a manager we opened read-only is read-only (one per
-    evaluation, export and teacher load: noise between our own lines)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Given directory is read only")
-
-
-logging.getLogger("absl").addFilter(_ReadOnlyNotice())
 
 
 # The fingerprint of one array, defined once and computed two ways with identical results: in

@@ -4,11 +4,33 @@ the trainer's own lines, printed and kept with time stamps in <stage>/logs/train
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 import time
 
 import jax
 import numpy as np
+
+
+class _LibraryNotices(logging.Filter):
+    """Drops two library warnings about what we asked for: orbax's that a manager we opened
+    read-only is read-only (one per evaluation, export and teacher load), and TFDS's that a
+    dataset has a custom config (every prepared dataset does; it printed the whole config on
+    one line of 1,000+ characters)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(
+            ("Given directory is read only", "Using custom data configuration")
+        )
+
+
+def quiet_library_notices() -> None:
+    """Installs the filter above on absl's logger (orbax and TFDS log through it); `mkln`
+    calls this at start, importing the package does not."""
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _LibraryNotices) for f in logger.filters):
+        logger.addFilter(_LibraryNotices())
+
 
 _OPEN: list = []  # the TextLogs now open, innermost last
 

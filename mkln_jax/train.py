@@ -174,8 +174,10 @@ def _train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
     say(
         f"[{stage}] {section.model}: {experiment.count_params(state.params):,} parameters, mesh "
         f"{dict(mesh.shape)}, step compiled in {time.time() - t0:.1f}s"
-        f"{experiment.compiled_costs(compiled)}"
     )
+    costs = experiment.compiled_costs(compiled)
+    if costs:  # a line of its own: the two together ran past 200 characters
+        say(f"[{stage}] per step{costs.removeprefix(',')}")
 
     logger = MetricLogger(out_dir / "logs")
     progress = Progress(stage, section.steps, start)
@@ -378,8 +380,8 @@ class Members:
             if self.shared_augment
             else "augmentation settings differ: one view per member"
         )
-        names = ", ".join(m.name for m in self.members)
-        return f"population of {len(self.members)} students in one step ({shared}): {names}"
+        names = "\n".join(f"  {k} {m.name}" for k, m in enumerate(self.members))
+        return f"population of {len(self.members)} students in one step ({shared}):\n{names}"
 
     def check_finite(self, state, step: int) -> None:
         counts = np.asarray(jax.device_get(state.nonfinite))

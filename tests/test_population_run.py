@@ -53,8 +53,11 @@ def test_a_population_trains_evaluates_exports_and_resumes(tmp_path, cache_dir):
     # the resume below leaves it out).
     assert "profile of 2 step(s) written" in run.stdout
     assert list((workdir / "student" / "profile").rglob("*.xplane.pb"))
-    # absl logging at WARNING by default: none of orbax's INFO lines.
+    # absl logging at WARNING by default: none of orbax's INFO lines, no line over 200
+    # characters (issue 23's bar for `make demo`).
     assert "checkpoint_manager.py" not in run.stderr, run.stderr[:2000]
+    longest = max((run.stdout + run.stderr).splitlines(), key=len)
+    assert len(longest) <= 200, longest
     # What the trainer printed is kept, time-stamped, in each stage's train.log.
     text_log = (workdir / "student" / "logs" / "train.log").read_text().splitlines()
     assert any(line.endswith("[student] step 6 validation:") for line in text_log)

@@ -149,6 +149,9 @@ def run() -> None:
 
     hostmem.tune()  # process-wide, before JAX starts its threads; a no-op off the CPU
     compilation_cache()
+    from mkln_jax.logging_utils import quiet_library_notices
+
+    quiet_library_notices()
     argv = list(sys.argv)
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
         print(overview())

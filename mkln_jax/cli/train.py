@@ -19,5 +19,10 @@ def main(config, args: list[str]) -> int:
 
     results = train.train_and_evaluate(config, common.FLAGS.workdir)
     for stage, result in results.items():
-        print(f"[{stage}] best validation: {result}")
+        if result and all(isinstance(v, dict) for v in result.values()):  # a population
+            print(f"[{stage}] best validation checkpoints:")
+            for member, best in result.items():
+                print(f"  {member}: step {best.get('best_step')}")
+        else:
+            print(f"[{stage}] best validation: {result}")
     return 0
