@@ -220,3 +220,20 @@ def test_ablation_dry_run_trains_the_teacher_once_and_every_variant_per_seed(cap
     baseline = next(line for line in students if "baseline/seed0" in line)
     assert "distill.teachers=()" in baseline and "run:" not in baseline
     assert ablation.summarise([0.9, 0.8, 1.0]) == pytest.approx((0.9, 0.1))
+
+
+def test_a_population_sweep_on_slurm_is_one_job_after_the_setup_job(capsys, tmp_path):
+    code = sweep.main(
+        [
+            "--config=configs/demo.py",
+            f"--workdir={tmp_path}/sw",
+            "--grid=distill.temperature=1,4",
+            "--runner=slurm",
+            "--dry_run",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.count("[dry-run] sbatch") == 2  # the setup job, then the population
+    assert "#SBATCH --dependency=afterok:<setup-job-id>" in out
+    assert "#SBATCH --job-name=mkln-population-sw" in out

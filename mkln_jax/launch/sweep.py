@@ -177,6 +177,26 @@ def submit_setup(args) -> str:
     return job
 
 
+def submit_run(args, workdir, job_name: str, overrides, setup_job: str) -> int:
+    """One run (a point, or the whole population) as a Slurm job that waits for the setup job
+    and installs nothing itself."""
+    slurm_args = [
+        "--config",
+        args.config,
+        "--workdir",
+        str(workdir),
+        "--job_name",
+        job_name[:64],
+        f"--platform={args.platform}",
+        f"--repo={args.repo}",
+        "--no_setup",
+        f"--dependency={setup_job}",
+        *([f"--partition={args.partition}"] if args.partition else []),
+        *(f"--config.{override}" for override in overrides),
+    ]
+    return slurm.main([*slurm_args, *(["--dry_run"] if args.dry_run else [])])
+
+
 def _trained_methods(workdir: pathlib.Path) -> set[str]:
     """The point's training methods, from the config saved with its latest checkpoint."""
     for config_file in sorted((workdir / "student" / "checkpoints" / "latest").glob("*/config/*")):
@@ -292,21 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.copytree(source, workdir / "teacher")
             if args.runner == "slurm":
                 overrides = [*args.overrides, *(f"{k}={v}" for k, v in point.items())]
-                slurm_args = [
-                    "--config",
-                    args.config,
-                    "--workdir",
-                    str(workdir),
-                    "--job_name",
-                    f"mkln-{point_name(point)}"[:64],
-                    f"--platform={args.platform}",
-                    f"--repo={args.repo}",
-                    "--no_setup",
-                    f"--dependency={setup_job}",
-                    *([f"--partition={args.partition}"] if args.partition else []),
-                ]
-                slurm_args += [f"--config.{override}" for override in overrides]
-                code = slurm.main([*slurm_args, *(["--dry_run"] if args.dry_run else [])])
+                code = submit_run(args, workdir, f"mkln-{point_name(point)}", overrides, setup_job)
             else:
                 code = execute(point_commands(args, point), args.dry_run or args.runner == "print")
             if code:
@@ -335,21 +341,8 @@ def _run_population(args, grid_points: list[dict[str, str]]) -> int:
             if not setup_job:
                 return 1
             overrides = [*args.overrides, population_override(grid_points)]
-            slurm_args = [
-                "--config",
-                args.config,
-                "--workdir",
-                str(workdir),
-                "--job_name",
-                f"mkln-population-{workdir.name}"[:64],
-                f"--platform={args.platform}",
-                f"--repo={args.repo}",
-                "--no_setup",
-                f"--dependency={setup_job}",
-                *([f"--partition={args.partition}"] if args.partition else []),
-                *(f"--config.{override}" for override in overrides),
-            ]
-            return slurm.main([*slurm_args, *(["--dry_run"] if args.dry_run else [])])
+            name = f"mkln-population-{workdir.name}"
+            return submit_run(args, workdir, name, overrides, setup_job)
         code = execute(
             population_commands(args, grid_points), args.dry_run or args.runner == "print"
         )
