@@ -161,13 +161,11 @@ def population_run(config: ml_collections.ConfigDict, workdir: str, split: str |
         config.eval.batch_size,
     )
     trained = _trained_methods(config)
-    _, video_labels, _ = metrics.video_level(index.video_ids, index.labels, probs[:, 0])
-    video_scores = np.stack(
-        [
-            metrics.video_level(index.video_ids, index.labels, probs[:, k])[2]
-            for k in range(len(members))
-        ]
-    )
+    per_video = [
+        metrics.video_level(index.video_ids, index.labels, probs[:, k]) for k in range(len(members))
+    ]
+    video_labels = per_video[0][1]
+    video_scores = np.stack([scores for _, _, scores in per_video])
     rows = []
     for k, member in enumerate(members):
         member_dir = population.member_workdir(workdir, member)

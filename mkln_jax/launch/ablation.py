@@ -35,7 +35,7 @@ from mkln_jax.launch.common import (
     mkln_command,
     parse_args,
 )
-from mkln_jax.launch.sweep import _best_val_auc, _trained_methods
+from mkln_jax.launch.sweep import _trained_methods
 
 CLEAN = "distill.teacher_input=clean"
 VIEW = "distill.teacher_input=view"
@@ -81,6 +81,8 @@ def summarise(values: list[float]) -> tuple[float, float]:
 
 
 def aggregate(args, variants: list[str], seeds: list[int]) -> list[dict]:
+    from mkln_jax import evaluate  # jax and the models: only when there is something to read
+
     root = pathlib.Path(args.workdir)
     rows, per_seed = [], []
     for variant in variants:
@@ -95,7 +97,7 @@ def aggregate(args, variants: list[str], seeds: list[int]) -> list[dict]:
             trained = _trained_methods(workdir)
             unseen = [m for m in metrics if m not in ("all", "seen methods") and m not in trained]
             values = {
-                "val AUC": _best_val_auc(workdir),
+                "val AUC": evaluate.best_validation_auc(workdir),
                 "test AUC all": metrics["all"]["frame"]["auc"],
                 "test AUC seen": metrics["seen methods"]["frame"]["auc"],
                 **{f"test AUC {m} (unseen)": metrics[m]["frame"]["auc"] for m in unseen},

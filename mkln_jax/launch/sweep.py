@@ -102,15 +102,10 @@ def point_commands(args, point: dict[str, str]) -> list[list[str]]:
     ]
 
 
-def _best_val_auc(workdir: pathlib.Path, stage: str = "student") -> float:
-    path = workdir / stage / "logs" / "metrics.jsonl"
-    values = [json.loads(line).get("val/auc") for line in path.open()] if path.exists() else []
-    values = [v for v in values if v is not None]
-    return max(values) if values else float("nan")
-
-
 def aggregate(args, grid_points: list[dict[str, str]]) -> list[dict]:
     """Reads each finished point; writes results.{md,csv,json} and results.png."""
+    from mkln_jax import evaluate
+
     root = pathlib.Path(args.workdir)
     rows = []
     for point in grid_points:
@@ -127,7 +122,7 @@ def aggregate(args, grid_points: list[dict[str, str]]) -> list[dict]:
         ]
         row = {
             **point,
-            "val_auc": _best_val_auc(workdir),
+            "val_auc": evaluate.best_validation_auc(workdir),
             "test_auc_all": metrics["all"]["frame"]["auc"],
             "test_auc_seen": metrics["seen methods"]["frame"]["auc"],
         }
