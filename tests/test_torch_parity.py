@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from mkln_jax import models
-from mkln_jax.models import convert, torch_state
+from mkln_jax.models import convert, state_dicts
 
 TORCH_PYTHON = os.environ.get("MKLN_TORCH_PYTHON", "")
 SCRIPT = pathlib.Path(__file__).parent / "torch_reference" / "make_reference.py"
@@ -31,7 +31,15 @@ NAMES = [
     "efficientnet_b3",
     "efficientnet_b4",
     "xception",
+    "timm_mobilenetv2_100",
+    "timm_tf_efficientnet_lite0",
+    "timm_resnet50",
 ]
+ZOO_MODEL = {  # timm's names for zoo models whose reference is another library
+    "timm_mobilenetv2_100": "mobilenet_v2",
+    "timm_tf_efficientnet_lite0": "efficientnet_lite0",
+    "timm_resnet50": "resnet50",
+}
 
 pytestmark = pytest.mark.skipif(
     not TORCH_PYTHON,
@@ -49,11 +57,12 @@ def reference_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_logits_match_the_pytorch_reference(name, reference_dir):
-    state_dict = torch_state.load_state_dict(reference_dir / f"{name}.pth")
+    path = next(p for p in reference_dir.glob(f"{name}.*") if p.suffix in (".pth", ".safetensors"))
+    state_dict = state_dicts.read(path)
     images = np.load(reference_dir / f"{name}_input.npy")
     expected = np.load(reference_dir / f"{name}_logits.npy")
-    model = models.build(name, 1000)
-    convert.load_torch_state_dict(model, state_dict, str(reference_dir / f"{name}.pth"))
+    model = models.build(ZOO_MODEL.get(name, name), 1000)
+    convert.load_torch_state_dict(model, state_dict, str(path))
     graphdef, state = nnx.split(model)
     logits = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, images)
     # float32 on both sides; the tolerance is relative to the logits' scale (random deep nets

