@@ -22,6 +22,17 @@ def get_config():
     # the `faces` extra (dlib-bin); "haar" needs nothing.
     config.data.detector = "dlib"
     config.data.shape_predictor = "dlib68"
+    # The field's pair: an EfficientNet-B4 teacher and an EfficientNet-B0 student, both from
+    # timm's ImageNet weights on the Hugging Face Hub (`hub` extra). On hosts without internet,
+    # fill the Hub cache once elsewhere (`hf download timm/efficientnet_b4.ra2_in1k
+    # model.safetensors`, the same for B0) and point HF_HUB_CACHE at it (docs/models.md).
+    # Learning rates: DeepfakeBench's for its EfficientNet-B4 detector (Adam, 2e-4).
+    config.teacher.model = "efficientnet_b4"
+    config.teacher.pretrained = "hf-hub:timm/efficientnet_b4.ra2_in1k"
+    config.teacher.learning_rate = 2e-4
+    config.student.model = "efficientnet_b0"
+    config.student.pretrained = "hf-hub:timm/efficientnet_b0.ra_in1k"
+    config.student.learning_rate = 2e-4
     config.teacher.steps = 10000
     config.teacher.batch_size = 128
     config.teacher.warmup_steps = 500

