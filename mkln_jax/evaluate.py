@@ -108,6 +108,12 @@ def _stage_report(config, workdir, stage: str, split: str, index, probs, best_st
         f"### {stage}: {experiment.describe_model(config, stage)} (best validation checkpoint, "
         f"step {best_step}), {split} split\n\n" + metrics.markdown_table(report, notes)
     )
+    result["deepfakebench_definitions"], table = deepfakebench_table(index, probs)
+    section += (
+        "\n\nThe same scores under DeepfakeBench's definitions (EER at the ROC point nearest "
+        "FNR = FPR, not interpolated; ACC counts P(fake) > 0.5, not >= the threshold; video "
+        "score = mean of its frames), for comparison with its tables:\n\n" + table
+    )
     dfb = deepfakebench_number(pathlib.Path(workdir) / stage / "logs" / "metrics.jsonl")
     if dfb is not None and not config.eval.get("trained_on"):
         result["deepfakebench_compatible_top3_test_auc"] = dfb
@@ -548,6 +554,30 @@ def _cell(m: dict) -> str:
     if "auc_ci" in m:
         return f"{m['auc']:.4f} [{m['auc_ci'][0]:.3f}, {m['auc_ci'][1]:.3f}]"
     return f"{m['auc']:.4f}"
+
+
+def deepfakebench_table(index, probs) -> tuple[dict, str]:
+    """DeepfakeBench's metrics ({group: summary}) overall and per method, and their table."""
+    labels = np.asarray(index.labels)
+    methods = np.asarray([str(m) for m in index.methods])
+    videos = np.asarray([str(v) for v in index.video_ids])
+    groups = {"all": np.ones(labels.size, bool)}
+    for method in sorted(set(methods.tolist()) - {"real"}):
+        groups[method] = (methods == method) | (labels == 0)
+    out = {
+        name: metrics.deepfakebench_summary(labels[keep], probs[keep], videos[keep])
+        for name, keep in groups.items()
+    }
+    rows = [
+        "| group | frame AUC | EER | AP | ACC | video AUC |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {name} | {m['auc']:.4f} | {m['eer']:.4f} | {m['ap']:.4f} | {m['acc']:.4f} "
+            f"| {m['video_auc']:.4f} |"
+            for name, m in out.items()
+        ),
+    ]
+    return out, "\n".join(rows)
 
 
 def deepfakebench_number(log_path: pathlib.Path) -> dict | None:

@@ -89,6 +89,44 @@ def summary(labels, scores, threshold: float = 0.5) -> dict[str, float]:
     }
 
 
+def _sklearn_roc_points(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) as scikit-learn's roc_curve returns them by default (drop_intermediate): the
+    points where the curve turns, plus its ends and the origin."""
+    labels, scores = _check(labels, scores)
+    order = np.argsort(-scores, kind="mergesort")
+    scores, labels = scores[order], labels[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
+    tps = np.cumsum(labels)[last_of_tie]
+    fps = (last_of_tie + 1) - tps
+    if tps.size > 2:
+        keep = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
+        tps, fps = tps[keep], fps[keep]
+    positives, negatives = labels.sum(), labels.size - labels.sum()
+    return np.r_[0.0, fps / max(negatives, 1)], np.r_[0.0, tps / max(positives, 1)]
+
+
+def deepfakebench_summary(labels, scores, video_ids) -> dict[str, float]:
+    """Frame AUC, EER, AP and ACC and video AUC as DeepfakeBench computes them
+    (training/metrics/utils.py, get_test_metrics): EER is the false-positive rate at the ROC
+    point nearest FNR = FPR (no interpolation; scikit-learn's reduced point set), ACC counts
+    score > 0.5 as fake, and a video's score is its frames' mean. Our own report interpolates the
+    EER and calls score >= threshold fake."""
+    labels, scores = _check(labels, scores)
+    if labels.min(initial=1) == labels.max(initial=0):
+        nan = float("nan")
+        return {"auc": nan, "eer": nan, "ap": nan, "acc": nan, "video_auc": nan}
+    fpr, tpr = _sklearn_roc_points(labels, scores)
+    _, v_labels, v_scores = video_level(video_ids, labels, scores)
+    return {
+        "auc": auc(labels, scores),
+        "eer": float(fpr[np.nanargmin(np.abs((1.0 - tpr) - fpr))]),
+        "ap": average_precision(labels, scores),
+        "acc": float(np.mean((scores > 0.5).astype(np.int64) == labels)),
+        "video_auc": auc(v_labels, v_scores),
+        "n": int(labels.size),
+    }
+
+
 def _cluster_draws(clusters, size: int, samples: int, seed: int):
     """`samples` bootstrap draws of example indices, whole clusters at a time."""
     if clusters is None:

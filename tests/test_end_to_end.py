@@ -118,6 +118,11 @@ def test_mutual_student_from_another_runs_teachers_trains_evaluates_and_exports(
     dfb = results["student"]["deepfakebench_compatible_top3_test_auc"]
     assert dfb["evaluations"] == 2 and dfb["mean_top3"] == pytest.approx(np.mean(dfb["top3"]))
     assert "picked on the TEST set" in (workdir / "eval" / "test.md").read_text()
+    # DeepfakeBench's definitions beside ours: the same AUC, its own EER and ACC
+    theirs = results["student"]["deepfakebench_definitions"]["all"]
+    ours = results["student"]["metrics"]["all"]["frame"]
+    assert theirs["auc"] == pytest.approx(ours["auc"]) and 0 <= theirs["eer"] <= 1
+    assert "DeepfakeBench's definitions" in (workdir / "eval" / "test.md").read_text()
     meta = json.loads((workdir / "export" / "metadata.json").read_text())
     assert "mutual, deploy ensemble" in meta["architecture"]
     assert "two_stream" in meta["architecture"]

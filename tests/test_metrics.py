@@ -84,3 +84,38 @@ def test_paired_difference_cancels_what_two_models_share():
     mean_diff, _, _ = metrics.paired_difference(labels, base, two, samples=50)
     expected = np.mean([metrics.auc(labels, s) for s in two]) - metrics.auc(labels, base)
     assert mean_diff == pytest.approx(expected)
+
+
+def _deepfakebench_oracle(labels, scores, video_ids):
+    """DeepfakeBench's definitions restated with scikit-learn (its own dependency)."""
+    fpr, tpr, _ = skm.roc_curve(labels, scores, pos_label=1)
+    eer = fpr[np.nanargmin(np.abs((1 - tpr) - fpr))]
+    acc = np.mean((scores > 0.5).astype(int) == labels)
+    videos = sorted(set(video_ids))
+    v_scores = [np.mean(scores[video_ids == v]) for v in videos]
+    v_labels = [int(labels[video_ids == v][0]) for v in videos]
+    v_fpr, v_tpr, _ = skm.roc_curve(v_labels, v_scores)
+    return {
+        "auc": skm.auc(fpr, tpr),
+        "eer": eer,
+        "ap": skm.average_precision_score(labels, scores),
+        "acc": acc,
+        "video_auc": skm.auc(v_fpr, v_tpr),
+    }
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_deepfakebench_definitions_match_its_formulas(seed):
+    rng = np.random.default_rng(seed)
+    n = 400
+    video_ids = np.asarray([f"v{i // 8}" for i in range(n)])
+    labels = (np.arange(n) // 8 % 3 != 0).astype(int)  # whole videos real or fake
+    # coarse scores: many ties and straight ROC stretches, some exactly 0.5
+    scores = np.round(np.clip(0.5 + 0.25 * (labels - 0.4) + rng.normal(0, 0.3, n), 0, 1), 1)
+    ours = metrics.deepfakebench_summary(labels, scores, video_ids)
+    theirs = _deepfakebench_oracle(labels, scores, video_ids)
+    for key, value in theirs.items():
+        assert ours[key] == pytest.approx(value, abs=1e-12), key
+    # the two EER and ACC definitions differ on such data (why both are reported)
+    assert (scores == 0.5).any()
+    assert metrics.accuracy(labels, scores, 0.5) != ours["acc"]
