@@ -288,6 +288,20 @@ def _check_method(config: ml_collections.ConfigDict, errors: list[str]) -> None:
                 errors.append(f"distill.teachers {source.spec!r}: unknown model {source.model!r}")
             elif not pathlib.Path(source.path).expanduser().exists():
                 errors.append(f"distill.teachers {source.spec!r}: {source.path} not found")
+    if config.eval.get("weights"):
+        spec = config.eval.weights
+        try:
+            source = parse_teacher(spec)
+        except ValueError:
+            source = None
+        if source is None or source.kind != "weights":
+            errors.append(f"eval.weights {spec!r}: expected 'weights:<model>:<path>'")
+        elif source.model not in models.REGISTRY:
+            errors.append(f"eval.weights {spec!r}: unknown model {source.model!r}")
+        elif not models.hub.is_hub(source.path) and not (
+            pathlib.Path(source.path).expanduser().exists()
+        ):
+            errors.append(f"eval.weights {spec!r}: {source.path} not found")
     weights = tuple(dist.teacher_weights)
     if weights and (len(weights) != len(dist.teachers) or min(weights) < 0 or sum(weights) <= 0):
         errors.append(
@@ -400,8 +414,9 @@ class TeacherSource:
     """Where a teacher comes from (one entry of distill.teachers):
     "teacher"                 this run's teacher stage (best validation checkpoint);
     "run:<workdir>/<stage>"   another run's finished stage (its config is read from there);
-    "weights:<model>:<path>"  a 2-class detector's weights (`mkln convert-weights` folder or a
-                              PyTorch state dict), RGB stream."""
+    "weights:<model>:<path>"  a 2-class detector's weights (`mkln convert-weights` folder, a
+                              PyTorch state dict or .safetensors: RGB stream; or a
+                              DeepfakeBench Xception / F3Net checkpoint: deepfakebench.py)."""
 
     kind: str
     spec: str

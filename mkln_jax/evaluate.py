@@ -25,8 +25,14 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
     source = splits.open_split(config.data, config_lib.data_dir(config), split)
     index = splits.split_index(config.data, config_lib.data_dir(config), split)
     results, sections = {}, []
-    for stage in config.stages:
-        model, frozen, best_step = experiment.load_best(config, workdir, stage, mesh)
+    for stage in ["weights"] if config.eval.weights else config.stages:
+        if stage == "weights":  # a detector from weights alone, e.g. DeepfakeBench's
+            source = config_lib.parse_teacher(config.eval.weights)
+            model, frozen, description = experiment.load_weights(config, source, mesh)
+            best_step = None
+        else:
+            model, frozen, best_step = experiment.load_best(config, workdir, stage, mesh)
+            description = experiment.describe_model(config, stage)
         probs = scoring.predict_source(
             scoring.jit_eval_step(model, mesh),
             frozen.params,
@@ -36,7 +42,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
             config.eval.batch_size,
         )
         results[stage], section = _stage_report(
-            config, workdir, stage, split, index, probs, best_step
+            config, workdir, stage, split, index, probs, best_step, description
         )
         sections.append(section)
         _log_hparams(config, workdir, stage, split, results[stage])
@@ -65,12 +71,22 @@ def _log_hparams(config, workdir, stage: str, split: str, result: dict) -> None:
 
 def _trained_methods(config) -> set[str]:
     # Cross-dataset (eval.trained_on, set by --eval_data): no method of the other dataset was
-    # seen in training.
-    return set() if config.eval.get("trained_on") else set(config.data.train_methods)
+    # seen in training; weights from elsewhere (eval.weights): we do not know what was.
+    if config.eval.get("trained_on") or config.eval.get("weights"):
+        return set()
+    return set(config.data.train_methods)
 
 
-def _stage_report(config, workdir, stage: str, split: str, index, probs, best_step):
+def _stage_report(
+    config, workdir, stage: str, split: str, index, probs, best_step, description=None
+):
     """(result, markdown section) of one stage's scores on a split."""
+    description = description or experiment.describe_model(config, stage)
+    picked = (
+        f"best validation checkpoint, step {best_step}"
+        if best_step is not None
+        else "weights as given"
+    )
     trained = _trained_methods(config)
     notes = {m: "seen in training" for m in trained}
     notes.update({m: "NOT seen in training" for m in config.data.methods if m not in trained})
@@ -97,16 +113,15 @@ def _stage_report(config, workdir, stage: str, split: str, index, probs, best_st
         )["all"]
         notes["seen methods"] = "reals + " + ", ".join(sorted(trained))
     result = {
-        "model": experiment.describe_model(config, stage),
+        "model": description,
         "checkpoint_step": best_step,
         "split": split,
         "dataset": splits.dataset_name(config.data),
         "train_methods": sorted(trained),
         "metrics": report,
     }
-    section = (
-        f"### {stage}: {experiment.describe_model(config, stage)} (best validation checkpoint, "
-        f"step {best_step}), {split} split\n\n" + metrics.markdown_table(report, notes)
+    section = f"### {stage}: {description} ({picked}), {split} split\n\n" + metrics.markdown_table(
+        report, notes
     )
     result["deepfakebench_definitions"], table = deepfakebench_table(index, probs)
     section += (
@@ -134,6 +149,58 @@ def _write_report(config, workdir, split: str, results: dict, markdown: str) -> 
         name = f"{config.data.name}_{split}" if config.eval.get("trained_on") else split
         (out_dir / f"{name}.json").write_text(json.dumps(results, indent=2))
         (out_dir / f"{name}.md").write_text(markdown + "\n")
+
+
+def dataset_label(config) -> str:
+    """A dataset's name in reports (data.name), marked when it is cross-dataset."""
+    name = config.data.name
+    return f"{name} (cross-dataset)" if config.eval.get("trained_on") else name
+
+
+def datasets_summary(runs, workdir, split: str) -> tuple[list[dict], str]:
+    """One table over several datasets' `evaluate_run` results: a row per dataset and stage
+    (frame AUC, video AUC, EER, ACC; DeepfakeBench's frame AUC and EER), then each stage's mean
+    over the datasets (DeepfakeBench's "avg" row). Writes eval/summary_<split>.{md,json}."""
+    rows = []
+    for cfg, results in runs:
+        for stage, result in results.items():
+            ours = result["metrics"]["all"]
+            theirs = result["deepfakebench_definitions"]["all"]
+            rows.append(
+                {
+                    "dataset": dataset_label(cfg),
+                    "stage": stage,
+                    "frame_auc": ours["frame"]["auc"],
+                    "video_auc": ours["video"]["auc"],
+                    "eer": ours["frame"]["eer"],
+                    "acc": ours["frame"]["acc"],
+                    "dfb_eer": theirs["eer"],
+                    "dfb_video_auc": theirs["video_auc"],
+                }
+            )
+    keys = ("frame_auc", "video_auc", "eer", "acc", "dfb_eer", "dfb_video_auc")
+    for stage in dict.fromkeys(r["stage"] for r in rows):
+        mine = [r for r in rows if r["stage"] == stage]
+        mean = {k: float(np.nanmean([r[k] for r in mine])) for k in keys}
+        rows.append({"dataset": f"mean of {len(mine)}", "stage": stage, **mean})
+    lines = [
+        f"### Summary over datasets, {split} split",
+        "",
+        "| dataset | stage | frame AUC | video AUC | EER | ACC | DeepfakeBench EER "
+        "| DeepfakeBench video AUC |",
+        "|---|---|---|---|---|---|---|---|",
+        *(
+            f"| {r['dataset']} | {r['stage']} | " + " | ".join(f"{r[k]:.4f}" for k in keys) + " |"
+            for r in rows
+        ),
+    ]
+    markdown = "\n".join(lines)
+    if jax.process_index() == 0:
+        out = pathlib.Path(workdir) / "eval"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"summary_{split}.json").write_text(json.dumps(rows, indent=2))
+        (out / f"summary_{split}.md").write_text(markdown + "\n")
+    return rows, markdown
 
 
 def population_run(config: ml_collections.ConfigDict, workdir: str, split: str | None = None):

@@ -184,26 +184,31 @@ def teacher_feature_dim(config, source: config_lib.TeacherSource) -> int:
     return model.feature_dim
 
 
+def load_weights(config, source: config_lib.TeacherSource, mesh):
+    """(ModelFn, Frozen variables placed on `mesh`, description) of a `weights:` source."""
+    model, description = models.load_detector(
+        source.model,
+        source.path,
+        num_classes=NUM_CLASSES,
+        image_size=config.data.image_size,
+        dtype=config.train.compute_dtype,
+        cache_dir=config_lib.cache_dir(config),
+    )
+    graphdef, params, batch_stats = step_lib.split_model(model)
+    variables = step_lib.Frozen(params, batch_stats)
+    variables = sharding.place(variables, shardings_of(config, variables, mesh))
+    spec = models.spec(source.model)
+    fn = step_lib.ModelFn(graphdef, spec.mean, spec.std, models.DTYPES[config.train.compute_dtype])
+    return fn, variables, description
+
+
 def load_teachers(config, workdir, mesh):
     """(ModelFns, Frozen variables, description) of every teacher in distill.teachers."""
     fns, frozen, described = [], [], []
     for source in teacher_sources(config):
         if source.kind == "weights":
-            model = models.build(
-                source.model,
-                NUM_CLASSES,
-                dtype=config.train.compute_dtype,
-                pretrained=source.path,
-                cache_dir=config_lib.cache_dir(config),
-            )
-            graphdef, params, batch_stats = step_lib.split_model(model)
-            variables = step_lib.Frozen(params, batch_stats)
-            variables = sharding.place(variables, shardings_of(config, variables, mesh))
-            spec = models.spec(source.model)
-            fn = step_lib.ModelFn(
-                graphdef, spec.mean, spec.std, models.DTYPES[config.train.compute_dtype]
-            )
-            described.append(f"{source.model} weights from {source.path}")
+            fn, variables, description = load_weights(config, source, mesh)
+            described.append(description)
         else:
             cfg = source_config(config, source)
             root = workdir if source.kind == "stage" else pathlib.Path(source.path).parent

@@ -201,17 +201,38 @@ def frequency_augment(
     return inverse(spectrum * gain_map + noise)
 
 
+@functools.lru_cache(maxsize=8)
+def fad_masks(size: int, bands: str = "ours") -> np.ndarray:
+    """The FAD layer's fixed masks, float32[4, N, N] (low, middle, high, all).
+
+    "ours": `band_masks` (each index sum i + j in exactly one band) and all ones.
+    "deepfakebench": DeepfakeBench's F3Net (training/detectors/f3net_detector.py,
+    generate_filter): band k keeps start_k <= i + j <= end_k with edges 0, N // 2.82, N // 2 and
+    2N, so the two boundary diagonals belong to both neighbouring bands (its checkpoints need it).
+    """
+    if bands == "ours":
+        return np.concatenate([band_masks(size), np.ones((1, size, size), np.float32)])
+    if bands != "deepfakebench":
+        raise ValueError(f"FAD bands must be 'ours' or 'deepfakebench', got {bands!r}")
+    index_sum = np.arange(size)[:, None] + np.arange(size)[None, :]
+    edges = ((0, size // 2.82), (size // 2.82, size // 2), (size // 2, size * 2), (0, size * 2))
+    return np.stack([(index_sum >= a) & (index_sum <= b) for a, b in edges]).astype(np.float32)
+
+
 class FrequencyAwareDecomposition(nnx.Module):
     """F3-Net's FAD as a layer: fixed band masks plus learnable filters, 12 output channels.
 
     For each band k of (low, middle, high, all): idct2(dct2(x) * (mask_k + 2 sigmoid(w_k) - 1)),
     w_k ~ N(0, 0.1) learnable [N, N]; outputs concatenated over channels (4 C). Computed in
-    float32; the result is cast to `dtype` for the backbone. x: float[B, N, N, C].
+    float32; the result is cast to `dtype` for the backbone. x: float[B, N, N, C]. `bands`
+    picks the masks (`fad_masks`).
     """
 
-    def __init__(self, size: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, size: int, *, dtype=jnp.float32, bands: str = "ours", rngs: nnx.Rngs):
+        fad_masks(size, bands)  # refuses an unknown name here, not at the first call
         self.size = size
         self.dtype = dtype
+        self.bands = bands
         self.filters = nnx.Param(0.1 * jax.random.normal(rngs.params(), (4, size, size)))
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -219,7 +240,7 @@ class FrequencyAwareDecomposition(nnx.Module):
             raise ValueError(
                 f"FAD layer built for {self.size}x{self.size} inputs, got {x.shape[-3:-1]}"
             )
-        fixed = np.concatenate([band_masks(self.size), np.ones((1, self.size, self.size))])
+        fixed = fad_masks(self.size, self.bands)
         learned = 2.0 * jax.nn.sigmoid(self.filters[...].astype(jnp.float32)) - 1.0
         filters = jnp.asarray(fixed, jnp.float32) + learned  # [4, N, N]
         spectrum = dct2(x)

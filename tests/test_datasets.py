@@ -388,14 +388,22 @@ def test_prepare_ffpp_from_the_command_line_then_train_on_it(ffpp_root, tmp_path
     stages = "--config.stages=('teacher',)"
     # prepare takes the run's --workdir like the other commands (scripts pass it to all).
     assert mkln("prepare", "--config=configs/tiny.py", workdir).returncode == 0
-    cross = mkln("evaluate", *common, stages, workdir, "--eval_data=configs/tiny.py", devices=1)
+    # Both datasets in one call: the run's own (its settings) and the demo data (cross-dataset).
+    both = "--eval_datasets=ffpp,configs/tiny.py"
+    cross = mkln("evaluate", *common, stages, workdir, both, devices=1)
     assert cross.returncode == 0, cross.stderr[-3000:]
     report = json.loads((tmp_path / "run" / "eval" / "mkln_demo_test.json").read_text())
     metrics = report["teacher"]["metrics"]
     assert "seen methods" not in metrics and {"self_blend", "face_swap"} <= set(metrics)
     assert "NOT seen in training" in cross.stdout
-    own = mkln("evaluate", *common, stages, workdir, devices=1)
-    assert own.returncode == 0, own.stderr[-3000:]
+    own = json.loads((tmp_path / "run" / "eval" / "test.json").read_text())["teacher"]
+    assert "seen methods" in own["metrics"]
+    summary = json.loads((tmp_path / "run" / "eval" / "summary_test.json").read_text())
+    assert [r["dataset"] for r in summary] == ["ffpp", "mkln_demo (cross-dataset)", "mean of 2"]
+    assert summary[2]["frame_auc"] == pytest.approx(
+        (own["metrics"]["all"]["frame"]["auc"] + metrics["all"]["frame"]["auc"]) / 2
+    )
+    assert "| mean of 2 | teacher |" in cross.stdout
     table = mkln("compare", str(tmp_path / "run"), str(tmp_path / "nowhere"))
     assert table.returncode == 2 and "nowhere/eval/test.json not found" in table.stderr
     table = mkln("compare", str(tmp_path / "run"), f"--out={tmp_path / 'cmp.md'}")

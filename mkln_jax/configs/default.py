@@ -153,6 +153,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.split = "test"
     config.eval.batch_size = 64
     config.eval.threshold = 0.5  # decision threshold for ACC and verdicts
+    # "weights:<model>:<path>": evaluate a detector from weights alone (e.g. a DeepfakeBench
+    # checkpoint, docs/models.md) instead of this run's stages; --workdir receives the report.
+    config.eval.weights = ""
     config.eval.bootstrap = 1000  # resamples (of videos) for 95% AUC intervals; 0 = off
     # Also log the test AUC at every validation, for a separate, clearly labelled
     # DeepfakeBench-compatible number (mean of the top-3 test AUCs: checkpoints picked on the

@@ -117,3 +117,52 @@ def build_detector(
         return frequency
     rgb = build(name, num_classes, **common)
     return detectors.TwoStream(rgb, frequency, num_classes, dtype=DTYPES[dtype], rngs=rngs)
+
+
+def load_detector(
+    name: str,
+    pretrained: str,
+    *,
+    num_classes: int = 2,
+    image_size: int = 0,
+    dtype: str = "float32",
+    cache_dir: str | pathlib.Path | None = None,
+) -> tuple[nnx.Module, str]:
+    """A trained detector from weights alone (a `weights:` teacher, `eval.weights`): (module,
+    description). A DeepfakeBench detector checkpoint is recognised by its names and becomes the
+    detector it is (`deepfakebench.py`); anything else loads as backbone `name`, RGB stream."""
+    from mkln_jax.models import deepfakebench, detectors
+
+    path = pathlib.Path(pretrained).expanduser()
+    if hub.is_hub(pretrained) or pretrained == "imagenet" or path.is_dir():
+        return build(name, num_classes, dtype=dtype, pretrained=pretrained, cache_dir=cache_dir), (
+            f"{name} weights from {pretrained}"
+        )
+    state_dict = state_dicts.read(path)
+    if not deepfakebench.kind_of(state_dict):
+        model = construct(name, num_classes, dtype=dtype)
+        convert.load_torch_state_dict(model, state_dict, str(path))
+        return model, f"{name} weights from {pretrained}"
+    found = deepfakebench.convert(state_dict, str(path))
+    if found.model != name:
+        raise convert.WeightMismatchError(
+            f"{path}: a DeepfakeBench {found.kind} detector, whose backbone is {found.model}, "
+            f"not {name}; name it as weights:{found.model}:{pretrained}"
+        )
+    description = f"DeepfakeBench {found.kind} ({found.model}, {found.stream}) from {pretrained}"
+    if found.stream == "rgb":
+        model = construct(name, num_classes, dtype=dtype)
+        convert.load_torch_state_dict(model, found.backbone, str(path))
+        return model, description
+    if image_size != found.image_size:
+        raise convert.WeightMismatchError(
+            f"{path}: its FAD head is for {found.image_size}-pixel inputs and the data's crops "
+            f"are {image_size}; set data.image_size={found.image_size}"
+        )
+    backbone = construct(name, num_classes, dtype=dtype, in_channels=12)
+    convert.load_torch_state_dict(backbone, found.backbone, str(path))
+    model = detectors.FrequencyStream(
+        backbone, found.image_size, dtype=DTYPES[dtype], bands="deepfakebench", rngs=nnx.Rngs(0)
+    )
+    model.fad.filters.set_value(found.fad_filters)
+    return model, description

@@ -28,8 +28,16 @@ DEPLOY = ("rgb", "frequency", "ensemble")
 
 
 class FrequencyStream(nnx.Module):
-    def __init__(self, backbone: nnx.Module, image_size: int, *, dtype: Any, rngs: nnx.Rngs):
-        self.fad = FrequencyAwareDecomposition(image_size, dtype=dtype, rngs=rngs)
+    def __init__(
+        self,
+        backbone: nnx.Module,
+        image_size: int,
+        *,
+        dtype: Any,
+        bands: str = "ours",
+        rngs: nnx.Rngs,
+    ):
+        self.fad = FrequencyAwareDecomposition(image_size, dtype=dtype, bands=bands, rngs=rngs)
         self.backbone = backbone
         self.feature_dim = backbone.feature_dim
 
