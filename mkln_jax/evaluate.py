@@ -27,8 +27,8 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
     results, sections = {}, []
     for stage in ["weights"] if config.eval.weights else config.stages:
         if stage == "weights":  # a detector from weights alone, e.g. DeepfakeBench's
-            source = config_lib.parse_teacher(config.eval.weights)
-            model, frozen, description = experiment.load_weights(config, source, mesh)
+            given = config_lib.parse_teacher(config.eval.weights)
+            model, frozen, description = experiment.load_weights(config, given, mesh)
             best_step = None
         else:
             model, frozen, best_step = experiment.load_best(config, workdir, stage, mesh)

@@ -392,3 +392,44 @@ def test_artifact_metadata_is_validated(demo_run, tmp_path, change, match):
     (copy / export.METADATA).write_text(json.dumps(meta))
     with pytest.raises(export.ArtifactError, match=match):
         export.Artifact(copy)
+
+
+def test_weights_alone_evaluate_and_teach(demo_run, tmp_path):
+    """A detector from a weight file (no run of ours): `eval.weights` scores it, and a
+    `weights:` teacher distils it into a student."""
+    import weight_files
+
+    from mkln_jax import models
+    from mkln_jax.models import safetensors_file
+
+    source = models.construct("resnet18", 2, seed=7)
+    path = tmp_path / "resnet18_detector.safetensors"
+    safetensors_file.save(path, weight_files.torch_layout(source))
+    spec = f"weights:resnet18:{path}"
+    out = tmp_path / "scored"
+    result = mkln(
+        "evaluate", "--config=configs/tiny.py", f"--workdir={out}", f"--config.eval.weights={spec}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "eval" / "test.json").read_text())
+    assert set(report) == {"weights"} and str(path) in report["weights"]["model"]
+    assert "seen methods" not in report["weights"]["metrics"]  # unknown training data
+    assert "weights as given" in result.stdout
+    missing = mkln(
+        "evaluate",
+        "--config=configs/tiny.py",
+        f"--workdir={out}",
+        f"--config.eval.weights=weights:resnet18:{tmp_path / 'none.pth'}",
+    )
+    assert missing.returncode != 0 and "none.pth not found" in missing.stderr
+
+    taught = mkln(
+        "train",
+        "--config=configs/tiny.py",
+        f"--workdir={tmp_path / 'student'}",
+        "--config.stages=('student',)",
+        f"--config.distill.teachers=('{spec}',)",
+        devices=1,
+    )
+    assert taught.returncode == 0, taught.stderr[-3000:]
+    assert f"resnet18 weights from {path}" in taught.stdout

@@ -10,6 +10,7 @@ import jax
 import ml_dtypes
 import numpy as np
 import pytest
+import weight_files
 from flax import nnx
 
 from mkln_jax import models
@@ -32,19 +33,6 @@ def fill_cache(cache: pathlib.Path, repo: str, files: dict[str, bytes], commit=C
         (root / "blobs" / digest).write_bytes(data)
         os.symlink(f"../../blobs/{digest}", snapshot / name)
     (root / "refs" / ref).write_text(commit)
-
-
-def torch_layout(model, scheme: str, dtype=np.float32) -> dict[str, np.ndarray]:
-    """A state dict under `scheme`'s names, made from our own model's variables."""
-    out = {}
-    for name, variable, transform in convert.entries(model, True, scheme):
-        value = np.asarray(variable.get_value())
-        if transform is convert._conv:
-            value = np.transpose(value, (3, 2, 0, 1))
-        elif transform is convert._linear:
-            value = value.T
-        out[name] = np.ascontiguousarray(value).astype(dtype)
-    return out
 
 
 def safetensors_bytes(tmp_path, arrays) -> bytes:
@@ -84,7 +72,7 @@ def test_every_hub_name_maps_every_variable_once(name):
 def test_hub_weights_load_offline_from_a_filled_cache(name, tmp_path, offline_cache):
     source = models.build(name, 1000, seed=1)
     repo = models.spec(name).hub
-    state = torch_layout(source, hub_scheme(source))
+    state = weight_files.torch_layout(source, hub_scheme(source))
     fill_cache(offline_cache, repo, {"model.safetensors": safetensors_bytes(tmp_path, state)})
     target = models.build(name, 2, seed=2, pretrained=f"hf-hub:{repo}")  # a 2-class detector
     ours = nnx.to_pure_dict(nnx.state(target))
@@ -101,7 +89,7 @@ def test_hub_weights_load_offline_from_a_filled_cache(name, tmp_path, offline_ca
 
 def test_bfloat16_files_and_pinned_revisions(tmp_path, offline_cache):
     source = models.build("mobilenet_v2", 1000, seed=1)
-    state = torch_layout(source, "timm", dtype=ml_dtypes.bfloat16)
+    state = weight_files.torch_layout(source, "timm", dtype=ml_dtypes.bfloat16)
     repo = "someone/mobilenet"
     other = "fedcba9876543210fedcba9876543210fedcba98"
     fill_cache(offline_cache, repo, {"model.safetensors": safetensors_bytes(tmp_path, state)})

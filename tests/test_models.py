@@ -227,23 +227,10 @@ def test_parameter_counts_match_the_published_ones(name):
     assert count == PUBLISHED_PARAMS[name]
 
 
-def _torch_layout(model, include_head=True) -> dict[str, np.ndarray]:
-    """A state dict in the PyTorch layout, made from our own model's variables."""
-    out = {}
-    for name, variable, transform in convert.entries(model, include_head):
-        value = np.asarray(variable.get_value())
-        if transform is convert._conv:
-            value = np.transpose(value, (3, 2, 0, 1))
-        elif transform is convert._linear:
-            value = value.T
-        out[name] = value
-    return out
-
-
 @pytest.mark.slow  # whole models, compiled
 def test_weight_load_round_trips_and_names_missing_and_extra_tensors():
     source = EfficientNet(1000, variant="efficientnet_lite0", rngs=nnx.Rngs(1))
-    state = _torch_layout(source)
+    state = weight_files.torch_layout(source)
     target = EfficientNet(1000, variant="efficientnet_lite0", rngs=nnx.Rngs(2))
     before = np.asarray(target.stem_conv.kernel.get_value()).copy()
 
@@ -291,7 +278,7 @@ def test_every_zoo_model_round_trips_through_its_pytorch_layout(name):
     assert len({id(v) for _, v, _ in layout}) == len(layout) == len(variables)
     source = models.build(name, 10, seed=1)
     target = models.build(name, 10, seed=2)
-    convert.load_torch_state_dict(target, _torch_layout(source))
+    convert.load_torch_state_dict(target, weight_files.torch_layout(source))
     for a, b in zip(
         jax.tree.leaves(nnx.state(target)), jax.tree.leaves(nnx.state(source)), strict=True
     ):
@@ -301,7 +288,7 @@ def test_every_zoo_model_round_trips_through_its_pytorch_layout(name):
 def test_rgb_weights_adapt_to_a_twelve_channel_stem():
     rgb = models.build("resnet18", 10, seed=1)
     bands = models.build("resnet18", 10, seed=2, in_channels=12)
-    state = _torch_layout(rgb)
+    state = weight_files.torch_layout(rgb)
     convert.load_torch_state_dict(bands, state)
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
     # Four copies of the image through the adapted stem respond like the RGB stem to one.
@@ -314,13 +301,13 @@ def test_rgb_weights_adapt_to_a_twelve_channel_stem():
 def test_convert_weights_writes_a_checkpoint_that_configs_can_name(tmp_path):
     source = models.build("mobilenet_v2", 1000, seed=3)
     pth = tmp_path / "mobilenet.pth"
-    weight_files.write(pth, _torch_layout(source))
+    weight_files.write(pth, weight_files.torch_layout(source))
     out = convert.convert_weights(pth, "mobilenet_v2", tmp_path / "converted")
     detector = models.build("mobilenet_v2", 2, pretrained=str(out))
     x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 32, 32, 3)), jnp.float32)
     np.testing.assert_allclose(detector.features(x), source.features(x), atol=1e-5)
     # A broken state dict writes nothing.
-    broken = _torch_layout(source)
+    broken = weight_files.torch_layout(source)
     del broken["features.3.conv.1.0.weight"]
     bad = tmp_path / "broken.pth"
     weight_files.write(bad, broken)

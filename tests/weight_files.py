@@ -156,3 +156,20 @@ def _storage_dtypes(obj) -> dict[str, np.dtype]:
 def write(path, arrays: dict[str, np.ndarray], fmt: str = "zip") -> None:
     obj, raw = tensors_of(arrays)
     (write_zip if fmt == "zip" else write_legacy)(path, obj, raw)
+
+
+def torch_layout(model, scheme: str = "", dtype=None, include_head: bool = True) -> dict:
+    """A zoo model's variables as a state dict of its PyTorch reference (or of `scheme`'s
+    names): conv kernels back to [O, I, kh, kw], linear weights transposed."""
+    from mkln_jax.models import convert
+
+    out = {}
+    for name, variable, transform in convert.entries(model, include_head, scheme):
+        value = np.asarray(variable.get_value())
+        if transform is convert._conv:
+            value = np.transpose(value, (3, 2, 0, 1))
+        elif transform is convert._linear:
+            value = value.T
+        value = np.ascontiguousarray(value)
+        out[name] = value.astype(dtype) if dtype is not None else value
+    return out

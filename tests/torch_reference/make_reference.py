@@ -3,7 +3,8 @@
 Run with a Python that has torch, torchvision and timm (not this project's environment):
     python tests/torch_reference/make_reference.py OUT_DIR [NAME ...]
 For each architecture it writes OUT_DIR/<name>.pth (random weights and random BatchNorm
-statistics, torch's zip format; .safetensors for timm's names of the zoo's other references), <name>_input.npy (NHWC float32) and <name>_logits.npy (eval mode).
+statistics, torch's zip format; `.safetensors` for the timm_* entries, as the Hub serves them),
+<name>_input.npy (NHWC float32) and <name>_logits.npy (eval mode).
 """
 
 import pathlib
