@@ -7,7 +7,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # JAX for the machine: cpu (default, development and CI), cuda12, cuda13 or tpu. The platform's
 # packages (requirements/platform-*.txt: JAX's own extra at the locked jax version) go on top of
-# the lock; switching platforms removes the other platforms' packages first.
+# the lock; switching platforms removes the other platforms' packages first. Every lock is made
+# from pyproject.toml by `make locks` (uv, with hashes): lock-dev-* for this checkout,
+# lock-py* (runtime only) for the wheel.
 PLATFORM ?= cpu
 PLATFORMS := cpu cuda12 cuda13 tpu
 STAMP := $(VENV)/.installed-$(PLATFORM)
@@ -21,18 +23,18 @@ TORCH_PYTHON ?= $(shell for p in python3.11 $$HOME/.pyenv/versions/3.11*/bin/pyt
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 11)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 TORCH_VENV := .venv-torch
 
-.PHONY: setup check-platforms test test-fast wheel-test lint demo bench parity extras clean
+.PHONY: setup locks check-platforms test test-fast wheel-test lint demo bench parity extras clean
 
-$(STAMP): pyproject.toml requirements/lock-py3.11.txt requirements/lock-py3.12.txt $(wildcard requirements/platform-*.txt)
+$(STAMP): pyproject.toml requirements/lock-dev-py3.11.txt requirements/lock-dev-py3.12.txt $(wildcard requirements/platform-*.txt)
 	@case " $(PLATFORMS) " in *" $(PLATFORM) "*) ;; *) echo "PLATFORM must be one of: $(PLATFORMS)"; exit 1;; esac
 	@test -n "$(PYTHON)" || { echo "No Python >= 3.11 found; install python3.12 or python3.11."; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements/lock-py$(PYVER).txt
+	$(PY) -m pip install -q -r requirements/lock-dev-py$(PYVER).txt
 	@for other in requirements/platform-*-py$(PYVER).txt; do \
 		case "$$other" in *platform-$(PLATFORM)-*) ;; *) $(PY) -m pip uninstall -q -y -r "$$other" 2>/dev/null || true;; esac; done
 	@if [ "$(PLATFORM)" != cpu ]; then \
-		$(PY) -m pip install -q -r requirements/platform-$(PLATFORM)-py$(PYVER).txt; fi
+		$(PY) -m pip install -q --no-deps -r requirements/platform-$(PLATFORM)-py$(PYVER).txt; fi
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
 	@rm -f $(VENV)/.installed $(VENV)/.installed-*
 	@touch $@
@@ -47,6 +49,10 @@ check-platforms: setup
 		echo "PLATFORM=$$p resolves"; done
 
 setup: $(STAMP)
+
+# Regenerates requirements/ from pyproject.toml (needs the index); UPGRADE=1 moves the pins.
+locks: setup
+	UV=$(abspath $(VENV))/bin/uv requirements/make_locks.sh
 
 lint: setup
 	$(VENV)/bin/ruff check mkln_jax configs tests bench launch
@@ -63,9 +69,12 @@ test: lint
 test-fast: setup
 	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
 
-# The wheel as a pip user installs it, run from outside the checkout (.ci/wheel_test.sh).
+# The wheel as a pip user installs it, run from outside the checkout (.ci/wheel_test.sh), on
+# Python 3.12 and, where there is one, 3.11 (each with its runtime lock).
 wheel-test: setup
 	PYTHON=$(PY) .ci/wheel_test.sh
+	@if [ -n "$(TORCH_PYTHON)" ]; then PYTHON=$(PY) VENV_PYTHON=$(TORCH_PYTHON) .ci/wheel_test.sh; \
+		else echo "no Python 3.11 here: wheel test on 3.11 skipped"; fi
 
 demo: setup
 	$(VENV)/bin/mkln demo --config=$(DEMO_CONFIG) --workdir=$(WORKDIR)
@@ -81,12 +90,15 @@ parity: setup $(TORCH_VENV)/.installed
 	MKLN_TORCH_PYTHON=$(abspath $(TORCH_VENV))/bin/python $(VENV)/bin/pytest -q tests/test_torch_parity.py
 
 # The extras move core pins (Apache Beam: protobuf, pyarrow, numpy; jax2onnx: orbax-checkpoint
-# < 0.11.37), so they are tested in their own environment: the lock, then the extras.
+# < 0.11.37), so they are tested in their own environment: the development lock, then the
+# extras. On Python 3.11 where there is one (the other supported version gets a full run).
 EXTRAS_VENV := .venv-extras
-$(EXTRAS_VENV)/.installed: pyproject.toml requirements/lock-py3.12.txt requirements/lock-py3.11.txt
-	@test -n "$(PYTHON)" || { echo "No Python >= 3.11 found"; exit 1; }
-	@test -x $(EXTRAS_VENV)/bin/python || $(PYTHON) -m venv $(EXTRAS_VENV)
-	$(EXTRAS_VENV)/bin/pip install -q -r requirements/lock-py$$($(EXTRAS_VENV)/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])').txt
+EXTRAS_PYTHON ?= $(or $(TORCH_PYTHON),$(PYTHON))
+$(EXTRAS_VENV)/.installed: pyproject.toml requirements/lock-dev-py3.12.txt requirements/lock-dev-py3.11.txt
+	@test -n "$(EXTRAS_PYTHON)" || { echo "No Python >= 3.11 found"; exit 1; }
+	@test -x $(EXTRAS_VENV)/bin/python || $(EXTRAS_PYTHON) -m venv $(EXTRAS_VENV)
+	$(EXTRAS_VENV)/bin/pip install -q --upgrade pip
+	$(EXTRAS_VENV)/bin/pip install -q -r requirements/lock-dev-py$$($(EXTRAS_VENV)/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])').txt
 	$(EXTRAS_VENV)/bin/pip install -q --no-build-isolation -e ".[beam,faces,onnx]" --config-settings editable_mode=compat
 	@touch $@
 

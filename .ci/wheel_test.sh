@@ -6,11 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
-python=${PYTHON:-.venv/bin/python}
+python=${PYTHON:-.venv/bin/python}  # builds the wheel
+venv_python=${VENV_PYTHON:-$python}  # the fresh environment's Python (3.12 or 3.11)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$python" -m pip wheel -q --no-deps --no-build-isolation -w "$work/dist" .
-"$python" -m venv "$work/venv"
+"$venv_python" -m venv "$work/venv"
+"$work/venv/bin/pip" install -q --upgrade pip
 version=$("$work/venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 "$work/venv/bin/pip" install -q -r "requirements/lock-py$version.txt"
 "$work/venv/bin/pip" install -q --no-deps "$work"/dist/mkln_jax-*.whl
