@@ -12,7 +12,7 @@ import pathlib
 import jax
 import ml_collections
 
-from mkln_jax import fetch, models
+from mkln_jax import fetch, models, tracking
 from mkln_jax.backends.cpu import xla_options
 from mkln_jax.errors import MklnError
 from mkln_jax.input_pipeline import forgeries, splits
@@ -110,6 +110,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         )
     methods = tuple(config.data.methods)
     _check_population(config, errors)
+    tracking.check(config, errors)
     profile = config.train.get("profile_steps", 0)
     if not isinstance(profile, int) or isinstance(profile, bool) or profile < 0:
         errors.append(f"train.profile_steps must be an integer >= 0, got {profile!r}")

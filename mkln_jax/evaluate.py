@@ -11,7 +11,16 @@ import jax
 import ml_collections
 import numpy as np
 
-from mkln_jax import config_lib, experiment, fileio, metrics, perturb, population, scoring
+from mkln_jax import (
+    config_lib,
+    experiment,
+    fileio,
+    metrics,
+    perturb,
+    population,
+    scoring,
+    tracking,
+)
 from mkln_jax.input_pipeline import splits
 from mkln_jax.logging_utils import MetricLogger
 
@@ -45,15 +54,17 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
             config, workdir, stage, split, index, probs, best_step, description
         )
         sections.append(section)
-        _log_hparams(config, workdir, stage, split, results[stage])
     markdown = "\n\n".join(sections)
-    _write_report(config, workdir, split, results, markdown)
+    files = _write_report(config, workdir, split, results, markdown)
+    for stage, result in results.items():
+        _log_hparams(config, workdir, stage, split, result, files)
     return results, markdown
 
 
-def _log_hparams(config, workdir, stage: str, split: str, result: dict) -> None:
+def _log_hparams(config, workdir, stage: str, split: str, result: dict, files=()) -> None:
     """The stage's config with its best validation and this split's AUCs into its TensorBoard
-    log (HPARAMS tab): a sweep's runs side by side there."""
+    log (HPARAMS tab): a sweep's runs side by side there; and, with `track.backends`, the same
+    numbers and the report `files` to the stage's tracked run."""
     report = result["metrics"]
     scores = {
         "hparams/val_auc": best_validation_auc(workdir, stage),
@@ -62,9 +73,12 @@ def _log_hparams(config, workdir, stage: str, split: str, result: dict) -> None:
     }
     if "seen methods" in report:
         scores[f"hparams/{split}_auc_seen"] = report["seen methods"]["frame"]["auc"]
-    logger = MetricLogger(pathlib.Path(workdir) / stage / "logs")
+    logs = pathlib.Path(workdir) / stage / "logs"
+    tracker = tracking.Tracker(config, logs, f"{pathlib.Path(workdir).resolve().name}/{stage}")
+    logger = MetricLogger(logs, tracker)
     try:
         logger.hparams(config.to_dict(), scores, name=f"eval_{split}")
+        tracker.files(files)
     finally:
         logger.close()
 
@@ -142,13 +156,15 @@ def _stage_report(
     return result, section
 
 
-def _write_report(config, workdir, split: str, results: dict, markdown: str) -> None:
+def _write_report(config, workdir, split: str, results: dict, markdown: str) -> list:
     out_dir = pathlib.Path(workdir) / "eval"
     if jax.process_index() == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         name = f"{config.data.name}_{split}" if config.eval.get("trained_on") else split
         (out_dir / f"{name}.json").write_text(json.dumps(results, indent=2))
         (out_dir / f"{name}.md").write_text(markdown + "\n")
+        return [out_dir / f"{name}.json", out_dir / f"{name}.md"]
+    return []
 
 
 def dataset_label(config) -> str:
@@ -509,6 +525,12 @@ def robustness_run(config: ml_collections.ConfigDict, workdir: str, split: str |
         (out_dir / f"robustness_{split}.json").write_text(json.dumps(results, indent=2))
         (out_dir / f"robustness_{split}.md").write_text(markdown + "\n")
         plot_robustness(curves, out_dir / f"robustness_{split}.png", results["model"])
+        logs = pathlib.Path(workdir) / stage / "logs"
+        tracker = tracking.Tracker(config, logs, f"{pathlib.Path(workdir).resolve().name}/{stage}")
+        try:
+            tracker.files(out_dir / f"robustness_{split}.{ext}" for ext in ("json", "md", "png"))
+        finally:
+            tracker.close()
     return results, markdown
 
 

@@ -73,9 +73,10 @@ def say(text: str) -> None:
 class MetricLogger:
     """Writes scalars to <dir>/metrics.jsonl and TensorBoard events (process 0 only)."""
 
-    def __init__(self, directory: str | pathlib.Path):
+    def __init__(self, directory: str | pathlib.Path, tracker=None):
         self.enabled = jax.process_index() == 0
         self.directory = pathlib.Path(directory)
+        self.tracker = tracker  # tracking.Tracker (W&B / MLflow), or None
         if not self.enabled:
             return
         from tensorboardX import SummaryWriter
@@ -93,32 +94,28 @@ class MetricLogger:
         for name, value in scalars.items():
             self._tb.add_scalar(name, value, step)
         self._tb.flush()
+        if self.tracker is not None:
+            self.tracker.scalars(step, scalars)
 
     def hparams(self, config: dict, metrics: dict[str, float], name: str = "hparams") -> None:
         """The run's settings beside its final numbers, for TensorBoard's HPARAMS tab (a sweep
         browsed as a table): every scalar config field, flattened to "a.b", tuples as text."""
         if not self.enabled:
             return
-        flat = {}
+        from mkln_jax.tracking import flatten
 
-        def walk(node, prefix: str) -> None:
-            for key, value in node.items():
-                name_ = f"{prefix}{key}"
-                if isinstance(value, dict):
-                    walk(value, name_ + ".")
-                elif isinstance(value, (bool, int, float, str)):
-                    flat[name_] = value
-                elif isinstance(value, (tuple, list)):
-                    flat[name_] = ", ".join(str(v) for v in value)
-
-        walk(config, "")
-        self._tb.add_hparams(flat, {k: float(v) for k, v in metrics.items()}, name=name)
+        metrics = {k: float(v) for k, v in metrics.items()}
+        self._tb.add_hparams(flatten(config), metrics, name=name)
         self._tb.flush()
+        if self.tracker is not None:
+            self.tracker.summary(metrics)
 
     def close(self) -> None:
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+        if self.tracker is not None:
+            self.tracker.close()
 
 
 class Progress:

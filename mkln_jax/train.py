@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mkln_jax import checkpoint, config_lib, experiment, population, scoring, sharding
+from mkln_jax import checkpoint, config_lib, experiment, population, scoring, sharding, tracking
 from mkln_jax import metrics as metrics_lib
 from mkln_jax import step as step_lib
 from mkln_jax import workdir as workdir_lib
@@ -39,8 +39,9 @@ IGNORED_ON_RESUME = {
         "predict",
         "stages",
         "train.profile_steps",
+        "track",
     ),
-    "student": ("eval", "predict", "stages", "train.profile_steps"),
+    "student": ("eval", "predict", "stages", "train.profile_steps", "track"),
 }
 
 
@@ -179,7 +180,10 @@ def _train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
     if costs:  # a line of its own: the two together ran past 200 characters
         say(f"[{stage}] per step{costs.removeprefix(',')}")
 
-    logger = MetricLogger(out_dir / "logs")
+    logger = MetricLogger(
+        out_dir / "logs",
+        tracking.Tracker(config, out_dir / "logs", f"{pathlib.Path(workdir).name}/{stage}"),
+    )
     progress = Progress(stage, section.steps, start)
     averages = RunningMeans()
     profiler = StepProfiler(out_dir / "profile", config.train.profile_steps, start)
@@ -368,7 +372,15 @@ class Members:
         self.dirs = [population.member_workdir(workdir, m) for m in self.members]
         if jax.process_index() == 0:
             population.write_listing(workdir, self.members)
-        self.loggers = [MetricLogger(d / "student" / "logs") for d in self.dirs]
+        self.loggers = [
+            MetricLogger(
+                d / "student" / "logs",
+                tracking.Tracker(
+                    config, d / "student" / "logs", f"{d.parent.parent.name}/{d.name}"
+                ),
+            )
+            for d in self.dirs
+        ]
         self.ckpts = [
             checkpoint.Checkpoints(d / "student" / "checkpoints", keep=1) for d in self.dirs
         ]

@@ -173,4 +173,11 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.predict = ml_collections.ConfigDict()
     config.predict.num_frames = 16  # frames sampled evenly from a video
+    # Experiment tracking beside the run's own logs (mkln_jax/tracking.py; the `track` extra):
+    # "wandb" and / or "mlflow"; () = off.
+    config.track = ml_collections.ConfigDict()
+    config.track.backends = ()
+    config.track.project = "mkln_jax"  # W&B project / MLflow experiment
+    config.track.wandb_mode = ""  # "" = W&B's default (WANDB_MODE); "offline" for `wandb sync`
+    config.track.mlflow_uri = ""  # "" = MLFLOW_TRACKING_URI or MLflow's default
     return config
