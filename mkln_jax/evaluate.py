@@ -49,6 +49,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
             source,
             mesh,
             config.eval.batch_size,
+            progress=f"[evaluate] {stage} {split}",
         )
         results[stage], section = _stage_report(
             config, workdir, stage, split, index, probs, best_step, description
@@ -139,9 +140,9 @@ def _stage_report(
     )
     result["deepfakebench_definitions"], table = deepfakebench_table(index, probs)
     section += (
-        "\n\nThe same scores under DeepfakeBench's definitions (EER at the ROC point nearest "
-        "FNR = FPR, not interpolated; ACC counts P(fake) > 0.5, not >= the threshold; video "
-        "score = mean of its frames), for comparison with its tables:\n\n" + table
+        "\n\nThe same scores under DeepfakeBench's definitions, for comparison with its "
+        "tables:\nEER at the ROC point nearest FNR = FPR (not interpolated); ACC counts "
+        "P(fake) > 0.5 (not >= the threshold);\nvideo score = mean of its frames.\n\n" + table
     )
     dfb = deepfakebench_number(pathlib.Path(workdir) / stage / "logs" / "metrics.jsonl")
     if dfb is not None and not config.eval.get("trained_on"):
@@ -248,6 +249,7 @@ def population_run(config: ml_collections.ConfigDict, workdir: str, split: str |
         source,
         mesh,
         config.eval.batch_size,
+        progress=f"[evaluate] population {split}",
     )
     trained = _trained_methods(config)
     per_video = [

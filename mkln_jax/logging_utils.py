@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import sys
 import time
 
 import jax
@@ -68,6 +69,46 @@ def say(text: str) -> None:
     print(text, flush=True)
     if _OPEN:
         _OPEN[-1].write(text)
+
+
+class ProgressLine:
+    """`<what> 120/600 <unit> | 3.1 <unit>/s | ETA 2m35s`: one rewritten line on a terminal; on
+    a file or pipe (Slurm, Beam, `| tee`), a new line at most every `every` seconds, which those
+    logs keep apart. Rates per minute when `per_minute` (slow units such as videos)."""
+
+    def __init__(
+        self,
+        total: int,
+        *,
+        what: str,
+        unit: str,
+        stream=None,
+        every: float = 30.0,
+        per_minute: bool = True,
+    ):
+        self.total, self.what, self.unit = total, what, unit
+        self.start, self.stream, self.per_minute = time.time(), stream or sys.stderr, per_minute
+        self.last = 0.0
+        self.terminal = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.every = 1.0 if self.terminal else every
+
+    def update(self, done: int) -> None:
+        now = time.time()
+        if now - self.last < self.every and done < self.total:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        eta_text = f"{int(eta // 60)}m{int(eta % 60):02d}s" if np.isfinite(eta) else "?"
+        shown = (
+            f"{rate * 60:.1f} {self.unit}/min" if self.per_minute else f"{rate:.1f} {self.unit}/s"
+        )
+        text = f"{self.what} {done}/{self.total} {self.unit} | {shown} | ETA {eta_text}"
+        if self.terminal:
+            end = "\n" if done >= self.total else ""
+            print("\r" + text, end=end, file=self.stream, flush=True)
+        else:
+            print(text, file=self.stream, flush=True)
 
 
 class MetricLogger:

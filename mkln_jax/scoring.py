@@ -12,6 +12,7 @@ from jax.experimental import multihost_utils
 from mkln_jax import metrics, perturb, sharding
 from mkln_jax import step as step_lib
 from mkln_jax.input_pipeline import loader, splits
+from mkln_jax.logging_utils import ProgressLine
 
 
 def jit_eval_step(model: step_lib.ModelFn, mesh):
@@ -50,15 +51,21 @@ def predict_source(
     batch_size: int,
     keep: np.ndarray | None = None,
     key: jax.Array | None = None,
+    progress: str = "",
 ) -> np.ndarray:
     """P(fake) for every example of `source` (or those at `keep`), in order: float32[N]. With
-    `key`, eval_step also takes a key, a different one per batch (fold_in of the batch number)."""
+    `key`, eval_step also takes a key, a different one per batch (fold_in of the batch number).
+    `progress`: a label for a frames-done line with ETA (every 30 s; process 0), for long
+    evaluations."""
     if keep is not None:
         source = loader.Subset(source, keep)
     # Global batch must split evenly over devices and processes.
     multiple = mesh.devices.size
     batch_size = -(-batch_size // multiple) * multiple
     scores = []
+    bar = None
+    if progress and jax.process_index() == 0:
+        bar = ProgressLine(len(source), what=progress, unit="frames", per_minute=False)
     # Each process reads and decodes only its rows of every global batch.
     for number, (local, valid) in enumerate(loader.eval_batches(source, batch_size)):
         images = sharding.host_to_global(local, mesh)["image"]
@@ -68,6 +75,8 @@ def predict_source(
             probs = eval_step(params, batch_stats, images, jax.random.fold_in(key, number))
         probs = multihost_utils.process_allgather(probs, tiled=True)
         scores.append(np.asarray(probs)[:valid])
+        if bar is not None:
+            bar.update(sum(len(x) for x in scores))
     return np.concatenate(scores) if scores else np.zeros((0,), np.float32)
 
 

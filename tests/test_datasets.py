@@ -370,6 +370,8 @@ def test_prepare_ffpp_from_the_command_line_then_train_on_it(ffpp_root, tmp_path
     result = mkln("prepare", "ffpp", *common)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "skipped (no face): 2" in result.stdout
+    # the ArrayRecord writing phase reports itself (a new line, stderr being a pipe)
+    assert re.search(r"^write train (\d+)/\1 frames \| .* \| ETA", result.stderr, re.M)
     assert "train videos: Deepfakes 4, FaceSwap 4, real 4" in result.stdout
     again = mkln("prepare", "ffpp", *common)
     assert "dataset already prepared" in again.stdout
@@ -404,6 +406,7 @@ def test_prepare_ffpp_from_the_command_line_then_train_on_it(ffpp_root, tmp_path
         (own["metrics"]["all"]["frame"]["auc"] + metrics["all"]["frame"]["auc"]) / 2
     )
     assert "| mean of 2 | teacher |" in cross.stdout
+    assert re.search(r"^\[evaluate\] teacher test (\d+)/\1 frames", cross.stderr, re.M)
     table = mkln("compare", str(tmp_path / "run"), str(tmp_path / "nowhere"))
     assert table.returncode == 2 and "nowhere/eval/test.json not found" in table.stderr
     table = mkln("compare", str(tmp_path / "run"), f"--out={tmp_path / 'cmp.md'}")

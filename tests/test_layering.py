@@ -42,6 +42,7 @@ LAYERS = {
         "mkln_jax.fetch",
         "mkln_jax.distributed",
         "mkln_jax.backends",
+        "mkln_jax.tracking",
     ),
     0: ("mkln_jax.errors", "mkln_jax.fileio", "mkln_jax"),
 }

@@ -98,10 +98,10 @@ def test_upsampler_leaves_a_period_two_spectral_peak():
 def test_progress_is_one_rewritten_line_on_a_terminal_and_new_lines_in_a_log():
     import io
 
-    from mkln_jax.input_pipeline.build import preprocess
+    from mkln_jax.logging_utils import ProgressLine
 
     log = io.StringIO()  # a file or pipe, as under Slurm or Beam
-    bar = preprocess._Progress(3, stream=log, every=0.0)
+    bar = ProgressLine(3, what="preprocess", unit="videos", stream=log, every=0.0)
     for done in (1, 2, 3):
         bar.update(done)
     lines = log.getvalue().splitlines()
@@ -113,7 +113,7 @@ def test_progress_is_one_rewritten_line_on_a_terminal_and_new_lines_in_a_log():
             return True
 
     tty = Terminal()
-    bar = preprocess._Progress(3, stream=tty)
+    bar = ProgressLine(3, what="preprocess", unit="videos", stream=tty)
     bar.update(1)
     bar.update(3)
     assert tty.getvalue().startswith("\rpreprocess 1/3") and tty.getvalue().endswith("\n")

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from mkln_jax.input_pipeline import faces, video
+from mkln_jax.logging_utils import ProgressLine
 from mkln_jax.input_pipeline.build.catalog import Entry
 
 
@@ -317,32 +318,6 @@ class Report:
         return out
 
 
-class _Progress:
-    """One rewritten line on a terminal; on a file or pipe (Slurm, Beam, `| tee`), a new line
-    at most every `every` seconds, which those logs keep apart."""
-
-    def __init__(self, total: int, stream=sys.stderr, every: float = 30.0):
-        self.total, self.start, self.stream = total, time.time(), stream
-        self.last = 0.0
-        self.terminal = hasattr(stream, "isatty") and stream.isatty()
-        self.every = 1.0 if self.terminal else every
-
-    def update(self, done: int) -> None:
-        now = time.time()
-        if now - self.last < self.every and done < self.total:
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        eta_text = f"{int(eta // 60)}m{int(eta % 60):02d}s" if np.isfinite(eta) else "?"
-        text = f"preprocess {done}/{self.total} videos | {rate * 60:.1f} videos/min | ETA {eta_text}"
-        if self.terminal:
-            end = "\n" if done >= self.total else ""
-            print("\r" + text, end=end, file=self.stream, flush=True)
-        else:
-            print(text, file=self.stream, flush=True)
-
-
 _WORKER_DETECTOR = None
 
 
@@ -382,7 +357,7 @@ def run(
                 path.unlink()  # a damaged result file: redo the video
         todo.append((entry, settings, path))
     start = time.time()
-    bar = _Progress(len(entries)) if progress else None
+    bar = ProgressLine(len(entries), what="preprocess", unit="videos") if progress else None
     done = len(results)
     workers = workers or os.cpu_count() or 1
     if workers == 1 or len(todo) <= 1:

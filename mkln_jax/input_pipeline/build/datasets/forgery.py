@@ -29,6 +29,7 @@ import tensorflow_datasets as tfds
 
 from mkln_jax.input_pipeline.build import catalog, preprocess
 from mkln_jax.input_pipeline.build.datasets import mkln_demo
+from mkln_jax.logging_utils import ProgressLine
 
 SPLITS = catalog.SPLITS
 
@@ -216,10 +217,18 @@ class ForgeryBuilder(tfds.core.GeneratorBasedBuilder):
         return self._local_examples(entries)
 
     def _local_examples(self, entries):
+        total = sum(len(self.results[e.video_id].crops) for e in entries)
+        split = entries[0].split if entries else ""
+        # TFDS encodes and writes the ArrayRecord shards as it draws from here
+        bar = ProgressLine(total, what=f"write {split}", unit="frames", per_minute=False)
+        done = 0
         for entry in entries:
             result = self.results[entry.video_id]
             for i in range(len(result.crops)):
                 yield _example(entry, result, i, self.settings.crop_size)
+                done += 1
+                if self.progress:
+                    bar.update(done)
 
 
 class Ffpp(ForgeryBuilder):
