@@ -119,3 +119,4 @@ def test_deepfakebench_definitions_match_its_formulas(seed):
     # the two EER and ACC definitions differ on such data (why both are reported)
     assert (scores == 0.5).any()
     assert metrics.accuracy(labels, scores, 0.5) != ours["acc"]
+    assert metrics.eer(labels, scores) != pytest.approx(ours["eer"], abs=1e-3)
