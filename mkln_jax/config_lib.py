@@ -111,6 +111,19 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     methods = tuple(config.data.methods)
     _check_population(config, errors)
     tracking.check(config, errors)
+    rule = config.get("export", {}).get("threshold", "fixed")
+    rate = rule[4:] if isinstance(rule, str) and rule.startswith("fpr:") else ""
+    try:
+        rate_ok = 0.0 < float(rate) < 1.0
+    except ValueError:
+        rate_ok = False
+    aggregate = config.get("predict", {}).get("aggregate", "mean")
+    if aggregate not in ("mean", "max", "confident"):
+        errors.append(f"predict.aggregate must be mean, max or confident, got {aggregate!r}")
+    if rule not in ("eer", "fixed") and not rate_ok:
+        errors.append(
+            f"export.threshold must be 'eer', 'fixed' or 'fpr:<rate in (0, 1)>', got {rule!r}"
+        )
     profile = config.train.get("profile_steps", 0)
     if not isinstance(profile, int) or isinstance(profile, bool) or profile < 0:
         errors.append(f"train.profile_steps must be an integer >= 0, got {profile!r}")

@@ -42,8 +42,8 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
         else:
             model, frozen, best_step = experiment.load_best(config, workdir, stage, mesh)
             description = experiment.describe_model(config, stage)
-        probs = scoring.predict_source(
-            scoring.jit_eval_step(model, mesh),
+        scored = scoring.predict_source(
+            scoring.jit_eval_step(model, mesh, with_margin=True),
             frozen.params,
             frozen.batch_stats,
             source,
@@ -51,9 +51,14 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
             config.eval.batch_size,
             progress=f"[evaluate] {stage} {split}",
         )
+        probs, margins = scored[:, 0], scored[:, 1]
         results[stage], section = _stage_report(
             config, workdir, stage, split, index, probs, best_step, description
         )
+        calibration = _calibration(config, workdir, stage, model, frozen, mesh, split)
+        if calibration is not None:
+            results[stage]["calibration"], more = calibration(index.labels, margins)
+            section += "\n\n" + more
         sections.append(section)
     markdown = "\n\n".join(sections)
     files = _write_report(config, workdir, split, results, markdown)
@@ -138,6 +143,8 @@ def _stage_report(
     section = f"### {stage}: {description} ({picked}), {split} split\n\n" + metrics.markdown_table(
         report, notes
     )
+    result["video_auc_by_aggregation"], table = aggregation_table(index, probs)
+    section += "\n\nVideo AUC by aggregation of frame scores (mean is the table's):\n\n" + table
     result["deepfakebench_definitions"], table = deepfakebench_table(index, probs)
     section += (
         "\n\nThe same scores under DeepfakeBench's definitions, for comparison with its "
@@ -155,6 +162,104 @@ def _stage_report(
             "the number to trust."
         )
     return result, section
+
+
+def _calibration(config, workdir, stage: str, model, frozen, mesh, split: str):
+    """Temperature scaling and an EER-point threshold fitted on the model's own validation
+    split: a function of (test labels, test logit margins) -> (result, markdown) that reports
+    log loss, Brier score, ECE and ACC before and after, with a reliability plot; None when
+    that validation split is not there."""
+    data = config.data
+    if config.eval.get("trained_on"):  # cross-dataset: calibrate on the training data's val
+        data = ml_collections.ConfigDict(config.eval.trained_on)
+    try:
+        val_source = splits.open_split(data, config_lib.data_dir(config), "val")
+        val_index = splits.split_index(data, config_lib.data_dir(config), "val")
+    except splits.MissingSplitError:
+        return None
+    val = scoring.predict_source(
+        scoring.jit_eval_step(model, mesh, with_margin=True),
+        frozen.params,
+        frozen.batch_stats,
+        val_source,
+        mesh,
+        config.eval.batch_size,
+    )[:, 1]
+    temperature = metrics.fit_temperature(val_index.labels, val)
+    threshold = metrics.eer_threshold(val_index.labels, metrics.sigmoid(val / temperature))
+
+    def report(labels, margins):
+        raw, calibrated = metrics.sigmoid(margins), metrics.sigmoid(margins / temperature)
+        rows = {
+            "raw": {
+                **metrics.calibration_summary(labels, raw),
+                "threshold": float(config.eval.threshold),
+                "acc": metrics.accuracy(labels, raw, config.eval.threshold),
+            },
+            "calibrated": {
+                **metrics.calibration_summary(labels, calibrated),
+                "threshold": threshold,
+                "acc": metrics.accuracy(labels, calibrated, threshold),
+            },
+        }
+        result = {"temperature": temperature, "fitted_on": "val", "val_frames": int(val.size)}
+        result.update(rows)
+        name = f"{config.data.name}_{split}" if config.eval.get("trained_on") else split
+        plot = pathlib.Path(workdir) / "eval" / f"reliability_{name}_{stage}.png"
+        if jax.process_index() == 0:
+            plot.parent.mkdir(parents=True, exist_ok=True)
+            plot_reliability(labels, raw, calibrated, temperature, plot)
+        lines = [
+            f"Calibration on {split} (temperature T = {temperature:.3f} and the EER-point "
+            f"threshold fitted on {int(val.size)} validation frames; plot {plot.name}):",
+            "",
+            "| P(fake) | log loss | Brier | ECE | threshold | ACC |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {k} | {r['log_loss']:.4f} | {r['brier']:.4f} | {r['ece']:.4f} "
+                f"| {r['threshold']:.4f} | {r['acc']:.4f} |"
+                for k, r in rows.items()
+            ),
+        ]
+        return result, "\n".join(lines)
+
+    return report
+
+
+def plot_reliability(labels, raw, calibrated, temperature: float, path: pathlib.Path) -> None:
+    """Reliability diagram: fraction of fakes against mean P(fake) per bin, before and after
+    temperature scaling, with each bin's share of frames below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(4.5, 5.2), gridspec_kw={"height_ratios": [3, 1]}, sharex=True
+    )
+    top.plot([0, 1], [0, 1], color="grey", lw=0.8, label="perfect")
+    for probs, style, name in ((raw, "o-", "raw"), (calibrated, "s--", f"T = {temperature:.2f}")):
+        bins = [b for b in metrics.reliability(labels, probs) if b["n"]]
+        top.plot(
+            [b["confidence"] for b in bins],
+            [b["fake_rate"] for b in bins],
+            style,
+            label=(f"{name} (ECE {metrics.ece(labels, probs):.3f})"),
+        )
+        bottom.bar(
+            [(b["low"] + b["high"]) / 2 for b in bins],
+            [b["n"] / len(labels) for b in bins],
+            width=1 / 15,
+            alpha=0.5,
+        )
+    top.set_ylabel("fraction fake")
+    top.legend(fontsize=8)
+    top.grid(alpha=0.3)
+    bottom.set_xlabel("mean P(fake) in bin")
+    bottom.set_ylabel("share")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _write_report(config, workdir, split: str, results: dict, markdown: str) -> list:
@@ -647,17 +752,46 @@ def _cell(m: dict) -> str:
     return f"{m['auc']:.4f}"
 
 
-def deepfakebench_table(index, probs) -> tuple[dict, str]:
-    """DeepfakeBench's metrics ({group: summary}) overall and per method, and their table."""
+def _groups(index) -> dict[str, np.ndarray]:
+    """Rows of the report: every method, then each method's fakes with all reals."""
     labels = np.asarray(index.labels)
     methods = np.asarray([str(m) for m in index.methods])
-    videos = np.asarray([str(v) for v in index.video_ids])
     groups = {"all": np.ones(labels.size, bool)}
     for method in sorted(set(methods.tolist()) - {"real"}):
         groups[method] = (methods == method) | (labels == 0)
+    return groups
+
+
+def aggregation_table(index, probs) -> tuple[dict, str]:
+    """Video AUC of each aggregation rule (metrics.AGGREGATIONS) per group, and its table."""
+    labels = np.asarray(index.labels)
+    videos = np.asarray([str(v) for v in index.video_ids])
+    out = {}
+    for rule in metrics.AGGREGATIONS:
+        out[rule] = {}
+        for name, keep in _groups(index).items():
+            _, v_labels, v_scores = metrics.video_level(
+                videos[keep], labels[keep], probs[keep], rule
+            )
+            out[rule][name] = metrics.auc(v_labels, v_scores)
+    rows = [
+        "| group | " + " | ".join(metrics.AGGREGATIONS) + " |",
+        "|---|" + "---|" * len(metrics.AGGREGATIONS),
+        *(
+            f"| {name} | " + " | ".join(f"{out[r][name]:.4f}" for r in metrics.AGGREGATIONS) + " |"
+            for name in _groups(index)
+        ),
+    ]
+    return out, "\n".join(rows)
+
+
+def deepfakebench_table(index, probs) -> tuple[dict, str]:
+    """DeepfakeBench's metrics ({group: summary}) overall and per method, and their table."""
+    labels = np.asarray(index.labels)
+    videos = np.asarray([str(v) for v in index.video_ids])
     out = {
         name: metrics.deepfakebench_summary(labels[keep], probs[keep], videos[keep])
-        for name, keep in groups.items()
+        for name, keep in _groups(index).items()
     }
     rows = [
         "| group | frame AUC | EER | AP | ACC | video AUC |",

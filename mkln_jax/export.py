@@ -22,9 +22,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from mkln_jax import experiment, fileio, models, sharding
+from mkln_jax import config_lib, experiment, fileio, metrics, models, scoring, sharding
 from mkln_jax.backends.cpu import native
 from mkln_jax.errors import MklnError
+from mkln_jax.input_pipeline import splits
 
 FORMAT_VERSION = 1
 PROGRAM = "model.jaxexport"
@@ -83,6 +84,9 @@ def export_stage(
     params_template = jax.device_get(frozen.params)
     stats_template = jax.device_get(frozen.batch_stats)
 
+    calibration = calibrate(config, model, frozen, mesh)
+    temperature = calibration.get("temperature", 1.0)
+
     def infer(flat_weights, images):
         pure = _unflatten(flat_weights, variables)
         p, s = params_template, stats_template
@@ -91,7 +95,7 @@ def export_stage(
         nnx.replace_by_pure_dict(p, pure["params"])
         nnx.replace_by_pure_dict(s, pure["batch_stats"])
         logits, _ = model.apply(p, s, images.astype(jnp.float32) / 255.0, train=False)
-        return jax.nn.softmax(logits, axis=-1)[:, 1]
+        return jax.nn.softmax(logits / temperature, axis=-1)[:, 1]
 
     flat = _flatten(variables)
     size = config.data.image_size
@@ -122,8 +126,10 @@ def export_stage(
         "input": "uint8 RGB face crops [b, S, S, 3]; normalisation is inside the program",
         "normalisation": {"mean": list(spec.mean), "std": list(spec.std), "scale": 1 / 255},
         "face_crop": {"detector": "opencv_haar_frontalface", "margin": config.data.margin},
-        "threshold": config.eval.threshold,
+        "threshold": calibration.get("threshold", config.eval.threshold),
+        "calibration": calibration,
         "num_frames": config.predict.num_frames,
+        "aggregate": config.predict.get("aggregate", "mean"),
         "output": "P(fake) per image, float32[b]",
         "jax_version": jax.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -131,6 +137,49 @@ def export_stage(
     }
     fileio.atomic_write(out / METADATA, json.dumps(metadata, indent=2) + "\n")
     return out
+
+
+def calibrate(config: ml_collections.ConfigDict, model, frozen, mesh) -> dict:
+    """Temperature and verdict threshold fitted on the validation split (`config.export`),
+    with the validation log loss / Brier / ECE before and after; {} when neither is asked."""
+    rule = config.export.threshold
+    if not config.export.calibrate and rule == "fixed":
+        return {}
+    try:
+        source = splits.open_split(config.data, config_lib.data_dir(config), "val")
+        index = splits.split_index(config.data, config_lib.data_dir(config), "val")
+    except splits.MissingSplitError as err:
+        raise ArtifactError(
+            f"{err}; export fits its calibration there: prepare it, or set "
+            "export.calibrate=False and export.threshold=fixed"
+        ) from None
+    margins = scoring.predict_source(
+        scoring.jit_eval_step(model, mesh, with_margin=True),
+        frozen.params,
+        frozen.batch_stats,
+        source,
+        mesh,
+        config.eval.batch_size,
+    )[:, 1]
+    labels = index.labels
+    temperature = metrics.fit_temperature(labels, margins) if config.export.calibrate else 1.0
+    probs = metrics.sigmoid(margins / temperature)
+    if rule == "eer":
+        threshold = metrics.eer_threshold(labels, probs)
+    elif rule.startswith("fpr:"):
+        threshold = metrics.fpr_threshold(labels, probs, float(rule[4:]))
+    else:
+        threshold = float(config.eval.threshold)
+    return {
+        "temperature": temperature,
+        # within (0, 1): a threshold at either end would call every face the same
+        "threshold": float(np.clip(threshold, 1e-6, 1 - 1e-6)),
+        "threshold_rule": rule,
+        "fitted_on": "val",
+        "val_frames": int(labels.size),
+        "val_raw": metrics.calibration_summary(labels, metrics.sigmoid(margins)),
+        "val_calibrated": metrics.calibration_summary(labels, probs),
+    }
 
 
 def _number(value) -> bool:
@@ -149,6 +198,16 @@ def validate_metadata(meta: dict) -> list[str]:
     frames = meta.get("num_frames")
     if not isinstance(frames, int) or isinstance(frames, bool) or not 1 <= frames <= 10_000:
         problems.append(f"num_frames must be an integer in [1, 10000], got {frames!r}")
+    calibration = meta.get("calibration", {})
+    if not isinstance(calibration, dict):
+        calibration = {"temperature": calibration}
+    temperature = calibration.get("temperature", 1.0)
+    if not _number(temperature) or not 1e-3 <= temperature <= 1e3:
+        problems.append(f"calibration.temperature must be in [0.001, 1000], got {temperature!r}")
+    if meta.get("aggregate", "mean") not in metrics.AGGREGATIONS:
+        problems.append(
+            f"aggregate must be one of {metrics.AGGREGATIONS}, got {meta['aggregate']!r}"
+        )
     crop = meta.get("face_crop")
     margin = crop.get("margin") if isinstance(crop, dict) else None
     if not _number(margin) or not 1.0 <= margin <= 10.0:

@@ -42,19 +42,131 @@ def auc(labels, scores) -> float:
     return float(np.trapezoid(tpr, fpr))
 
 
+def _eer_point(labels, scores) -> tuple[float, float]:
+    """(EER, threshold): where the false-positive and false-negative rates cross, interpolated
+    between the two ROC points around the crossing; the threshold is the score of the first
+    point past it (calling score >= threshold fake gives FNR <= FPR there)."""
+    fpr, tpr, thresholds = roc_curve(labels, scores)
+    fnr = 1.0 - tpr
+    diff = fnr - fpr  # decreasing from 1 to -1 along the curve
+    i = int(np.flatnonzero(diff <= 0)[0])
+    if i == 0 or diff[i] == 0:
+        return float(fpr[i]), float(thresholds[i])
+    t = diff[i - 1] / (diff[i - 1] - diff[i])
+    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1])), float(thresholds[i])
+
+
 def eer(labels, scores) -> float:
     """Equal error rate: where the false-positive and false-negative rates cross (interpolated)."""
     labels, scores = _check(labels, scores)
     if labels.min(initial=1) == labels.max(initial=0):
         return float("nan")
-    fpr, tpr, _ = roc_curve(labels, scores)
-    fnr = 1.0 - tpr
-    diff = fnr - fpr  # decreasing from 1 to -1 along the curve
-    i = int(np.flatnonzero(diff <= 0)[0])
-    if i == 0 or diff[i] == 0:
-        return float(fpr[i])
-    t = diff[i - 1] / (diff[i - 1] - diff[i])
-    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
+    return _eer_point(labels, scores)[0]
+
+
+def eer_threshold(labels, scores) -> float:
+    """The decision threshold at the EER point (`_eer_point`): P(fake) >= it is called fake."""
+    labels, scores = _check(labels, scores)
+    if labels.min(initial=1) == labels.max(initial=0):
+        raise ValueError("the EER threshold needs both classes")
+    return _eer_point(labels, scores)[1]
+
+
+def fpr_threshold(labels, scores, target: float) -> float:
+    """The lowest threshold whose false-positive rate (score >= threshold on reals) is at most
+    `target`: the most fakes caught at that false-alarm budget."""
+    labels, scores = _check(labels, scores)
+    fpr, _, thresholds = roc_curve(labels, scores)
+    ok = np.flatnonzero(fpr <= target)
+    return float(thresholds[ok[-1]]) if ok[-1] > 0 else float(np.nextafter(scores.max(), np.inf))
+
+
+# Calibration: scores are P(fake); `margins` are logit(fake) - logit(real), before the softmax.
+
+
+def log_loss(labels, probs, eps: float = 1e-7) -> float:
+    labels, probs = _check(labels, probs)
+    p = np.clip(probs, eps, 1 - eps)
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log1p(-p)))
+
+
+def brier(labels, probs) -> float:
+    labels, probs = _check(labels, probs)
+    return float(np.mean((probs - labels) ** 2))
+
+
+def reliability(labels, probs, bins: int = 15) -> list[dict]:
+    """Equal-width bins of P(fake): each bin's count, mean confidence and fraction of fakes."""
+    labels, probs = _check(labels, probs)
+    index = np.minimum((probs * bins).astype(np.int64), bins - 1)
+    out = []
+    for b in range(bins):
+        inside = index == b
+        n = int(inside.sum())
+        out.append(
+            {
+                "low": b / bins,
+                "high": (b + 1) / bins,
+                "n": n,
+                "confidence": float(probs[inside].mean()) if n else float("nan"),
+                "fake_rate": float(labels[inside].mean()) if n else float("nan"),
+            }
+        )
+    return out
+
+
+def ece(labels, probs, bins: int = 15) -> float:
+    """Expected calibration error of P(fake): the count-weighted mean over equal-width bins of
+    |mean P(fake) - fraction of fakes| (Guo et al., 2017, on the positive class)."""
+    labels, _ = _check(labels, probs)
+    total = max(labels.size, 1)
+    return float(
+        sum(
+            b["n"] / total * abs(b["confidence"] - b["fake_rate"])
+            for b in reliability(labels, probs, bins)
+            if b["n"]
+        )
+    )
+
+
+def sigmoid(x) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return np.exp(-np.logaddexp(0.0, -x))
+
+
+def fit_temperature(labels, margins) -> float:
+    """Temperature scaling (Guo et al., 2017): the T > 0 minimising the log loss of
+    sigmoid(margin / T), by golden-section search on log T in [1/100, 100] (the loss is
+    unimodal in log T)."""
+    labels, margins = _check(labels, margins)
+
+    def loss(log_t: float) -> float:
+        z = margins / np.exp(log_t)
+        # -log sigmoid(z) for fakes, -log sigmoid(-z) for reals, stably
+        return float(np.mean(np.logaddexp(0.0, np.where(labels == 1, -z, z))))
+
+    lo, hi = np.log(0.01), np.log(100.0)
+    ratio = (np.sqrt(5.0) - 1.0) / 2.0
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = loss(a), loss(b)
+    for _ in range(80):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = loss(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = loss(b)
+    return float(np.exp((lo + hi) / 2.0))
+
+
+def calibration_summary(labels, probs) -> dict[str, float]:
+    return {
+        "log_loss": log_loss(labels, probs),
+        "brier": brier(labels, probs),
+        "ece": ece(labels, probs),
+    }
 
 
 def average_precision(labels, scores) -> float:
@@ -202,9 +314,39 @@ def paired_difference(
     return mean_metric(b, everything) - mean_metric(a, everything), lo, hi
 
 
-def video_level(video_ids, labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean frame score per video. Returns (ids, labels, scores); a video's frames must agree on
-    the label, since ids are keyed by method and name (two fakes never share an id)."""
+AGGREGATIONS = ("mean", "max", "confident")
+
+
+def aggregate(scores, rule: str = "mean") -> float:
+    """A video's P(fake) from its frames' P(fake):
+    "mean" (DeepfakeBench's video-level rule), "max" (one confident frame decides), or
+    "confident": the DFDC winner's rule (Seferbekov, 2020): if more than 11 frames, and more
+    than a 2.5th of them, exceed 0.8, the mean of those; else if more than 90% are below 0.2,
+    the mean of those; else the mean of all."""
+    scores = np.asarray(scores, np.float64).ravel()
+    if scores.size == 0:
+        return float("nan")
+    if rule == "mean":
+        return float(scores.mean())
+    if rule == "max":
+        return float(scores.max())
+    if rule != "confident":
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {rule!r}")
+    fakes = scores > 0.8
+    if fakes.sum() > scores.size // 2.5 and fakes.sum() > 11:
+        return float(scores[fakes].mean())
+    reals = scores < 0.2
+    if reals.sum() > 0.9 * scores.size:
+        return float(scores[reals].mean())
+    return float(scores.mean())
+
+
+def video_level(
+    video_ids, labels, scores, rule: str = "mean"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frame scores aggregated per video (`aggregate`, mean by default). Returns (ids, labels,
+    scores); a video's frames must agree on the label, since ids are keyed by method and name
+    (two fakes never share an id)."""
     labels, scores = _check(labels, scores)
     grouped: dict[str, list[int]] = defaultdict(list)
     for i, vid in enumerate(video_ids):
@@ -217,7 +359,7 @@ def video_level(video_ids, labels, scores) -> tuple[np.ndarray, np.ndarray, np.n
         if len(video_labels) != 1:
             raise ValueError(f"video {vid!r} has frames with different labels {video_labels}")
         out_labels.append(video_labels.pop())
-        out_scores.append(float(scores[idx].mean()))
+        out_scores.append(aggregate(scores[idx], rule))
     return np.asarray(ids), np.asarray(out_labels), np.asarray(out_scores)
 
 

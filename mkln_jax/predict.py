@@ -23,7 +23,7 @@ import time
 import cv2
 import numpy as np
 
-from mkln_jax import export, fileio
+from mkln_jax import export, fileio, metrics
 from mkln_jax.errors import MklnError
 from mkln_jax.input_pipeline import faces, video
 
@@ -46,11 +46,12 @@ class Prediction:
     frames: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
     boxes: list[faces.Box | None] = dataclasses.field(default_factory=list, repr=False)
     note: str = ""  # e.g. fewer frames decoded than asked
+    aggregate: str = "mean"  # metrics.AGGREGATIONS: how frame scores make the video's
 
     @property
     def score(self) -> float:
-        """Video score: the mean frame probability (DeepfakeBench's video-level rule)."""
-        return float(np.mean(self.scores))
+        """Video score: the frames' P(fake) aggregated by `aggregate` (metrics.aggregate)."""
+        return metrics.aggregate(self.scores, self.aggregate)
 
     @property
     def verdict(self) -> str:
@@ -65,7 +66,7 @@ class Prediction:
         if self.note:
             out.append(f"  note: {self.note}")
         out.append(
-            f"  verdict: {self.verdict} (mean P(fake) {self.score:.4f} over "
+            f"  verdict: {self.verdict} ({self.aggregate} P(fake) {self.score:.4f} over "
             f"{len(self.scores)} frames, threshold {self.threshold:g}; "
             f"{len(self.scores) / self.seconds:.1f} frames/s end to end, model "
             f"{len(self.scores) / max(self.model_seconds, 1e-9):.0f} crops/s)"
@@ -133,7 +134,10 @@ class Prediction:
         body = np.concatenate(tiles, axis=1)
         header = np.full((26, body.shape[1], 3), 255, np.uint8)
         colour = (200, 30, 30) if self.verdict == "FAKE" else (30, 150, 30)
-        text = f"{pathlib.Path(self.path).name}: {self.verdict} (mean P(fake) {self.score:.3f})"
+        text = (
+            f"{pathlib.Path(self.path).name}: {self.verdict} "
+            f"({self.aggregate} P(fake) {self.score:.3f})"
+        )
         cv2.putText(header, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.55, colour, 1, cv2.LINE_AA)
         return np.concatenate([header, body], axis=0)
 
@@ -189,7 +193,9 @@ def _load_frames(path: pathlib.Path, num_frames: int) -> tuple[list[np.ndarray],
     return clip.frames, clip.indices, note
 
 
-def predict(artifact: export.Artifact, path: str | pathlib.Path, num_frames: int) -> Prediction:
+def predict(
+    artifact: export.Artifact, path: str | pathlib.Path, num_frames: int, aggregate: str = "mean"
+) -> Prediction:
     """Scores one image or video: faces tracked across the sampled frames (as in
     preprocessing), square crops with the artifact's margin, one batched call."""
     start = time.perf_counter()
@@ -223,6 +229,7 @@ def predict(artifact: export.Artifact, path: str | pathlib.Path, num_frames: int
         frames,
         boxes,
         note,
+        aggregate,
     )
 
 
@@ -246,7 +253,7 @@ def write_rows(predictions: list[Prediction], path: str | pathlib.Path) -> pathl
                 "p_fake": p.score,
                 "verdict": p.verdict,
                 "threshold": p.threshold,
-                "rule": "mean of per-frame P(fake)",
+                "rule": f"{p.aggregate} of per-frame P(fake) (metrics.aggregate)",
                 "frames": p.rows(),
             }
             for p in predictions
@@ -281,6 +288,7 @@ def run(
     strip: str = "",
     out=sys.stdout,
     err=sys.stderr,
+    aggregate: str = "",
 ) -> int:
     """`mkln predict`: scores every input, printing results as they come. Returns the exit
     status: 0 all scored, 1 some skipped, 2 none scored (or no input, or unusable outputs)."""
@@ -313,10 +321,13 @@ def run(
     except MklnError as problem:
         return error(str(problem))
     num_frames = num_frames or int(artifact.metadata["num_frames"])
+    aggregate = aggregate or artifact.metadata.get("aggregate", "mean")
+    if aggregate not in metrics.AGGREGATIONS:
+        return error(f"--aggregate must be one of {', '.join(metrics.AGGREGATIONS)}")
     results, skipped = [], 0
     for path in inputs:
         try:
-            result = predict(artifact, path, num_frames)
+            result = predict(artifact, path, num_frames, aggregate)
         except PredictError as problem:
             print(f"skipped: {problem}", file=err)
             skipped += 1

@@ -15,10 +15,10 @@ from mkln_jax.input_pipeline import loader, splits
 from mkln_jax.logging_utils import ProgressLine
 
 
-def jit_eval_step(model: step_lib.ModelFn, mesh):
+def jit_eval_step(model: step_lib.ModelFn, mesh, with_margin: bool = False):
     repl = sharding.replicated(mesh)
     return jax.jit(
-        step_lib.make_eval_step(model),
+        step_lib.make_eval_step(model, with_margin),
         in_shardings=(repl, repl, sharding.batch_sharding(mesh)),
         out_shardings=sharding.batch_sharding(mesh),
     )

@@ -396,11 +396,16 @@ def _first(x):
     return x[0]
 
 
-def make_eval_step(model: ModelFn) -> Callable:
-    """eval(params, batch_stats, images uint8[B, H, W, 3]) -> P(fake) float32[B]."""
+def make_eval_step(model: ModelFn, with_margin: bool = False) -> Callable:
+    """eval(params, batch_stats, images uint8[B, H, W, 3]) -> P(fake) float32[B]; with
+    `with_margin`, float32[B, 2]: P(fake) and the logit margin (fake minus real, what
+    temperature scaling divides)."""
 
     def eval_step(params, batch_stats, images):
         logits, _ = model.apply(params, batch_stats, to_unit_range(images), train=False)
-        return jax.nn.softmax(logits, axis=-1)[:, 1]
+        probs = jax.nn.softmax(logits, axis=-1)[:, 1]
+        if with_margin:
+            return jnp.stack([probs, logits[:, 1] - logits[:, 0]], axis=-1)
+        return probs
 
     return eval_step

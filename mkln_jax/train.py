@@ -40,8 +40,9 @@ IGNORED_ON_RESUME = {
         "stages",
         "train.profile_steps",
         "track",
+        "export",
     ),
-    "student": ("eval", "predict", "stages", "train.profile_steps", "track"),
+    "student": ("eval", "predict", "stages", "train.profile_steps", "track", "export"),
 }
 
 

@@ -364,6 +364,44 @@ def test_predict_names_strips_by_path_and_reports_partial_failure(demo_run, tmp_
     assert len(report) == 2
 
 
+def test_export_calibrates_on_validation_and_reports_calibration(demo_run):
+    workdir, _ = demo_run
+    meta = json.loads((workdir / "export" / "metadata.json").read_text())
+    calibration = meta["calibration"]
+    assert calibration["threshold_rule"] == "eer" and calibration["fitted_on"] == "val"
+    assert meta["threshold"] == calibration["threshold"] and 0 < meta["threshold"] < 1
+    assert calibration["temperature"] > 0
+    # the temperature minimises validation log loss, and T = 1 was among its candidates
+    assert calibration["val_calibrated"]["log_loss"] <= calibration["val_raw"]["log_loss"] + 1e-6
+    report = json.loads((workdir / "eval" / "test.json").read_text())["student"]["calibration"]
+    assert set(report) >= {"temperature", "raw", "calibrated"}
+    assert report["temperature"] == pytest.approx(calibration["temperature"])
+    assert (workdir / "eval" / "reliability_test_student.png").stat().st_size > 1000
+
+
+def test_video_aggregation_choices_in_evaluate_and_predict(demo_run, tmp_path, cache_dir):
+    import dataset_trees
+
+    workdir, _ = demo_run
+    report = json.loads((workdir / "eval" / "test.json").read_text())["student"]
+    by_rule = report["video_auc_by_aggregation"]
+    assert set(by_rule) == {"mean", "max", "confident"}
+    assert by_rule["mean"]["all"] == pytest.approx(report["metrics"]["all"]["video"]["auc"])
+    video = tmp_path / "a.mp4"
+    dataset_trees.write_video(video, dataset_trees.clip(dataset_trees.face_frames(cache_dir), "a"))
+    artifact = f"--artifact={workdir / 'export'}"
+    rows = {}
+    for rule in ("max", "mean"):
+        out = tmp_path / f"{rule}.json"
+        result = mkln("predict", str(video), artifact, f"--aggregate={rule}", f"--report={out}")
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert f"{rule} P(fake)" in result.stdout
+        rows[rule] = json.loads(out.read_text())[0]
+    frames = [r["p_fake"] for r in rows["max"]["frames"] if r["p_fake"] is not None]
+    assert rows["max"]["p_fake"] == pytest.approx(max(frames))
+    assert rows["mean"]["p_fake"] == pytest.approx(np.mean(frames))
+
+
 def test_predict_explains_an_empty_folder(demo_run, tmp_path):
     workdir, _ = demo_run
     (tmp_path / "empty").mkdir()
@@ -378,6 +416,8 @@ def test_predict_explains_an_empty_folder(demo_run, tmp_path):
     [
         ({"threshold": 1.01}, "threshold must be"),
         ({"input_size": -3}, "input_size must be"),
+        ({"calibration": {"temperature": -1.0}}, "temperature must be"),
+        ({"calibration": "hot"}, "temperature must be"),
         ({"sha256": {"../../etc/passwd": "0", "model.jaxexport": "0"}}, "checksums for"),
     ],
 )

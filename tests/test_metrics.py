@@ -120,3 +120,59 @@ def test_deepfakebench_definitions_match_its_formulas(seed):
     assert (scores == 0.5).any()
     assert metrics.accuracy(labels, scores, 0.5) != ours["acc"]
     assert metrics.eer(labels, scores) != pytest.approx(ours["eer"], abs=1e-3)
+
+
+def _rates(labels, scores, threshold):
+    called = scores >= threshold
+    return np.mean(called[labels == 0]), np.mean(~called[labels == 1])  # FPR, FNR
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_eer_threshold_sits_at_the_crossing_the_eer_reports(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(rng.normal(labels * 1.2, 1.0), 2)
+    t = metrics.eer_threshold(labels, scores)
+    fpr, fnr = _rates(labels, scores, t)
+    assert fnr <= fpr  # past the crossing at t ...
+    above = np.min(scores[scores > t])
+    fpr_above, fnr_above = _rates(labels, scores, above)
+    assert fnr_above > fpr_above  # ... and not one score earlier
+    assert fpr_above <= metrics.eer(labels, scores) <= fpr  # the EER lies between the two
+    target = 0.05
+    t = metrics.fpr_threshold(labels, scores, target)
+    assert _rates(labels, scores, t)[0] <= target
+    below = np.max(scores[scores < t])
+    assert _rates(labels, scores, below)[0] > target
+
+
+def test_temperature_scaling_undoes_over_confidence():
+    rng = np.random.default_rng(0)
+    true = rng.normal(0.0, 2.0, 4000)
+    labels = (rng.random(true.size) < metrics.sigmoid(true)).astype(int)
+    margins = 4.0 * true  # an over-confident model: right ranking, logits 4x too large
+    raw = metrics.sigmoid(margins)
+    t = metrics.fit_temperature(labels, margins)
+    calibrated = metrics.sigmoid(margins / t)
+    assert 3.4 < t < 4.6
+    assert metrics.ece(labels, calibrated) < 0.5 * metrics.ece(labels, raw)
+    assert metrics.log_loss(labels, calibrated) < metrics.log_loss(labels, raw)
+    assert metrics.brier(labels, calibrated) < metrics.brier(labels, raw)
+    assert metrics.auc(labels, calibrated) == pytest.approx(metrics.auc(labels, raw))
+    bins = metrics.reliability(labels, calibrated)
+    assert sum(b["n"] for b in bins) == labels.size
+
+
+def test_video_aggregation_rules():
+    assert metrics.aggregate([0.1, 0.9, 0.2], "mean") == pytest.approx(0.4)
+    assert metrics.aggregate([0.1, 0.9, 0.2], "max") == pytest.approx(0.9)
+    # confident (DFDC winner): > 11 frames and > a 2.5th of them above 0.8 -> their mean
+    many = [0.95] * 12 + [0.1] * 8
+    assert metrics.aggregate(many, "confident") == pytest.approx(0.95)
+    assert metrics.aggregate([0.95] * 11 + [0.1] * 9, "confident") == pytest.approx(
+        np.mean([0.95] * 11 + [0.1] * 9)
+    )  # 11 confident frames are not enough
+    reals = [0.05] * 19 + [0.6]
+    assert metrics.aggregate(reals, "confident") == pytest.approx(0.05)  # > 90% below 0.2
+    with pytest.raises(ValueError, match="aggregation"):
+        metrics.aggregate([0.5], "median")

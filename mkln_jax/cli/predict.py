@@ -7,7 +7,10 @@ from absl import flags
 from mkln_jax.cli import common
 
 SUMMARY = "score images, videos or folders with an exported artifact"
-USAGE = "mkln predict PATH [PATH ...] --artifact=DIR [--report=FILE.csv|.json] [--strip=DIR]"
+USAGE = (
+    "mkln predict PATH [PATH ...] --artifact=DIR [--report=FILE.csv|.json] [--strip=DIR] "
+    "[--aggregate=mean|max|confident]"
+)
 EXAMPLE = "mkln predict clip.mp4 photos/ --artifact=runs/demo/export --report=scores.csv"
 TAKES_CONFIG = False
 EXIT_STATUS = "exit status: 0 every input scored, 1 some skipped, 2 none scored"
@@ -19,11 +22,24 @@ def define_flags() -> list[str]:
         flags.DEFINE_integer("num_frames", 0, "Frames per video (default: the artifact's).")
         flags.DEFINE_string("report", "", "Write per-frame scores to this .csv or .json.")
         flags.DEFINE_string("strip", "", "Write an annotated strip of frames (PNG) per input here.")
-    return [*common.artifact(), *common.workdir(), "num_frames", "report", "strip"]
+        flags.DEFINE_enum(
+            "aggregate",
+            "",
+            ["", "mean", "max", "confident"],
+            "Video score from frame scores (default: the artifact's; docs/evaluation.md).",
+        )
+    return [*common.artifact(), *common.workdir(), "num_frames", "report", "strip", "aggregate"]
 
 
 def main(config, args: list[str]) -> int:
     from mkln_jax import predict
 
     FLAGS = common.FLAGS
-    return predict.run(args, common.artifact_dir(), FLAGS.num_frames, FLAGS.report, FLAGS.strip)
+    return predict.run(
+        args,
+        common.artifact_dir(),
+        FLAGS.num_frames,
+        FLAGS.report,
+        FLAGS.strip,
+        aggregate=FLAGS.aggregate,
+    )

@@ -173,6 +173,16 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.predict = ml_collections.ConfigDict()
     config.predict.num_frames = 16  # frames sampled evenly from a video
+    config.predict.aggregate = "mean"  # video score: "mean", "max" or "confident" (DFDC winner)
+
+    # What `mkln export` fits on the validation split and stores in the artifact (predict
+    # applies both): temperature scaling of the logits, and the verdict threshold: "eer" (the
+    # EER point), "fpr:<rate>" (the lowest threshold with at most that false-positive rate) or
+    # "fixed" (eval.threshold).
+    config.export = ml_collections.ConfigDict()
+    config.export.calibrate = True
+    config.export.threshold = "eer"
+
     # Experiment tracking beside the run's own logs (mkln_jax/tracking.py; the `track` extra):
     # "wandb" and / or "mlflow"; () = off.
     config.track = ml_collections.ConfigDict()
