@@ -30,6 +30,7 @@ from mkln_jax.input_pipeline import splits
 FORMAT_VERSION = 1
 PROGRAM = "model.jaxexport"
 WEIGHTS = "weights.npz"
+EXPLAIN = "saliency.jaxexport"  # optional: input-gradient maps (`mkln predict --explain`)
 METADATA = "metadata.json"
 
 
@@ -87,15 +88,31 @@ def export_stage(
     calibration = calibrate(config, model, frozen, mesh)
     temperature = calibration.get("temperature", 1.0)
 
-    def infer(flat_weights, images):
+    def logits_of(flat_weights, images01):
         pure = _unflatten(flat_weights, variables)
         p, s = params_template, stats_template
         p = jax.tree.map(lambda x: x, p)
         s = jax.tree.map(lambda x: x, s)
         nnx.replace_by_pure_dict(p, pure["params"])
         nnx.replace_by_pure_dict(s, pure["batch_stats"])
-        logits, _ = model.apply(p, s, images.astype(jnp.float32) / 255.0, train=False)
-        return jax.nn.softmax(logits / temperature, axis=-1)[:, 1]
+        logits, _ = model.apply(p, s, images01, train=False)
+        return logits / temperature
+
+    def infer(flat_weights, images):
+        logits = logits_of(flat_weights, images.astype(jnp.float32) / 255.0)
+        return jax.nn.softmax(logits, axis=-1)[:, 1]
+
+    def explain(flat_weights, images):
+        """Input-gradient saliency (Simonyan et al., 2014): |d margin / d pixel| summed over
+        colour, each map scaled to [0, 1]: float32[b, S, S]."""
+
+        def margin(x):
+            logits = logits_of(flat_weights, x)
+            return jnp.sum(logits[:, 1] - logits[:, 0])
+
+        grads = jax.grad(margin)(images.astype(jnp.float32) / 255.0)
+        maps = jnp.sum(jnp.abs(grads), axis=-1)
+        return maps / jnp.maximum(jnp.max(maps, axis=(1, 2), keepdims=True), 1e-12)
 
     flat = _flatten(variables)
     size = config.data.image_size
@@ -105,12 +122,14 @@ def export_stage(
     # Portable StableHLO: the jnp formulations, not our CPU-only FFI kernels (backends/cpu/native).
     with native.portable():
         exported = jax.export.export(jax.jit(infer))(weight_specs, image_spec)
+        explained = jax.export.export(jax.jit(explain))(weight_specs, image_spec)
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # Each file replaced atomically, metadata (with the checksums) last: an interrupted export
     # leaves the old artifact or one that fails its checksums, never a silently mixed one.
     fileio.atomic_write(out / PROGRAM, bytes(exported.serialize()))
+    fileio.atomic_write(out / EXPLAIN, bytes(explained.serialize()))
     weights = io.BytesIO()
     np.savez(weights, **flat)
     fileio.atomic_write(out / WEIGHTS, weights.getvalue())
@@ -133,7 +152,7 @@ def export_stage(
         "output": "P(fake) per image, float32[b]",
         "jax_version": jax.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "sha256": {PROGRAM: _sha256(out / PROGRAM), WEIGHTS: _sha256(out / WEIGHTS)},
+        "sha256": {name: _sha256(out / name) for name in (PROGRAM, WEIGHTS, EXPLAIN)},
     }
     fileio.atomic_write(out / METADATA, json.dumps(metadata, indent=2) + "\n")
     return out
@@ -248,8 +267,14 @@ class Artifact:
         checksums = self.metadata.get("sha256")
         # Only our two files, checked by name before anything is opened: metadata never makes
         # the loader read a path of its choosing.
-        if not isinstance(checksums, dict) or set(checksums) != {PROGRAM, WEIGHTS}:
-            raise ArtifactError(f"{meta_path}: checksums for {PROGRAM} and {WEIGHTS} expected")
+        if not isinstance(checksums, dict) or set(checksums) not in (
+            {PROGRAM, WEIGHTS},
+            {PROGRAM, WEIGHTS, EXPLAIN},
+        ):
+            raise ArtifactError(
+                f"{meta_path}: checksums for {PROGRAM} and {WEIGHTS} (and optionally "
+                f"{EXPLAIN}) expected"
+            )
         for name, expected in checksums.items():
             try:
                 path = fileio.require_regular_file(fileio.inside(directory, name), "artifact file")
@@ -268,17 +293,38 @@ class Artifact:
                 self.weights = {k: jnp.asarray(weights[k]) for k in weights.files}
         except Exception as err:  # checksummed, so only a file we wrote wrongly gets here
             raise ArtifactError(f"{directory}: unreadable program or weights ({err})") from None
+        self._explain = None
+        if EXPLAIN in checksums:
+            try:
+                self._explain = jax.jit(
+                    jax.export.deserialize((directory / EXPLAIN).read_bytes()).call
+                )
+            except Exception as err:  # checksummed, as above
+                raise ArtifactError(f"{directory}: unreadable saliency program ({err})") from None
         self.input_size = int(self.metadata["input_size"])
         self.threshold = float(self.metadata["threshold"])
         # One jit around the deserialised program: compiled once per batch size, then called
         # without re-tracing (Exported.call alone re-dispatches through tracing every call).
         self._call = jax.jit(self.exported.call)
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def _checked(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images, np.uint8)
         if images.ndim != 4 or images.shape[1:] != (self.input_size, self.input_size, 3):
             raise ArtifactError(
                 f"images must be uint8[b, {self.input_size}, {self.input_size}, "
                 f"3], got {images.shape}"
             )
-        return np.asarray(self._call(self.weights, images))
+        return images
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self._call(self.weights, self._checked(images)))
+
+    @property
+    def has_saliency(self) -> bool:
+        return self._explain is not None
+
+    def explain(self, images: np.ndarray) -> np.ndarray:
+        """Saliency maps float32[b, S, S] in [0, 1] of the same crops (input gradients)."""
+        if self._explain is None:
+            raise ArtifactError("this artifact has no saliency program; re-export it")
+        return np.asarray(self._explain(self.weights, self._checked(images)))

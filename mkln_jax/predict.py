@@ -47,6 +47,8 @@ class Prediction:
     boxes: list[faces.Box | None] = dataclasses.field(default_factory=list, repr=False)
     note: str = ""  # e.g. fewer frames decoded than asked
     aggregate: str = "mean"  # metrics.AGGREGATIONS: how frame scores make the video's
+    crops: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
+    saliency: np.ndarray | None = dataclasses.field(default=None, repr=False)  # [n, S, S]
 
     @property
     def score(self) -> float:
@@ -132,6 +134,8 @@ class Prediction:
                 )
             tiles.append(tile)
         body = np.concatenate(tiles, axis=1)
+        if self.saliency is not None:
+            body = np.concatenate([body, self._saliency_row(body.shape[1], height)], axis=0)
         header = np.full((26, body.shape[1], 3), 255, np.uint8)
         colour = (200, 30, 30) if self.verdict == "FAKE" else (30, 150, 30)
         text = (
@@ -140,6 +144,18 @@ class Prediction:
         )
         cv2.putText(header, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.55, colour, 1, cv2.LINE_AA)
         return np.concatenate([header, body], axis=0)
+
+    def _saliency_row(self, width: int, height: int) -> np.ndarray:
+        """Each scored face crop with its saliency map laid over it (red = where the P(fake)
+        margin is most sensitive), left-aligned under the frames."""
+        tiles = []
+        for crop, heat in zip(self.crops, self.saliency, strict=True):
+            crop = cv2.resize(crop, (height, height))
+            heat = cv2.resize((np.clip(heat, 0, 1) * 255).astype(np.uint8), (height, height))
+            colour = cv2.cvtColor(cv2.applyColorMap(heat, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+            tiles.append(cv2.addWeighted(crop, 0.55, colour, 0.45, 0.0))
+        row = np.concatenate(tiles, axis=1)[:, :width]
+        return np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0)), constant_values=255)
 
 
 def expand(paths: list[str]) -> tuple[list[pathlib.Path], list[pathlib.Path]]:
@@ -194,7 +210,11 @@ def _load_frames(path: pathlib.Path, num_frames: int) -> tuple[list[np.ndarray],
 
 
 def predict(
-    artifact: export.Artifact, path: str | pathlib.Path, num_frames: int, aggregate: str = "mean"
+    artifact: export.Artifact,
+    path: str | pathlib.Path,
+    num_frames: int,
+    aggregate: str = "mean",
+    explain: bool = False,
 ) -> Prediction:
     """Scores one image or video: faces tracked across the sampled frames (as in
     preprocessing), square crops with the artifact's margin, one batched call."""
@@ -217,6 +237,7 @@ def predict(
     model_start = time.perf_counter()
     scores = artifact(np.stack(crops))
     model_seconds = time.perf_counter() - model_start
+    saliency = artifact.explain(np.stack(crops)) if explain else None
     seconds = time.perf_counter() - start
     return Prediction(
         str(path),
@@ -230,6 +251,8 @@ def predict(
         boxes,
         note,
         aggregate,
+        crops,
+        saliency,
     )
 
 
@@ -289,6 +312,7 @@ def run(
     out=sys.stdout,
     err=sys.stderr,
     aggregate: str = "",
+    explain: bool = False,
 ) -> int:
     """`mkln predict`: scores every input, printing results as they come. Returns the exit
     status: 0 all scored, 1 some skipped, 2 none scored (or no input, or unusable outputs)."""
@@ -299,6 +323,8 @@ def run(
 
     if not paths:
         return error("no input given. Usage: mkln predict PATH [PATH ...] --artifact=DIR")
+    if explain and not strip:
+        return error("--explain draws saliency maps into the strips: add --strip=DIR")
     inputs, not_taken = expand(paths)
     for path in not_taken:
         print(f"not taken: {path} (not a video or image of a known kind)", file=err)
@@ -320,6 +346,8 @@ def run(
         artifact = export.Artifact(artifact_dir)
     except MklnError as problem:
         return error(str(problem))
+    if explain and not artifact.has_saliency:
+        return error(f"{artifact_dir}: this artifact has no saliency program; re-export it")
     num_frames = num_frames or int(artifact.metadata["num_frames"])
     aggregate = aggregate or artifact.metadata.get("aggregate", "mean")
     if aggregate not in metrics.AGGREGATIONS:
@@ -327,7 +355,7 @@ def run(
     results, skipped = [], 0
     for path in inputs:
         try:
-            result = predict(artifact, path, num_frames, aggregate)
+            result = predict(artifact, path, num_frames, aggregate, explain)
         except PredictError as problem:
             print(f"skipped: {problem}", file=err)
             skipped += 1

@@ -402,6 +402,40 @@ def test_video_aggregation_choices_in_evaluate_and_predict(demo_run, tmp_path, c
     assert rows["mean"]["p_fake"] == pytest.approx(np.mean(frames))
 
 
+def test_saliency_maps_follow_the_weights(demo_run, tmp_path, cache_dir):
+    import dataset_trees
+
+    from mkln_jax import export
+
+    workdir, _ = demo_run
+    artifact = export.Artifact(workdir / "export")
+    size = artifact.input_size
+    crops = np.random.default_rng(0).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
+    maps = artifact.explain(crops)
+    assert maps.shape == (3, size, size) and np.isfinite(maps).all()
+    assert maps.min() >= 0 and np.allclose(maps.max(axis=(1, 2)), 1.0)
+    rng = np.random.default_rng(1)
+    artifact.weights = {
+        k: v + 0.1 * rng.normal(size=v.shape).astype(v.dtype) if v.dtype.kind == "f" else v
+        for k, v in artifact.weights.items()
+    }
+    assert not np.allclose(artifact.explain(crops), maps, atol=1e-3)
+    # predict --explain adds a row of maps to the strip; without --strip it is refused
+    video = tmp_path / "a.mp4"
+    dataset_trees.write_video(video, dataset_trees.clip(dataset_trees.face_frames(cache_dir), "a"))
+    plain = mkln("predict", str(video), f"--artifact={workdir / 'export'}", "--explain")
+    assert plain.returncode == 2 and "add --strip" in plain.stderr
+    args = [str(video), f"--artifact={workdir / 'export'}", "--num_frames=3"]
+    for flag, folder in (("--explain", "with"), ("--noexplain", "without")):
+        result = mkln("predict", *args, flag, f"--strip={tmp_path / folder}")
+        assert result.returncode == 0, result.stderr[-2000:]
+    import cv2
+
+    with_maps = cv2.imread(str(next((tmp_path / "with").glob("*.png"))))
+    without = cv2.imread(str(next((tmp_path / "without").glob("*.png"))))
+    assert with_maps.shape[0] > without.shape[0] and with_maps.shape[1] == without.shape[1]
+
+
 def test_predict_explains_an_empty_folder(demo_run, tmp_path):
     workdir, _ = demo_run
     (tmp_path / "empty").mkdir()

@@ -9,7 +9,7 @@ from mkln_jax.cli import common
 SUMMARY = "score images, videos or folders with an exported artifact"
 USAGE = (
     "mkln predict PATH [PATH ...] --artifact=DIR [--report=FILE.csv|.json] [--strip=DIR] "
-    "[--aggregate=mean|max|confident]"
+    "[--aggregate=mean|max|confident] [--explain]"
 )
 EXAMPLE = "mkln predict clip.mp4 photos/ --artifact=runs/demo/export --report=scores.csv"
 TAKES_CONFIG = False
@@ -28,7 +28,18 @@ def define_flags() -> list[str]:
             ["", "mean", "max", "confident"],
             "Video score from frame scores (default: the artifact's; docs/evaluation.md).",
         )
-    return [*common.artifact(), *common.workdir(), "num_frames", "report", "strip", "aggregate"]
+        flags.DEFINE_boolean(
+            "explain", False, "Add input-gradient saliency maps over the face crops to --strip."
+        )
+    return [
+        *common.artifact(),
+        *common.workdir(),
+        "num_frames",
+        "report",
+        "strip",
+        "aggregate",
+        "explain",
+    ]
 
 
 def main(config, args: list[str]) -> int:
@@ -42,4 +53,5 @@ def main(config, args: list[str]) -> int:
         FLAGS.report,
         FLAGS.strip,
         aggregate=FLAGS.aggregate,
+        explain=FLAGS.explain,
     )
