@@ -102,9 +102,11 @@ $(EXTRAS_VENV)/.installed: pyproject.toml requirements/lock-dev-py3.12.txt requi
 	$(EXTRAS_VENV)/bin/pip install -q --no-build-isolation -e ".[beam,faces,onnx]" --config-settings editable_mode=compat
 	@touch $@
 
-# Beam's DirectRunner against the local dataset build; ONNX export against the JAX artifact.
+# Beam's DirectRunner against the local dataset build; ONNX export against the JAX artifact;
+# predict's crops against prepare's with dlib's landmarks.
 extras: $(EXTRAS_VENV)/.installed
-	$(EXTRAS_VENV)/bin/pytest -q -p no:cacheprovider tests/test_beam.py tests/test_onnx.py
+	$(EXTRAS_VENV)/bin/pytest -q -p no:cacheprovider tests/test_beam.py tests/test_onnx.py \
+		tests/test_face_pipeline.py
 
 bench: setup
 	$(PY) bench/dct_bench.py

@@ -145,6 +145,7 @@ def export_stage(
         "input": "uint8 RGB face crops [b, S, S, 3]; normalisation is inside the program",
         "normalisation": {"mean": list(spec.mean), "std": list(spec.std), "scale": 1 / 255},
         "face_crop": {"detector": "opencv_haar_frontalface", "margin": config.data.margin},
+        "face_pipeline": splits.face_pipeline(config.data),
         "threshold": calibration.get("threshold", config.eval.threshold),
         "calibration": calibration,
         "num_frames": config.predict.num_frames,

@@ -26,6 +26,7 @@ import numpy as np
 from mkln_jax import export, fileio, metrics
 from mkln_jax.errors import MklnError
 from mkln_jax.input_pipeline import faces, video
+from mkln_jax.input_pipeline.build import preprocess
 
 IMAGE_SUFFIXES = video.IMAGE_SUFFIXES
 
@@ -209,20 +210,55 @@ def _load_frames(path: pathlib.Path, num_frames: int) -> tuple[list[np.ndarray],
     return clip.frames, clip.indices, note
 
 
-def predict(
-    artifact: export.Artifact,
-    path: str | pathlib.Path,
-    num_frames: int,
-    aggregate: str = "mean",
-    explain: bool = False,
-) -> Prediction:
-    """Scores one image or video: faces tracked across the sampled frames (as in
-    preprocessing), square crops with the artifact's margin, one batched call."""
-    start = time.perf_counter()
-    path = pathlib.Path(path)
-    frames, indices, note = _load_frames(path, num_frames)
-    margin = float(artifact.metadata["face_crop"]["margin"])
-    detector = faces.HaarDetector()
+_PIPELINES: dict = {}  # one detector per pipeline (dlib's predictor loads in seconds)
+
+
+def face_pipeline(artifact: export.Artifact):
+    """(detector, preprocess.Settings) rebuilding the artifact's face pipeline, or PredictError
+    naming what is missing. Artifacts from before the pipeline was recorded used Haar boxes
+    with square crops, which is what they get."""
+    recorded = artifact.metadata.get("face_pipeline") or {
+        "detector": "haar",
+        "shape_predictor": "",
+        "align": False,
+        "margin": artifact.metadata["face_crop"]["margin"],
+    }
+    name = recorded["detector"]
+    if name == "deepfakebench":
+        raise PredictError(
+            "this artifact was trained on DeepfakeBench's own crops, whose pipeline (dlib 81 "
+            "landmarks, its alignment) mkln does not reproduce: give it crops made that way"
+        )
+    settings = preprocess.Settings(
+        num_frames=int(artifact.metadata["num_frames"]),
+        crop_size=artifact.input_size,
+        margin=float(recorded["margin"]),
+        detector=name,
+        shape_predictor=recorded.get("shape_predictor", ""),
+        align=bool(recorded.get("align", False)),
+    )
+    key = (name, settings.shape_predictor)
+    if key not in _PIPELINES:
+        try:
+            if name == "dlib":  # before fetching its landmark model
+                import dlib  # noqa: F401
+            settings_resolved = preprocess.resolve(settings)
+            _PIPELINES[key] = faces.make_detector(
+                name, **preprocess.detector_args(settings_resolved)
+            )
+        except ImportError as err:
+            raise PredictError(
+                f"the artifact's face pipeline uses the {name} detector, which needs the "
+                f"`faces` extra: pip install 'mkln_jax[faces]' ({err})"
+            ) from None
+        except (OSError, RuntimeError, ValueError) as err:
+            raise PredictError(f"the artifact's {name} face pipeline cannot start: {err}") from None
+    return _PIPELINES[key], settings
+
+
+def face_crops(frames, indices, detector, settings):
+    """(crops, their frame indices, frames without a face, box per frame): faces tracked across
+    the frames and cropped as `prepare` crops them (preprocess.crop_face)."""
     tracked = faces.track([detector.detect(frame) for frame in frames])
     crops, kept, missing, boxes = [], [], [], []
     for frame, index, face in zip(frames, indices, tracked, strict=True):
@@ -230,8 +266,24 @@ def predict(
         if face is None:
             missing.append(index)
             continue
-        crops.append(faces.square_crop(frame, face.box, margin, artifact.input_size))
+        crops.append(preprocess.crop_face(frame, face, settings)[0])
         kept.append(index)
+    return crops, kept, missing, boxes
+
+
+def predict(
+    artifact: export.Artifact,
+    path: str | pathlib.Path,
+    num_frames: int,
+    aggregate: str = "mean",
+    explain: bool = False,
+) -> Prediction:
+    """Scores one image or video: faces found and tracked across the sampled frames and cropped
+    by the artifact's own face pipeline (that of its training data), one batched call."""
+    start = time.perf_counter()
+    path = pathlib.Path(path)
+    frames, indices, note = _load_frames(path, num_frames)
+    crops, kept, missing, boxes = face_crops(frames, indices, *face_pipeline(artifact))
     if not crops:
         raise PredictError(f"{path}: no face found in {len(frames)} sampled frame(s)")
     model_start = time.perf_counter()
@@ -346,6 +398,10 @@ def run(
         artifact = export.Artifact(artifact_dir)
     except MklnError as problem:
         return error(str(problem))
+    try:
+        face_pipeline(artifact)  # refused here, once, if it cannot be rebuilt
+    except PredictError as problem:
+        return error(f"{artifact_dir}: {problem}")
     if explain and not artifact.has_saliency:
         return error(f"{artifact_dir}: this artifact has no saliency program; re-export it")
     num_frames = num_frames or int(artifact.metadata["num_frames"])

@@ -56,6 +56,34 @@ def preprocess_settings(data_config):
     )
 
 
+def face_pipeline(data_config) -> dict:
+    """How the dataset's face crops were made, for an artifact to reproduce at inference
+    (`mkln predict`): detector, landmarks, alignment, margin, crop size, frames, colour."""
+    if data_config.name == "mkln_demo":
+        detector, shape_predictor, align = "haar", "", False
+    elif data_config.name == "deepfakebench":
+        detector, shape_predictor, align = "deepfakebench", "", True  # its own crops
+    else:
+        detector, shape_predictor = data_config.detector, data_config.shape_predictor
+        align = True  # preprocess.Settings.align: wherever the detector gives landmarks
+    return {
+        "dataset": data_config.name,
+        "detector": detector,
+        "shape_predictor": shape_predictor,
+        "align": align,
+        "alignment_template": "arcface 5-point" if align else "",
+        "margin": float(data_config.margin),
+        "crop_size": int(data_config.image_size),
+        "num_frames": int(
+            data_config.frames_per_clip
+            if data_config.name == "mkln_demo"
+            else data_config.num_frames
+        ),
+        "colour": "RGB",
+        "tracking": "largest face, then IoU tracking",
+    }
+
+
 def dataset_name(data_config) -> str:
     """<builder name>/<config name>: the folder under the TFDS data dir."""
     if data_config.name == "mkln_demo":

@@ -129,7 +129,7 @@ def process_entry(entry: Entry, settings: Settings, detector=None) -> VideoResul
         return result
     if detector is None:
         settings = resolve(settings)
-        detector = faces.make_detector(settings.detector, **_detector_args(settings))
+        detector = faces.make_detector(settings.detector, **detector_args(settings))
     detections = [detector.detect(frame) for frame in frames]
     result.faces_per_frame = [len(d) for d in detections]
     masks = _mask_frames(entry, indices)
@@ -137,17 +137,13 @@ def process_entry(entry: Entry, settings: Settings, detector=None) -> VideoResul
         if face is None:
             continue
         landmarks = face.landmarks
-        crop_marks = None
+        crop, crop_marks = crop_face(frame, face, settings)
         if settings.align and landmarks is not None:
-            crop, crop_marks = faces.align_crop(
-                frame, landmarks, settings.margin, settings.crop_size
-            )
             mask_crop = None
             if index in masks:
                 matrix = _alignment_matrix(landmarks, settings)
                 mask_crop = cv2.warpAffine(masks[index], matrix, (settings.crop_size,) * 2)
         else:
-            crop = faces.square_crop(frame, face.box, settings.margin, settings.crop_size)
             mask_crop = (
                 faces.square_crop(masks[index], face.box, settings.margin, settings.crop_size)
                 if index in masks
@@ -162,6 +158,15 @@ def process_entry(entry: Entry, settings: Settings, detector=None) -> VideoResul
     if not result.crops:
         result.status, result.reason = "skipped", "no face"
     return result
+
+
+def crop_face(frame: np.ndarray, face, settings: Settings):
+    """(crop, its 5 landmarks or None) of one tracked face: aligned on 5 landmarks where the
+    detector gives them and `settings.align`, else a square box crop. Prepare and predict both
+    crop here, so a model sees at inference the crops it was trained on."""
+    if settings.align and face.landmarks is not None:
+        return faces.align_crop(frame, face.landmarks, settings.margin, settings.crop_size)
+    return faces.square_crop(frame, face.box, settings.margin, settings.crop_size), None
 
 
 def _five(points: np.ndarray) -> np.ndarray:
@@ -192,7 +197,7 @@ def resolve(settings: Settings) -> Settings:
     return dataclasses.replace(settings, shape_predictor=str(path))
 
 
-def _detector_args(settings: Settings) -> dict:
+def detector_args(settings: Settings) -> dict:
     return {"shape_predictor": settings.shape_predictor} if settings.detector == "dlib" else {}
 
 
@@ -325,7 +330,7 @@ def _worker(args):
     global _WORKER_DETECTOR
     entry, settings, path = args
     if _WORKER_DETECTOR is None:
-        _WORKER_DETECTOR = faces.make_detector(settings.detector, **_detector_args(settings))
+        _WORKER_DETECTOR = faces.make_detector(settings.detector, **detector_args(settings))
     cv2.setNumThreads(1)
     result = process_entry(entry, settings, _WORKER_DETECTOR)
     save(result, path)
