@@ -35,19 +35,22 @@ def export_onnx(config, workdir: str, artifact_dir: str, stage: str = "student")
     model, frozen, _ = experiment.load_best(config, workdir, stage, mesh)
     params, stats = jax.device_get((frozen.params, frozen.batch_stats))
 
+    out = pathlib.Path(artifact_dir)
+    meta_path = out / "metadata.json"
+    # the artifact's calibration (export.calibrate), so both programs give the same P(fake)
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    temperature = float((meta.get("calibration") or {}).get("temperature", 1.0))
+
     def infer(images):
         logits, _ = model.apply(params, stats, images / 255.0, False)
-        return jax.nn.softmax(logits, axis=-1)[:, 1]
+        return jax.nn.softmax(logits / temperature, axis=-1)[:, 1]
 
     size = config.data.image_size
-    out = pathlib.Path(artifact_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / ONNX_FILE
     with native.portable():  # jax2onnx converts jnp operations, not our FFI kernels
         to_onnx(infer, [("B", size, size, 3)], return_mode="file", output_path=str(path))
-    meta_path = out / "metadata.json"
     if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
         meta["onnx"] = {
             "file": ONNX_FILE,
             "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
