@@ -42,8 +42,9 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
         else:
             model, frozen, best_step = experiment.load_best(config, workdir, stage, mesh)
             description = experiment.describe_model(config, stage)
+        eval_step = scoring.jit_eval_step(model, mesh, with_margin=True)
         scored = scoring.predict_source(
-            scoring.jit_eval_step(model, mesh, with_margin=True),
+            eval_step,
             frozen.params,
             frozen.batch_stats,
             source,
@@ -55,7 +56,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
         results[stage], section = _stage_report(
             config, workdir, stage, split, index, probs, best_step, description
         )
-        calibration = _calibration(config, workdir, stage, model, frozen, mesh, split)
+        calibration = _calibration(config, workdir, stage, eval_step, frozen, mesh, split)
         if calibration is not None:
             results[stage]["calibration"], more = calibration(index.labels, margins)
             section += "\n\n" + more
@@ -164,21 +165,24 @@ def _stage_report(
     return result, section
 
 
-def _calibration(config, workdir, stage: str, model, frozen, mesh, split: str):
+def _calibration(config, workdir, stage: str, eval_step, frozen, mesh, split: str):
     """Temperature scaling and an EER-point threshold fitted on the model's own validation
     split: a function of (test labels, test logit margins) -> (result, markdown) that reports
     log loss, Brier score, ECE and ACC before and after, with a reliability plot; None when
     that validation split is not there."""
-    data = config.data
+    own = config
     if config.eval.get("trained_on"):  # cross-dataset: calibrate on the training data's val
-        data = ml_collections.ConfigDict(config.eval.trained_on)
+        own = config_lib.copy(config)
+        with own.unlocked():
+            own.data = ml_collections.ConfigDict(config.eval.trained_on)
+    data, data_dir = own.data, config_lib.data_dir(own)
     try:
-        val_source = splits.open_split(data, config_lib.data_dir(config), "val")
-        val_index = splits.split_index(data, config_lib.data_dir(config), "val")
+        val_source = splits.open_split(data, data_dir, "val")
+        val_index = splits.split_index(data, data_dir, "val")
     except splits.MissingSplitError:
         return None
     val = scoring.predict_source(
-        scoring.jit_eval_step(model, mesh, with_margin=True),
+        eval_step,  # the test split's, compiled once
         frozen.params,
         frozen.batch_stats,
         val_source,

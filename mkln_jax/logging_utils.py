@@ -88,9 +88,10 @@ class ProgressLine:
     ):
         self.total, self.what, self.unit = total, what, unit
         self.start, self.stream, self.per_minute = time.time(), stream or sys.stderr, per_minute
-        self.last = 0.0
         self.terminal = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.every = 1.0 if self.terminal else every
+        # in a log, the first line after `every` seconds (or at the end): short jobs say it once
+        self.last = 0.0 if self.terminal or every == 0 else self.start
 
     def update(self, done: int) -> None:
         now = time.time()

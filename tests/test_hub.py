@@ -68,7 +68,7 @@ def test_every_hub_name_maps_every_variable_once(name):
 
 
 @pytest.mark.slow  # whole models
-@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0"])  # timm's own tables
+@pytest.mark.parametrize("name", ["mobilenet_v2"])  # timm's own table (Lite0's: make parity)
 def test_hub_weights_load_offline_from_a_filled_cache(name, tmp_path, offline_cache):
     source = models.build(name, 1000, seed=1)
     repo = models.spec(name).hub
