@@ -499,13 +499,19 @@ def test_weights_alone_evaluate_and_teach(demo_run, tmp_path):
     )
     assert missing.returncode != 0 and "none.pth not found" in missing.stderr
 
-    taught = mkln(
-        "train",
-        "--config=configs/tiny.py",
-        f"--workdir={tmp_path / 'student'}",
-        "--config.stages=('student',)",
-        f"--config.distill.teachers=('{spec}',)",
-        devices=1,
-    )
-    assert taught.returncode == 0, taught.stderr[-3000:]
-    assert f"resnet18 weights from {path}" in taught.stdout
+    # the same file as a `weights:` teacher (what `train` loads, without a training run)
+    import jax
+    from flax import nnx
+
+    from mkln_jax import experiment
+    from mkln_jax.configs import tiny
+
+    config = tiny.get_config()
+    config.distill.teachers = (spec,)
+    _, frozen, described = experiment.load_teachers(config, tmp_path, experiment.make_mesh(config))
+    assert described == [f"resnet18 weights from {path}"]
+    ours = jax.tree.leaves(jax.device_get(frozen[0].params))
+    theirs = jax.tree.leaves(nnx.state(source, nnx.Param))
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(a, b)
