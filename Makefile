@@ -63,7 +63,7 @@ lint: setup
 # shared caches first). TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
 test: lint
-	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 # The tests that need no training run and no subprocess: under two minutes on 2 cores.
 test-fast: setup
