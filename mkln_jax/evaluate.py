@@ -179,7 +179,9 @@ def _calibration(config, workdir, stage: str, eval_step, frozen, mesh, split: st
     try:
         val_source = splits.open_split(data, data_dir, "val")
         val_index = splits.split_index(data, data_dir, "val")
-    except splits.MissingSplitError:
+    except FileNotFoundError as err:  # no validation split here (e.g. cross-dataset elsewhere)
+        if jax.process_index() == 0:
+            print(f"[evaluate] {stage}: no calibration ({str(err).splitlines()[0][:160]})")
         return None
     val = scoring.predict_source(
         eval_step,  # the test split's, compiled once

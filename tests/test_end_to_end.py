@@ -515,3 +515,14 @@ def test_weights_alone_evaluate_and_teach(demo_run, tmp_path):
     assert len(ours) == len(theirs)
     for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_evaluation_without_a_validation_split_skips_calibration_in_one_line(tmp_path, capsys):
+    from mkln_jax import evaluate
+    from mkln_jax.configs import tiny
+
+    config = tiny.get_config()
+    config.data.data_dir = str(tmp_path / "nothing prepared here")
+    assert evaluate._calibration(config, tmp_path, "student", None, None, None, "test") is None
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[evaluate] student: no calibration (")
