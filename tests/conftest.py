@@ -56,6 +56,29 @@ def pytest_configure(config):
             )
 
 
+# The longest files first (`make test` prints the slowest tests): pytest-xdist hands whole
+# files to its two workers in collection order, so a long file collected last leaves the other
+# worker idle at the end.
+LONGEST_FIRST = (
+    "test_end_to_end.py",
+    "test_population_run.py",
+    "test_scale.py",
+    "test_datasets.py",
+    "test_models.py",
+    "test_native.py",
+    "test_population.py",
+    "test_launch.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item) -> int:
+        name = pathlib.Path(str(item.fspath)).name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file keeps its own order
+
+
 def pytest_sessionfinish(session, exitstatus):
     if _XLA_CACHE is not None:
         shutil.rmtree(_XLA_CACHE, ignore_errors=True)
