@@ -215,19 +215,15 @@ def _calibration(config, workdir, stage: str, eval_step, frozen, mesh, split: st
         if jax.process_index() == 0:
             plot.parent.mkdir(parents=True, exist_ok=True)
             plot_reliability(labels, raw, calibrated, temperature, plot)
-        lines = [
+        keys = ("log_loss", "brier", "ece", "threshold", "acc")
+        table = _markdown_table(
+            ["P(fake)", "log loss", "Brier", "ECE", "threshold", "ACC"],
+            [[k, *(r[key] for key in keys)] for k, r in rows.items()],
+        )
+        return result, (
             f"Calibration on {split} (temperature T = {temperature:.3f} and the EER-point "
-            f"threshold fitted on {int(val.size)} validation frames; plot {plot.name}):",
-            "",
-            "| P(fake) | log loss | Brier | ECE | threshold | ACC |",
-            "|---|---|---|---|---|---|",
-            *(
-                f"| {k} | {r['log_loss']:.4f} | {r['brier']:.4f} | {r['ece']:.4f} "
-                f"| {r['threshold']:.4f} | {r['acc']:.4f} |"
-                for k, r in rows.items()
-            ),
-        ]
-        return result, "\n".join(lines)
+            f"threshold fitted on {int(val.size)} validation frames; plot {plot.name}):\n\n" + table
+        )
 
     return report
 
@@ -311,18 +307,12 @@ def datasets_summary(runs, workdir, split: str) -> tuple[list[dict], str]:
         mine = [r for r in rows if r["stage"] == stage]
         mean = {k: float(np.nanmean([r[k] for r in mine])) for k in keys}
         rows.append({"dataset": f"mean of {len(mine)}", "stage": stage, **mean})
-    lines = [
-        f"### Summary over datasets, {split} split",
-        "",
-        "| dataset | stage | frame AUC | video AUC | EER | ACC | DeepfakeBench EER "
-        "| DeepfakeBench video AUC |",
-        "|---|---|---|---|---|---|---|---|",
-        *(
-            f"| {r['dataset']} | {r['stage']} | " + " | ".join(f"{r[k]:.4f}" for k in keys) + " |"
-            for r in rows
-        ),
-    ]
-    markdown = "\n".join(lines)
+    columns = ["dataset", "stage", "frame AUC", "video AUC", "EER", "ACC"]
+    table = _markdown_table(
+        [*columns, "DeepfakeBench EER", "DeepfakeBench video AUC"],
+        [[r["dataset"], r["stage"], *(float(r[k]) for k in keys)] for r in rows],
+    )
+    markdown = f"### Summary over datasets, {split} split\n\n{table}"
     if jax.process_index() == 0:
         out = pathlib.Path(workdir) / "eval"
         out.mkdir(parents=True, exist_ok=True)
@@ -758,37 +748,30 @@ def _cell(m: dict) -> str:
     return f"{m['auc']:.4f}"
 
 
-def _groups(index) -> dict[str, np.ndarray]:
-    """Rows of the report: every method, then each method's fakes with all reals."""
-    labels = np.asarray(index.labels)
-    methods = np.asarray([str(m) for m in index.methods])
-    groups = {"all": np.ones(labels.size, bool)}
-    for method in sorted(set(methods.tolist()) - {"real"}):
-        groups[method] = (methods == method) | (labels == 0)
-    return groups
+def _markdown_table(columns, rows) -> str:
+    """A markdown table; floats with four decimals."""
+    cells = lambda row: " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row)
+    return "\n".join(
+        [f"| {' | '.join(columns)} |", "|" + "---|" * len(columns)]
+        + [f"| {cells(row)} |" for row in rows]
+    )
 
 
 def aggregation_table(index, probs) -> tuple[dict, str]:
     """Video AUC of each aggregation rule (metrics.AGGREGATIONS) per group, and its table."""
     labels = np.asarray(index.labels)
     videos = np.asarray([str(v) for v in index.video_ids])
+    groups = metrics.method_groups(labels, index.methods)
     out = {}
     for rule in metrics.AGGREGATIONS:
         out[rule] = {}
-        for name, keep in _groups(index).items():
+        for name, keep in groups.items():
             _, v_labels, v_scores = metrics.video_level(
                 videos[keep], labels[keep], probs[keep], rule
             )
             out[rule][name] = metrics.auc(v_labels, v_scores)
-    rows = [
-        "| group | " + " | ".join(metrics.AGGREGATIONS) + " |",
-        "|---|" + "---|" * len(metrics.AGGREGATIONS),
-        *(
-            f"| {name} | " + " | ".join(f"{out[r][name]:.4f}" for r in metrics.AGGREGATIONS) + " |"
-            for name in _groups(index)
-        ),
-    ]
-    return out, "\n".join(rows)
+    rows = [[name, *(out[r][name] for r in metrics.AGGREGATIONS)] for name in groups]
+    return out, _markdown_table(["group", *metrics.AGGREGATIONS], rows)
 
 
 def deepfakebench_table(index, probs) -> tuple[dict, str]:
@@ -797,18 +780,11 @@ def deepfakebench_table(index, probs) -> tuple[dict, str]:
     videos = np.asarray([str(v) for v in index.video_ids])
     out = {
         name: metrics.deepfakebench_summary(labels[keep], probs[keep], videos[keep])
-        for name, keep in _groups(index).items()
+        for name, keep in metrics.method_groups(labels, index.methods).items()
     }
-    rows = [
-        "| group | frame AUC | EER | AP | ACC | video AUC |",
-        "|---|---|---|---|---|---|",
-        *(
-            f"| {name} | {m['auc']:.4f} | {m['eer']:.4f} | {m['ap']:.4f} | {m['acc']:.4f} "
-            f"| {m['video_auc']:.4f} |"
-            for name, m in out.items()
-        ),
-    ]
-    return out, "\n".join(rows)
+    keys = ("auc", "eer", "ap", "acc", "video_auc")
+    rows = [[name, *(m[k] for k in keys)] for name, m in out.items()]
+    return out, _markdown_table(["group", "frame AUC", "EER", "AP", "ACC", "video AUC"], rows)
 
 
 def deepfakebench_number(log_path: pathlib.Path) -> dict | None:

@@ -173,14 +173,7 @@ def calibrate(config: ml_collections.ConfigDict, model, frozen, mesh) -> dict:
             f"{err}; export fits its calibration there: prepare it, or set "
             "export.calibrate=False and export.threshold=fixed"
         ) from None
-    margins = scoring.predict_source(
-        scoring.jit_eval_step(model, mesh, with_margin=True),
-        frozen.params,
-        frozen.batch_stats,
-        source,
-        mesh,
-        config.eval.batch_size,
-    )[:, 1]
+    margins = scoring.predict_margins(model, frozen, source, mesh, config.eval.batch_size)
     labels = index.labels
     temperature = metrics.fit_temperature(labels, margins) if config.export.calibrate else 1.0
     probs = metrics.sigmoid(margins / temperature)

@@ -19,18 +19,25 @@ def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return labels, scores
 
 
-def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds), one point per distinct score, highest threshold first."""
+def _counts(labels, scores):
+    """(true positives, false positives, threshold) at each distinct score, highest first, and
+    the numbers of positives and negatives."""
     labels, scores = _check(labels, scores)
     order = np.argsort(-scores, kind="mergesort")
     scores, labels = scores[order], labels[order]
     last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
     tps = np.cumsum(labels)[last_of_tie]
     fps = (last_of_tie + 1) - tps
-    positives, negatives = labels.sum(), labels.size - labels.sum()
+    positives = labels.sum()
+    return tps, fps, scores[last_of_tie], positives, labels.size - positives
+
+
+def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds), one point per distinct score, highest threshold first."""
+    tps, fps, thresholds, positives, negatives = _counts(labels, scores)
     tpr = np.r_[0.0, tps / max(positives, 1)]
     fpr = np.r_[0.0, fps / max(negatives, 1)]
-    return fpr, tpr, np.r_[np.inf, scores[last_of_tie]]
+    return fpr, tpr, np.r_[np.inf, thresholds]
 
 
 def auc(labels, scores) -> float:
@@ -171,15 +178,10 @@ def calibration_summary(labels, probs) -> dict[str, float]:
 
 def average_precision(labels, scores) -> float:
     """AP = sum_n (R_n - R_{n-1}) P_n over distinct thresholds (sklearn's definition)."""
-    labels, scores = _check(labels, scores)
-    positives = labels.sum()
+    tps, fps, _, positives, _ = _counts(labels, scores)
     if positives == 0:
         return float("nan")
-    order = np.argsort(-scores, kind="mergesort")
-    scores, labels = scores[order], labels[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
-    tps = np.cumsum(labels)[last_of_tie]
-    precision = tps / (last_of_tie + 1)
+    precision = tps / (tps + fps)
     recall = tps / positives
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
@@ -204,16 +206,10 @@ def summary(labels, scores, threshold: float = 0.5) -> dict[str, float]:
 def _sklearn_roc_points(labels, scores) -> tuple[np.ndarray, np.ndarray]:
     """(fpr, tpr) as scikit-learn's roc_curve returns them by default (drop_intermediate): the
     points where the curve turns, plus its ends and the origin."""
-    labels, scores = _check(labels, scores)
-    order = np.argsort(-scores, kind="mergesort")
-    scores, labels = scores[order], labels[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
-    tps = np.cumsum(labels)[last_of_tie]
-    fps = (last_of_tie + 1) - tps
+    tps, fps, _, positives, negatives = _counts(labels, scores)
     if tps.size > 2:
         keep = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
         tps, fps = tps[keep], fps[keep]
-    positives, negatives = labels.sum(), labels.size - labels.sum()
     return np.r_[0.0, fps / max(negatives, 1)], np.r_[0.0, tps / max(positives, 1)]
 
 
@@ -363,6 +359,16 @@ def video_level(
     return np.asarray(ids), np.asarray(out_labels), np.asarray(out_scores)
 
 
+def method_groups(labels, methods) -> dict[str, np.ndarray]:
+    """A report's rows as masks: "all", then each method's fakes with all the reals."""
+    labels = np.asarray(labels)
+    methods = np.asarray([str(m) for m in methods])
+    groups = {"all": np.ones(labels.size, bool)}
+    for method in sorted(set(methods.tolist()) - {"real"}):
+        groups[method] = (methods == method) | (labels == 0)
+    return groups
+
+
 def report(
     labels, scores, methods, video_ids, threshold: float = 0.5, bootstrap: int = 0, seed: int = 0
 ) -> dict[str, dict[str, dict[str, float]]]:
@@ -374,11 +380,8 @@ def report(
     labels, scores = _check(labels, scores)
     methods = np.asarray([str(m) for m in methods])
     video_ids = np.asarray([str(v) for v in video_ids])
-    groups = {"all": np.ones(labels.size, bool)}
-    for method in sorted(set(methods.tolist()) - {"real"}):
-        groups[method] = (methods == method) | (labels == 0)
     out = {}
-    for name, keep in groups.items():
+    for name, keep in method_groups(labels, methods).items():
         _, v_labels, v_scores = video_level(video_ids[keep], labels[keep], scores[keep])
         frame = summary(labels[keep], scores[keep], threshold)
         video = summary(v_labels, v_scores, threshold)

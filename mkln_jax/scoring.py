@@ -80,6 +80,18 @@ def predict_source(
     return np.concatenate(scores) if scores else np.zeros((0,), np.float32)
 
 
+def predict_margins(model: step_lib.ModelFn, frozen, source, mesh, batch_size: int) -> np.ndarray:
+    """Logit margins (fake minus real) for every example of `source`: float32[N]."""
+    return predict_source(
+        jit_eval_step(model, mesh, with_margin=True),
+        frozen.params,
+        frozen.batch_stats,
+        source,
+        mesh,
+        batch_size,
+    )[:, 1]
+
+
 def quick_metrics(index: splits.SplitIndex, keep, probs, threshold: float) -> dict[str, float]:
     s = metrics.summary(index.labels[keep], probs, threshold)
     return {k: s[k] for k in ("auc", "eer", "ap", "acc")}

@@ -72,14 +72,7 @@ def test_exported_artifact_matches_the_training_code_path(demo_run):
     source = splits.open_split(config.data, config_lib.data_dir(config), "test")
     mesh = sharding.make_mesh(1)
     model, frozen, _ = experiment.load_best(config, workdir, "student", mesh)
-    margins = scoring.predict_source(
-        scoring.jit_eval_step(model, mesh, with_margin=True),
-        frozen.params,
-        frozen.batch_stats,
-        source,
-        mesh,
-        16,
-    )[:, 1]
+    margins = scoring.predict_margins(model, frozen, source, mesh, 16)
     # the artifact holds the calibrated model: logits divided by its temperature
     temperature = artifact.metadata["calibration"]["temperature"]
     expected = 1.0 / (1.0 + np.exp(-margins.astype(np.float64) / temperature))
