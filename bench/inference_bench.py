@@ -77,7 +77,7 @@ def main() -> None:
         results.append(predict.predict(artifact, clip, 32))
     seconds = statistics.median(r.seconds for r in results)
     model_seconds = statistics.median(r.model_seconds for r in results)
-    frames = len(results[0].scores)
+    frames = results[0].crops_scored
     print(
         f"\n`mkln predict` on {clip.name} (472 frames, 640x360), 32 sampled: "
         f"{seconds * 1e3:.0f} ms end to end ({frames} faces scored), of which the model "

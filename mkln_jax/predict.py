@@ -1,6 +1,6 @@
 """Score images, videos or folders of them with an exported artifact: sample frames, find and
-track the face, score all crops in one batch, give a verdict; optionally write per-frame scores
-(CSV / JSON) and an annotated strip of frames (PNG).
+track every face, score all crops in one batch, give a verdict (the most suspect face's);
+optionally write per-frame scores (CSV / JSON) and an annotated strip of frames (PNG).
 
 Inputs are never harmed: an output path that is an input is refused before any scoring, strip
 names come from each input's whole relative path (two `x.mp4` in different folders never share
@@ -35,94 +35,138 @@ class PredictError(Exception):
     """Nothing could be scored; the message is one line naming the file and the reason."""
 
 
+# Columns of the per-frame report (Prediction.rows).
+ROW_FIELDS = ("path", "frame", "face", "p_fake", "face_p_fake", "video_p_fake", "verdict")
+
+# Box colours of tracks in strips (RGB): blue, orange, purple, cyan, yellow, then again.
+TRACK_COLOURS = ((40, 110, 230), (240, 150, 20), (150, 60, 200), (20, 190, 200), (220, 200, 30))
+
+
+@dataclasses.dataclass
+class Track:
+    """One face followed across the sampled frames, and its scores."""
+
+    frame_indices: list[int]
+    scores: list[float]  # P(fake) per frame where this face was found
+    boxes: list[faces.Box]  # one per scored frame, in the frame's pixels
+
+
 @dataclasses.dataclass
 class Prediction:
     path: str
-    frame_indices: list[int]
-    scores: list[float]  # P(fake) per frame with a face
+    tracks: list[Track]  # every face, longest track first (faces.tracks)
+    sampled: list[int]  # every sampled frame index
     frames_without_face: list[int]
     threshold: float
     seconds: float  # end to end: decoding, detection, scoring
     model_seconds: float = 0.0  # the artifact's share
     frames: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
-    boxes: list[faces.Box | None] = dataclasses.field(default_factory=list, repr=False)
     note: str = ""  # e.g. fewer frames decoded than asked
-    aggregate: str = "mean"  # metrics.AGGREGATIONS: how frame scores make the video's
+    aggregate: str = "mean"  # metrics.AGGREGATIONS: how a track's frame scores make its score
     crops: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
     saliency: np.ndarray | None = dataclasses.field(default=None, repr=False)  # [n, S, S]
 
+    def track_score(self, track: Track) -> float:
+        return metrics.aggregate(track.scores, self.aggregate)
+
     @property
     def score(self) -> float:
-        """Video score: the frames' P(fake) aggregated by `aggregate` (metrics.aggregate)."""
-        return metrics.aggregate(self.scores, self.aggregate)
+        """Video score: the highest track score, each track's frames aggregated by `aggregate`
+        (metrics.aggregate). One forged face makes a video fake, as in the inference of
+        Self-Blended Images (Shiohara and Yamasaki, CVPR 2022) and of the DFDC winner."""
+        return max(self.track_score(t) for t in self.tracks)
 
     @property
     def verdict(self) -> str:
         return "FAKE" if self.score >= self.threshold else "REAL"
 
+    @property
+    def crops_scored(self) -> int:
+        return sum(len(t.scores) for t in self.tracks)
+
     def lines(self) -> list[str]:
         out = [f"{self.path}"]
-        pairs = zip(self.frame_indices, self.scores, strict=True)
-        out += [f"  frame {i:5d}  P(fake) {s:.4f}" for i, s in pairs]
+        several = len(self.tracks) > 1
+        for k, track in enumerate(self.tracks, 1):
+            indent = "    " if several else "  "
+            if several:
+                out.append(
+                    f"  face {k}: {self.aggregate} P(fake) {self.track_score(track):.4f} over "
+                    f"{len(track.scores)} frames"
+                )
+            pairs = zip(track.frame_indices, track.scores, strict=True)
+            out += [f"{indent}frame {i:5d}  P(fake) {s:.4f}" for i, s in pairs]
         if self.frames_without_face:
             out.append(f"  frames without a face (not scored): {self.frames_without_face}")
         if self.note:
             out.append(f"  note: {self.note}")
+        rule = f"{self.aggregate} P(fake)"
+        if several:
+            rule = f"highest of {len(self.tracks)} faces' {rule}"
+        n = self.crops_scored
         out.append(
-            f"  verdict: {self.verdict} ({self.aggregate} P(fake) {self.score:.4f} over "
-            f"{len(self.scores)} frames, threshold {self.threshold:g}; "
-            f"{len(self.scores) / self.seconds:.1f} frames/s end to end, model "
-            f"{len(self.scores) / max(self.model_seconds, 1e-9):.0f} crops/s)"
+            f"  verdict: {self.verdict} ({rule} {self.score:.4f} over {n} crops, threshold "
+            f"{self.threshold:g}; {len(self.sampled) / self.seconds:.1f} frames/s end to end, "
+            f"model {n / max(self.model_seconds, 1e-9):.0f} crops/s)"
         )
         return out
 
     def rows(self) -> list[dict]:
-        """One row per sampled frame (for CSV / JSON)."""
-        scored = dict(zip(self.frame_indices, self.scores, strict=True))
-        indices = sorted([*self.frame_indices, *self.frames_without_face])
-        return [
-            {
-                "path": self.path,
-                "frame": i,
-                "p_fake": scored.get(i),
-                "face": i in scored,
-                "video_p_fake": self.score,
-                "verdict": self.verdict,
-            }
-            for i in indices
-        ]
+        """One row per sampled frame and face found in it (a frame without one gets a row with
+        no face), for CSV / JSON."""
+        rows = []
+        for i in sorted(self.sampled):
+            hits = [
+                (k, t.scores[t.frame_indices.index(i)])
+                for k, t in enumerate(self.tracks, 1)
+                if i in t.frame_indices
+            ]
+            for k, p in hits or [(None, None)]:
+                rows.append(
+                    {
+                        "path": self.path,
+                        "frame": i,
+                        "face": k,
+                        "p_fake": p,
+                        "face_p_fake": None if k is None else self.track_score(self.tracks[k - 1]),
+                        "video_p_fake": self.score,
+                        "verdict": self.verdict,
+                    }
+                )
+        return rows
 
     def strip(self, height: int = 160) -> np.ndarray:
-        """The sampled frames side by side (RGB), each with its face box and P(fake), and the
-        verdict above: green for real, red for fake."""
+        """The sampled frames side by side (RGB), each face boxed in its track's colour and
+        labelled with its track number and P(fake) (red over the threshold, green under), the
+        verdict above."""
         tiles = []
-        scored = dict(zip(self.frame_indices, self.scores, strict=True))
-        for frame, box, index in zip(
-            self.frames,
-            self.boxes,
-            sorted([*self.frame_indices, *self.frames_without_face]),
-            strict=True,
-        ):
+        for frame, index in zip(self.frames, sorted(self.sampled), strict=True):
             scale = height / frame.shape[0]
             tile = cv2.resize(frame, (round(frame.shape[1] * scale), height))
             tile = np.ascontiguousarray(tile)
-            if box is not None:
-                p = scored[index]
-                colour = (220, 40, 40) if p >= self.threshold else (40, 200, 40)
+            drawn = False
+            for k, track in enumerate(self.tracks):
+                if index not in track.frame_indices:
+                    continue
+                at = track.frame_indices.index(index)
+                box, p = track.boxes[at], track.scores[at]
                 x0, y0 = round(box.x * scale), round(box.y * scale)
                 x1, y1 = round((box.x + box.w) * scale), round((box.y + box.h) * scale)
-                cv2.rectangle(tile, (x0, y0), (x1, y1), colour, 2)
+                cv2.rectangle(tile, (x0, y0), (x1, y1), TRACK_COLOURS[k % len(TRACK_COLOURS)], 2)
+                text_colour = (220, 40, 40) if p >= self.threshold else (40, 200, 40)
+                label = f"{k + 1}:{p:.2f}" if len(self.tracks) > 1 else f"{p:.2f}"
                 cv2.putText(
                     tile,
-                    f"{p:.2f}",
+                    label,
                     (x0, max(12, y0 - 4)),
                     cv2.FONT_HERSHEY_SIMPLEX,
                     0.45,
-                    colour,
+                    text_colour,
                     1,
                     cv2.LINE_AA,
                 )
-            else:
+                drawn = True
+            if not drawn:
                 cv2.putText(
                     tile,
                     "no face",
@@ -139,9 +183,10 @@ class Prediction:
             body = np.concatenate([body, self._saliency_row(body.shape[1], height)], axis=0)
         header = np.full((26, body.shape[1], 3), 255, np.uint8)
         colour = (200, 30, 30) if self.verdict == "FAKE" else (30, 150, 30)
+        faces_note = f", {len(self.tracks)} faces" if len(self.tracks) > 1 else ""
         text = (
             f"{pathlib.Path(self.path).name}: {self.verdict} "
-            f"({self.aggregate} P(fake) {self.score:.3f})"
+            f"({self.aggregate} P(fake) {self.score:.3f}{faces_note})"
         )
         cv2.putText(header, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.55, colour, 1, cv2.LINE_AA)
         return np.concatenate([header, body], axis=0)
@@ -257,18 +302,21 @@ def face_pipeline(artifact: export.Artifact):
 
 
 def face_crops(frames, indices, detector, settings):
-    """(crops, their frame indices, frames without a face, box per frame): faces tracked across
-    the frames and cropped as `prepare` crops them (preprocess.crop_face)."""
-    tracked = faces.track([detector.detect(frame) for frame in frames])
-    crops, kept, missing, boxes = [], [], [], []
-    for frame, index, face in zip(frames, indices, tracked, strict=True):
-        boxes.append(face.box if face else None)
-        if face is None:
-            missing.append(index)
-            continue
-        crops.append(preprocess.crop_face(frame, face, settings)[0])
-        kept.append(index)
-    return crops, kept, missing, boxes
+    """(tracks, frames without a face): every face tracked across the frames (faces.tracks),
+    each track a (crops, frame indices, boxes) triple, cropped as `prepare` crops
+    (preprocess.crop_face)."""
+    found = faces.tracks([detector.detect(frame) for frame in frames])
+    out = []
+    for track in found:
+        crops, kept, boxes = [], [], []
+        for frame, index, face in zip(frames, indices, track, strict=True):
+            if face is not None:
+                crops.append(preprocess.crop_face(frame, face, settings)[0])
+                kept.append(index)
+                boxes.append(face.box)
+        out.append((crops, kept, boxes))
+    seen = {i for _, kept, _ in out for i in kept}
+    return out, [i for i in indices if i not in seen]
 
 
 def predict(
@@ -278,29 +326,34 @@ def predict(
     aggregate: str = "mean",
     explain: bool = False,
 ) -> Prediction:
-    """Scores one image or video: faces found and tracked across the sampled frames and cropped
-    by the artifact's own face pipeline (that of its training data), one batched call."""
+    """Scores one image or video: every face found and tracked across the sampled frames,
+    cropped by the artifact's own face pipeline (that of its training data), all crops in one
+    batched call; the verdict is the highest track's."""
     start = time.perf_counter()
     path = pathlib.Path(path)
     frames, indices, note = _load_frames(path, num_frames)
-    crops, kept, missing, boxes = face_crops(frames, indices, *face_pipeline(artifact))
-    if not crops:
+    found, missing = face_crops(frames, indices, *face_pipeline(artifact))
+    if not found:
         raise PredictError(f"{path}: no face found in {len(frames)} sampled frame(s)")
+    crops = [c for track_crops, _, _ in found for c in track_crops]
     model_start = time.perf_counter()
-    scores = artifact(np.stack(crops))
+    scores = [float(s) for s in artifact(np.stack(crops))]
     model_seconds = time.perf_counter() - model_start
     saliency = artifact.explain(np.stack(crops)) if explain else None
+    tracks, at = [], 0
+    for track_crops, kept, boxes in found:
+        tracks.append(Track(kept, scores[at : at + len(track_crops)], boxes))
+        at += len(track_crops)
     seconds = time.perf_counter() - start
     return Prediction(
         str(path),
-        kept,
-        [float(s) for s in scores],
+        tracks,
+        list(indices),
         missing,
         artifact.threshold,
         seconds,
         model_seconds,
         frames,
-        boxes,
         note,
         aggregate,
         crops,
@@ -315,9 +368,7 @@ def write_rows(predictions: list[Prediction], path: str | pathlib.Path) -> pathl
     rows = [row for p in predictions for row in p.rows()]
     if path.suffix.lower() == ".csv":
         buffer = io.StringIO(newline="")
-        writer = csv.DictWriter(
-            buffer, fieldnames=["path", "frame", "p_fake", "face", "video_p_fake", "verdict"]
-        )
+        writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
         fileio.atomic_write(path, buffer.getvalue())
@@ -328,7 +379,11 @@ def write_rows(predictions: list[Prediction], path: str | pathlib.Path) -> pathl
                 "p_fake": p.score,
                 "verdict": p.verdict,
                 "threshold": p.threshold,
-                "rule": f"{p.aggregate} of per-frame P(fake) (metrics.aggregate)",
+                "rule": f"highest over faces of the {p.aggregate} of per-frame P(fake)",
+                "faces": [
+                    {"face": k, "frames": len(t.scores), "p_fake": p.track_score(t)}
+                    for k, t in enumerate(p.tracks, 1)
+                ],
                 "frames": p.rows(),
             }
             for p in predictions

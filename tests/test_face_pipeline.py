@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mkln_jax import predict
-from mkln_jax.input_pipeline import video
+from mkln_jax.input_pipeline import faces, video
 from mkln_jax.input_pipeline.build import catalog, preprocess
 
 PIPELINES = {
@@ -48,9 +48,9 @@ def test_predict_crops_equal_the_prepared_ones(name, tmp_path, cache_dir):
         metadata={"num_frames": 5, "face_pipeline": {**recorded, "margin": 1.3}},
     )
     clip = video.read_sampled(path, 5)
-    crops, kept, _, _ = predict.face_crops(
-        clip.frames, clip.indices, *predict.face_pipeline(artifact)
-    )
+    found, _ = predict.face_crops(clip.frames, clip.indices, *predict.face_pipeline(artifact))
+    assert len(found) == 1
+    crops, kept, _ = found[0]
     assert kept == prepared.frame_indices
     for ours, theirs in zip(crops, stored, strict=True):
         assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
@@ -75,3 +75,84 @@ def test_a_pipeline_that_needs_a_missing_extra_is_refused(monkeypatch):
     with pytest.raises(predict.PredictError) as err:
         predict.face_pipeline(artifact)
     assert "faces` extra" in str(err.value) and "\n" not in str(err.value)
+
+
+class BrightnessModel:
+    """A stand-in artifact whose P(fake) is a crop's mean red level: scores that differ per
+    face, with no training."""
+
+    input_size = 64
+    threshold = 0.5
+    metadata = {  # noqa: RUF012
+        "num_frames": 6,
+        "face_pipeline": {"detector": "haar", "shape_predictor": "", "align": False, "margin": 1.3},
+    }
+
+    def __call__(self, crops):
+        return crops[..., 0].mean(axis=(1, 2)) / 255.0
+
+
+def _two_faces(cache_dir, tmp_path):
+    frames = dataset_trees.face_frames(cache_dir)
+    left = dataset_trees.clip(frames, "a")
+    right = dataset_trees.clip(frames, "b", fake=True)  # tinted red: a higher "P(fake)"
+    both = [np.concatenate([a, b], axis=1) for a, b in zip(left, right, strict=True)]
+    return (
+        dataset_trees.write_video(tmp_path / "two.mp4", both),
+        dataset_trees.write_video(tmp_path / "one.mp4", left),
+    )
+
+
+def test_every_face_is_tracked_and_the_most_suspect_decides(cache_dir, tmp_path):
+    two, _ = _two_faces(cache_dir, tmp_path)
+    model = BrightnessModel()
+    result = predict.predict(model, two, 6)
+    assert len(result.tracks) == 2
+    assert all(len(t.scores) == 6 for t in result.tracks)
+    per_face = [result.track_score(t) for t in result.tracks]
+    assert per_face[0] != pytest.approx(per_face[1], abs=1e-3)
+    assert result.score == pytest.approx(max(per_face))
+    # the two tracks are the two halves of the frame
+    centres = sorted(t.boxes[0].x + t.boxes[0].w / 2 for t in result.tracks)
+    assert centres[0] < 256 < centres[1]
+    rows = result.rows()
+    assert len(rows) == 12 and {r["face"] for r in rows} == {1, 2}
+    strip = result.strip()
+    assert strip.shape[0] == 26 + 160
+    assert "highest of 2 faces" in result.lines()[-1]
+
+
+def test_a_single_face_video_scores_as_one_track_did(cache_dir, tmp_path):
+    _, one = _two_faces(cache_dir, tmp_path)
+    model = BrightnessModel()
+    result = predict.predict(model, one, 6)
+    assert len(result.tracks) == 1
+    # what predict scored before every face was tracked: faces.track's one face per frame
+    detector, settings = predict.face_pipeline(model)
+    clip = video.read_sampled(one, 6)
+    chosen = faces.track([detector.detect(f) for f in clip.frames])
+    crops = [
+        preprocess.crop_face(f, c, settings)[0]
+        for f, c in zip(clip.frames, chosen, strict=True)
+        if c
+    ]
+    np.testing.assert_allclose(result.tracks[0].scores, model(np.stack(crops)), atol=1e-6)
+    assert result.score == pytest.approx(float(model(np.stack(crops)).mean()))
+    assert [r["face"] for r in result.rows()] == [1] * 6
+
+
+def _box(x, y, side):
+    return faces.Face(faces.Box(x, y, side, side))
+
+
+def test_tracks_drop_small_and_stray_faces_and_keep_order():
+    big, other, small = (0, 0, 100), (300, 0, 80), (200, 200, 30)
+    frames = [[_box(*big), _box(*other), _box(*small)] for _ in range(10)]
+    frames[4].append(_box(500, 300, 90))  # a stray detection in one frame of ten
+    frames[7] = [_box(*other)]  # the main face missed once
+    found = faces.tracks(frames)
+    assert len(found) == 2  # the small face and the stray are dropped
+    assert [f is not None for f in found[0]] == [True] * 10  # longest first: "other"
+    assert found[0][0].box.x == 300 and found[1][0].box.x == 0
+    assert found[1][7] is None and sum(f is not None for f in found[1]) == 9
+    assert faces.tracks([[], []]) == []

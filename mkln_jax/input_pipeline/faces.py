@@ -185,6 +185,59 @@ def track(detections: list[list[Face]], min_iou: float = 0.2) -> list[Face | Non
     return chosen
 
 
+def tracks(
+    detections: list[list[Face]],
+    min_fraction: float = 0.5,
+    min_iou: float = 0.2,
+    min_share: float = 0.2,
+) -> list[list[Face | None]]:
+    """Every face followed across frames: one list per track, a Face or None per frame.
+
+    In each frame, faces whose larger side is under `min_fraction` of that frame's largest face
+    are dropped (background faces too small to judge). Faces join the track whose last box
+    overlaps them most (IoU >= min_iou, each track and face used once per frame, best pairs
+    first); the rest start tracks. Tracks with fewer faces than `min_share` of the longest are
+    dropped as stray detections. Longest first (ties: larger mean area), so tracks[0] is the
+    main face; a video with one face gives one track."""
+    found: list[dict] = []  # {"faces": [Face | None] * frames, "last": Face}
+    n = len(detections)
+    for t, frame_faces in enumerate(detections):
+        if not frame_faces:
+            continue
+        largest = max(max(f.box.w, f.box.h) for f in frame_faces)
+        kept = [f for f in frame_faces if max(f.box.w, f.box.h) >= min_fraction * largest]
+        pairs = sorted(
+            (
+                (iou(track["last"].box, face.box), i, j)
+                for i, track in enumerate(found)
+                for j, face in enumerate(kept)
+            ),
+            reverse=True,
+        )
+        used_tracks, used_faces = set(), set()
+        for overlap, i, j in pairs:
+            if overlap < min_iou:
+                break
+            if i in used_tracks or j in used_faces:
+                continue
+            found[i]["faces"][t] = found[i]["last"] = kept[j]
+            used_tracks.add(i)
+            used_faces.add(j)
+        for j, face in enumerate(kept):
+            if j not in used_faces:
+                found.append({"faces": [None] * n, "last": face})
+                found[-1]["faces"][t] = face
+    lengths = [sum(f is not None for f in track["faces"]) for track in found]
+    longest = max(lengths, default=0)
+
+    def order(k):
+        areas = [f.box.area for f in found[k]["faces"] if f is not None]
+        return (-lengths[k], -float(np.mean(areas)), k)
+
+    keep = [k for k in range(len(found)) if lengths[k] >= max(1.0, min_share * longest)]
+    return [found[k]["faces"] for k in sorted(keep, key=order)]
+
+
 # InsightFace's 5-point template for a 112 x 112 face crop (eyes, nose tip, mouth corners).
 ARCFACE_TEMPLATE = (
     np.array(
