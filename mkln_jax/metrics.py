@@ -239,7 +239,7 @@ def _cluster_draws(clusters, size: int, samples: int, seed: int):
     """`samples` bootstrap draws of example indices, whole clusters at a time."""
     if clusters is None:
         clusters = np.arange(size)
-    clusters = np.asarray([str(c) for c in clusters])
+    clusters = np.asarray([video_of(c) for c in clusters])  # a video's faces go together
     names, inverse = np.unique(clusters, return_inverse=True)
     members = [np.flatnonzero(inverse == k) for k in range(names.size)]
     rng = np.random.default_rng(seed)
@@ -337,25 +337,36 @@ def aggregate(scores, rule: str = "mean") -> float:
     return float(scores.mean())
 
 
+# Faces of one video prepared as their own tracks are stored as "<video id>#face<k>".
+FACE_SUFFIX = "#face"
+
+
+def video_of(video_id: str) -> str:
+    """The video a stored id belongs to: "<video id>#face<k>" -> "<video id>"."""
+    base, sep, k = str(video_id).rpartition(FACE_SUFFIX)
+    return base if sep and k.isdigit() else str(video_id)
+
+
 def video_level(
     video_ids, labels, scores, rule: str = "mean"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Frame scores aggregated per video (`aggregate`, mean by default). Returns (ids, labels,
-    scores); a video's frames must agree on the label, since ids are keyed by method and name
-    (two fakes never share an id)."""
+    """Frame scores aggregated per video (`aggregate`, mean by default); where a video's faces
+    were stored as tracks ("<id>#face<k>"), each face is aggregated and the video scores as its
+    highest face, as `mkln predict` does. Returns (ids, labels, scores); a video's frames must
+    agree on the label, since ids are keyed by method and name (two fakes never share an id)."""
     labels, scores = _check(labels, scores)
-    grouped: dict[str, list[int]] = defaultdict(list)
+    grouped: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for i, vid in enumerate(video_ids):
-        grouped[str(vid)].append(i)
+        grouped[video_of(vid)][str(vid)].append(i)
     ids = sorted(grouped)
     out_labels, out_scores = [], []
     for vid in ids:
-        idx = grouped[vid]
+        idx = [i for track in grouped[vid].values() for i in track]
         video_labels = set(labels[idx].tolist())
         if len(video_labels) != 1:
             raise ValueError(f"video {vid!r} has frames with different labels {video_labels}")
         out_labels.append(video_labels.pop())
-        out_scores.append(aggregate(scores[idx], rule))
+        out_scores.append(max(aggregate(scores[t], rule) for t in grouped[vid].values()))
     return np.asarray(ids), np.asarray(out_labels), np.asarray(out_scores)
 
 

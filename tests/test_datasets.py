@@ -2,6 +2,8 @@
 video ids exactly; bad files skipped and counted; resumable preprocessing; the loader's
 augmentations and Self-Blended Images."""
 
+import dataclasses
+import hashlib
 import json
 import os
 import pathlib
@@ -43,10 +45,10 @@ def ffpp_root(tmp_path_factory, frames):
     return root
 
 
-def _build(builder_cls, source, tmp_path, workers=1, **kwargs):
+def _build(builder_cls, source, tmp_path, workers=1, settings=SETTINGS, **kwargs):
     builder = builder_cls(
         source=source,
-        settings=SETTINGS,
+        settings=settings,
         workers=workers,
         progress=False,
         data_dir=str(tmp_path / "tfds"),
@@ -239,6 +241,42 @@ def test_folder_of_videos_and_images(tmp_path, frames):
     assert result.status == "ok" and len(result.crops) == SETTINGS.num_frames
     single = preprocess.process_entry(entries["real/photo"], SETTINGS)
     assert len(single.crops) == 1
+
+
+def test_every_face_is_stored_as_its_own_track_in_its_videos_split(tmp_path, frames):
+    from mkln_jax import metrics
+
+    root = tmp_path / "mine"
+    left, right = trees.clip(frames, "a"), trees.clip(frames, "b")
+    both = [np.concatenate([x, y], axis=1) for x, y in zip(left, right, strict=True)]
+    trees.write_video(root / "real" / "two.mp4", both)
+    trees.write_video(root / "fake" / "swap" / "one.mp4", trees.clip(frames, "c", fake=True))
+    settings = dataclasses.replace(SETTINGS, every_face=True)
+    assert settings.key() != SETTINGS.key()
+    source = forgery.Source("folder", str(root))
+    builder = _build(forgery.FaceFolder, source, tmp_path, settings=settings)
+    records = [r for split in builder.info.splits for r in _records(builder, split)]
+    ids = sorted({_text(r["video_id"]) for r in records})
+    assert ids == ["real/two#face1", "real/two#face2", "swap/one#face1"]
+    entries = {e.video_id: e for e in catalog.folder(root)}
+    for r in records:  # every face lies in its video's split (no identity crosses splits)
+        video = metrics.video_of(_text(r["video_id"]))
+        assert _text(r["video_id"]).startswith(video) and video in entries
+    assert len(records) == 3 * SETTINGS.num_frames
+    videos, labels, _ = metrics.video_level(
+        [_text(r["video_id"]) for r in records],
+        [int(r["label"]) for r in records],
+        np.linspace(0, 1, len(records)),
+    )
+    assert videos.tolist() == ["real/two", "swap/one"] and labels.tolist() == [0, 1]
+
+
+def test_settings_added_later_keep_the_names_of_datasets_prepared_before():
+    # The key of Settings() as computed before `every_face` existed.
+    old_fields = dataclasses.asdict(SETTINGS)
+    del old_fields["every_face"]
+    before = hashlib.sha256(json.dumps(old_fields, sort_keys=True).encode()).hexdigest()[:8]
+    assert SETTINGS.key() == before
 
 
 def test_folder_takes_every_kind_predict_takes_and_names_the_rest(tmp_path, frames):

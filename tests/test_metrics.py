@@ -176,3 +176,15 @@ def test_video_aggregation_rules():
     assert metrics.aggregate(reals, "confident") == pytest.approx(0.05)  # > 90% below 0.2
     with pytest.raises(ValueError, match="aggregation"):
         metrics.aggregate([0.5], "median")
+
+
+def test_a_video_stored_as_faces_scores_as_its_most_suspect_face():
+    ids = ["v#face1", "v#face1", "v#face2", "v#face2", "w", "x#facet"]
+    labels = [1, 1, 1, 1, 0, 0]
+    scores = [0.2, 0.4, 0.9, 0.7, 0.1, 0.3]
+    videos, v_labels, v_scores = metrics.video_level(ids, labels, scores)
+    assert videos.tolist() == ["v", "w", "x#facet"]  # only "#face<digits>" marks a face
+    np.testing.assert_allclose(v_scores, [0.8, 0.1, 0.3])
+    assert v_labels.tolist() == [1, 0, 0]
+    _, _, by_max = metrics.video_level(ids, labels, scores, rule="max")
+    np.testing.assert_allclose(by_max, [0.9, 0.1, 0.3])

@@ -29,6 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.detector = "haar"  # face detector: haar (built in) or dlib (extra `faces`)
     config.data.shape_predictor = ""  # dlib 68-point model file, or "dlib68" to fetch dlib's
     # (pinned, 100 MB): gives the dlib detector landmarks, hence 5-point alignment
+    config.data.every_face = False  # real datasets: keep every face of a video (each stored
+    # as "<video id>#face<k>", in its video's split) instead of the main one; labels stay per video
     config.data.workers = 0  # preprocessing processes; 0 = one per core
     config.data.beam = False  # prepare with Apache Beam (TFDS's Beam support) instead
     config.data.beam_options = ""  # e.g. "--runner=DataflowRunner --project=..."; "" = Direct

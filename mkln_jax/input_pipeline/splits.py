@@ -53,6 +53,7 @@ def preprocess_settings(data_config):
         margin=data_config.margin,
         detector=data_config.detector,
         shape_predictor=data_config.shape_predictor,
+        every_face=bool(data_config.get("every_face", False)),
     )
 
 
@@ -80,7 +81,11 @@ def face_pipeline(data_config) -> dict:
             else data_config.num_frames
         ),
         "colour": "RGB",
-        "tracking": "largest face, then IoU tracking",
+        "tracking": (
+            "every face, IoU tracking"
+            if data_config.get("every_face", False)
+            else "largest face, then IoU tracking"
+        ),
     }
 
 

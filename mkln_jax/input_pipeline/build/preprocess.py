@@ -3,7 +3,7 @@ a bad file is skipped and counted, never fatal.
 
 Per video: `settings.num_frames` frames evenly spaced (only those are converted from the
 decoder), faces detected on each (any `faces.Detector`), one face tracked across frames
-(`faces.track`), then a 5-point similarity alignment when landmarks exist (given with the data,
+(`faces.track`) or, with `every_face`, every face (`faces.tracks`), then a 5-point similarity alignment when landmarks exist (given with the data,
 or from the detector) or a square crop of `margin` x the box otherwise, resized to `crop_size`,
 encoded as PNG. FF++ masks are cropped with the same geometry. Each finished video is written
 atomically to `<work_dir>/<hash>.npz`, so a rerun (or a crash) skips what is done.
@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from mkln_jax.input_pipeline import faces, video
+from mkln_jax.metrics import FACE_SUFFIX
 from mkln_jax.logging_utils import ProgressLine
 from mkln_jax.input_pipeline.build.catalog import Entry
 
@@ -38,10 +39,17 @@ class Settings:
     detector: str = "haar"  # faces.DETECTORS
     shape_predictor: str = ""  # dlib 68-point model file, for landmarks with the dlib detector
     align: bool = True  # 5-point alignment where landmarks exist
+    # Every face (faces.tracks), each stored as its own video "<video id>#face<k>" in its video's
+    # split; else the one face faces.track follows, as DeepfakeBench keeps the largest.
+    every_face: bool = False
 
     def key(self) -> str:
-        """A short name for these settings (part of the TFDS config name)."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """A short name for these settings (part of the TFDS config name). Settings added later
+        count only when changed, so datasets prepared before keep their names."""
+        fields = dataclasses.asdict(self)
+        if not self.every_face:
+            del fields["every_face"]
+        text = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
@@ -56,6 +64,14 @@ class VideoResult:
     crops: list[bytes] = dataclasses.field(default_factory=list)  # PNG, RGB
     landmarks: list[np.ndarray | None] = dataclasses.field(default_factory=list)
     masks: list[bytes | None] = dataclasses.field(default_factory=list)  # PNG, grey
+    tracks: list[int] = dataclasses.field(default_factory=list)  # per crop: its face, from 1
+
+    def video_id_of(self, index: int) -> str:
+        """The id crop `index` is stored under: the video's, or "<video id>#face<k>" for face k when
+        every face was kept (metrics.video_level takes a video's highest face)."""
+        if self.tracks and max(self.tracks) > 0:
+            return f"{self.video_id}{FACE_SUFFIX}{self.tracks[index]}"
+        return self.video_id
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -133,7 +149,17 @@ def process_entry(entry: Entry, settings: Settings, detector=None) -> VideoResul
     detections = [detector.detect(frame) for frame in frames]
     result.faces_per_frame = [len(d) for d in detections]
     masks = _mask_frames(entry, indices)
-    for frame, index, face in zip(frames, indices, faces.track(detections), strict=True):
+    if settings.every_face:
+        chosen = [
+            (k, frame, index, face)
+            for k, track in enumerate(faces.tracks(detections), 1)
+            for frame, index, face in zip(frames, indices, track, strict=True)
+        ]
+    else:
+        chosen = [
+            (0, *item) for item in zip(frames, indices, faces.track(detections), strict=True)
+        ]
+    for track_number, frame, index, face in chosen:
         if face is None:
             continue
         landmarks = face.landmarks
@@ -150,6 +176,7 @@ def process_entry(entry: Entry, settings: Settings, detector=None) -> VideoResul
                 else None
             )
         result.frame_indices.append(index)
+        result.tracks.append(track_number)
         result.crops.append(_png(crop))
         result.landmarks.append(crop_marks)
         result.masks.append(
@@ -247,6 +274,7 @@ def save(result: VideoResult, path: pathlib.Path) -> None:
             f,
             meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
             frame_indices=np.asarray(result.frame_indices, np.int32),
+            tracks=np.asarray(result.tracks or [0] * len(crops), np.int32),
             crop_sizes=np.asarray([len(c) for c in crops], np.int64),
             crops=np.concatenate(crops) if crops else np.zeros(0, np.uint8),
             mask_sizes=np.asarray([len(m) for m in masks], np.int64),
@@ -276,6 +304,7 @@ def load(path: pathlib.Path) -> VideoResult:
                 for m, h in zip(data["landmarks"], data["has_landmarks"], strict=True)
             ],
             [m.tobytes() if m.size else None for m in masks] if count else [],
+            data["tracks"].tolist() if "tracks" in data else [0] * count,
         )
 
 

@@ -82,13 +82,14 @@ BUILDER_NAMES = {
 def _example(entry: catalog.Entry, result: preprocess.VideoResult, index: int, size: int):
     mask = result.masks[index] if result.masks else None
     marks = result.landmarks[index] if result.landmarks else None
+    video_id = result.video_id_of(index)
     return (
-        f"{entry.video_id}/{result.frame_indices[index]:06d}",
+        f"{video_id}/{result.frame_indices[index]:06d}",
         {
             "image": result.crops[index],
             "label": entry.label,
             "method": entry.method,
-            "video_id": entry.video_id,
+            "video_id": video_id,
             "frame_index": result.frame_indices[index],
             "dataset": entry.dataset,
             "compression": entry.compression,
