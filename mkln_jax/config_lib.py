@@ -259,6 +259,13 @@ def _check_data(data: ml_collections.ConfigDict, errors: list[str]) -> None:
                 "data.detector = dlib needs dlib: pip install 'mkln_jax[faces]' (dlib-bin), "
                 "or use data.detector = haar"
             )
+    elif data.detector == "retinaface":
+        missing = [m for m in ("onnxruntime", "retinaface") if importlib.util.find_spec(m) is None]
+        if missing:
+            errors.append(
+                f"data.detector = retinaface needs {' and '.join(missing)}: pip install "
+                "'mkln_jax[faces]', or use data.detector = haar"
+            )
     if data.name == "ffpp" and data.compression not in ("raw", "c0", "c23", "c40"):
         errors.append(f"data.compression must be raw, c0, c23 or c40, got {data.compression!r}")
     if data.name == "celebdf" and data.version not in ("v1", "v2"):

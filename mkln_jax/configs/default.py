@@ -26,7 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.version = "v2"  # celebdf: v1 or v2
     config.data.index_json = ""  # deepfakebench: one of its dataset JSON files
     config.data.num_frames = 32  # real datasets: frames sampled evenly per video
-    config.data.detector = "haar"  # face detector: haar (built in) or dlib (extra `faces`)
+    config.data.detector = "haar"  # face detector: haar (built in), or dlib or retinaface
+    # (5 landmarks, hence aligned crops) from the `faces` extra
     config.data.shape_predictor = ""  # dlib 68-point model file, or "dlib68" to fetch dlib's
     # (pinned, 100 MB): gives the dlib detector landmarks, hence 5-point alignment
     config.data.every_face = False  # real datasets: keep every face of a video (each stored
