@@ -208,7 +208,9 @@ class RetinaFaceDetector(Detector):
 
     name = "retinaface"
 
-    def __init__(self, max_side: int = 640, threshold: float = 0.8, nms: float = 0.4):
+    def __init__(
+        self, max_side: int = 640, threshold: float = 0.8, nms: float = 0.4, threads: int = 0
+    ):
         try:
             import onnxruntime
         except ImportError as err:
@@ -218,6 +220,7 @@ class RetinaFaceDetector(Detector):
             ) from err
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
+        options.intra_op_num_threads = threads  # 0: onnxruntime's choice; prepare's workers: 1
         self._session = onnxruntime.InferenceSession(
             retinaface_model(), options, providers=["CPUExecutionProvider"]
         )

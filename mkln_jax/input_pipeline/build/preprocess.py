@@ -359,7 +359,10 @@ def _worker(args):
     global _WORKER_DETECTOR
     entry, settings, path = args
     if _WORKER_DETECTOR is None:
-        _WORKER_DETECTOR = faces.make_detector(settings.detector, **detector_args(settings))
+        args = detector_args(settings)
+        if settings.detector == "retinaface":
+            args["threads"] = 1  # one worker process per core
+        _WORKER_DETECTOR = faces.make_detector(settings.detector, **args)
     cv2.setNumThreads(1)
     result = process_entry(entry, settings, _WORKER_DETECTOR)
     save(result, path)
