@@ -99,14 +99,14 @@ $(EXTRAS_VENV)/.installed: pyproject.toml requirements/lock-dev-py3.12.txt requi
 	@test -x $(EXTRAS_VENV)/bin/python || $(EXTRAS_PYTHON) -m venv $(EXTRAS_VENV)
 	$(EXTRAS_VENV)/bin/pip install -q --upgrade pip
 	$(EXTRAS_VENV)/bin/pip install -q -r requirements/lock-dev-py$$($(EXTRAS_VENV)/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])').txt
-	$(EXTRAS_VENV)/bin/pip install -q --no-build-isolation -e ".[beam,faces,onnx]" --config-settings editable_mode=compat
+	$(EXTRAS_VENV)/bin/pip install -q --no-build-isolation -e ".[beam,faces,onnx,savedmodel]" --config-settings editable_mode=compat
 	@touch $@
 
-# Beam's DirectRunner against the local dataset build; ONNX export against the JAX artifact;
-# predict's crops against prepare's with dlib's landmarks.
+# Beam's DirectRunner against the local dataset build; ONNX and SavedModel exports against the
+# JAX artifact; predict's crops against prepare's with dlib's and RetinaFace's landmarks.
 extras: $(EXTRAS_VENV)/.installed
 	$(EXTRAS_VENV)/bin/pytest -q -p no:cacheprovider tests/test_beam.py tests/test_onnx.py \
-		tests/test_face_pipeline.py
+		tests/test_savedmodel.py tests/test_face_pipeline.py
 
 bench: setup
 	$(PY) bench/dct_bench.py

@@ -31,6 +31,9 @@ FORMAT_VERSION = 1
 PROGRAM = "model.jaxexport"
 WEIGHTS = "weights.npz"
 EXPLAIN = "saliency.jaxexport"  # optional: input-gradient maps (`mkln predict --explain`)
+# Lowered for each, wherever the export runs: an artifact exported on a GPU host or a TPU VM
+# also scores on a CPU laptop, and the other way round (jax.export lowers without the device).
+PLATFORMS = ("cpu", "cuda", "tpu")
 METADATA = "metadata.json"
 
 
@@ -121,8 +124,10 @@ def export_stage(
     image_spec = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8)
     # Portable StableHLO: the jnp formulations, not our CPU-only FFI kernels (backends/cpu/native).
     with native.portable():
-        exported = jax.export.export(jax.jit(infer))(weight_specs, image_spec)
-        explained = jax.export.export(jax.jit(explain))(weight_specs, image_spec)
+        exported = jax.export.export(jax.jit(infer), platforms=PLATFORMS)(weight_specs, image_spec)
+        explained = jax.export.export(jax.jit(explain), platforms=PLATFORMS)(
+            weight_specs, image_spec
+        )
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -134,6 +139,7 @@ def export_stage(
     np.savez(weights, **flat)
     fileio.atomic_write(out / WEIGHTS, weights.getvalue())
     spec = models.spec(config[stage].model)
+    pipeline = splits.face_pipeline(config.data)
     metadata = {
         "format_version": FORMAT_VERSION,
         "model": config[stage].model,
@@ -144,14 +150,15 @@ def export_stage(
         "input_size": size,
         "input": "uint8 RGB face crops [b, S, S, 3]; normalisation is inside the program",
         "normalisation": {"mean": list(spec.mean), "std": list(spec.std), "scale": 1 / 255},
-        "face_crop": {"detector": "opencv_haar_frontalface", "margin": config.data.margin},
-        "face_pipeline": splits.face_pipeline(config.data),
+        "face_crop": {"detector": pipeline["detector"], "margin": pipeline["margin"]},
+        "face_pipeline": pipeline,
         "threshold": calibration.get("threshold", config.eval.threshold),
         "calibration": calibration,
         "num_frames": config.predict.num_frames,
         "aggregate": config.predict.get("aggregate", "mean"),
         "output": "P(fake) per image, float32[b]",
         "jax_version": jax.__version__,
+        "platforms": list(exported.platforms),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "sha256": {name: _sha256(out / name) for name in (PROGRAM, WEIGHTS, EXPLAIN)},
     }

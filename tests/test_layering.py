@@ -20,6 +20,7 @@ LAYERS = {
         "mkln_jax.evaluate",
         "mkln_jax.export",
         "mkln_jax.onnx_export",
+        "mkln_jax.savedmodel_export",
         "mkln_jax.predict",
         "mkln_jax.input_pipeline.prepare",
     ),

@@ -6,8 +6,11 @@ from absl import flags
 
 from mkln_jax.cli import common
 
-SUMMARY = "export the best student checkpoint as a jax.export artifact (optionally ONNX)"
-USAGE = "mkln export --config=CONFIG --workdir=DIR [--artifact=DIR] [--onnx] [--member=K]"
+SUMMARY = "export the best student checkpoint as a jax.export artifact (also ONNX, SavedModel)"
+USAGE = (
+    "mkln export --config=CONFIG --workdir=DIR [--artifact=DIR] [--onnx] [--savedmodel] "
+    "[--member=K]"
+)
 EXAMPLE = "mkln export --config=demo --workdir=runs/demo --artifact=runs/demo/export"
 TAKES_CONFIG = True
 
@@ -15,7 +18,13 @@ TAKES_CONFIG = True
 def define_flags() -> list[str]:
     if "onnx" not in common.FLAGS:
         flags.DEFINE_bool("onnx", False, "Also write model.onnx (the `onnx` extra) and check it.")
-    return [*common.workdir(), *common.artifact(), *common.member(), "onnx"]
+    if "savedmodel" not in common.FLAGS:
+        flags.DEFINE_bool(
+            "savedmodel",
+            False,
+            "Also write a TensorFlow SavedModel (the `savedmodel` extra) and check it.",
+        )
+    return [*common.workdir(), *common.artifact(), *common.member(), "onnx", "savedmodel"]
 
 
 def main(config, args: list[str]) -> int:
@@ -38,4 +47,18 @@ def main(config, args: list[str]) -> int:
         print(f"ONNX: {path}; max |onnxruntime - JAX artifact| on 8 images: {diff:.2e}")
         if diff > 1e-4:
             raise config_lib.ConfigError(f"ONNX output differs from JAX by {diff:.2e} (> 1e-4)")
+    if FLAGS.savedmodel:
+        import numpy as np
+
+        from mkln_jax import savedmodel_export
+
+        path = savedmodel_export.export_savedmodel(common.artifact_dir())
+        size = config.data.image_size
+        images = np.random.default_rng(0).integers(0, 256, (8, size, size, 3), dtype=np.uint8)
+        diff = savedmodel_export.verify(common.artifact_dir(), images)
+        print(f"SavedModel: {path}; max |TensorFlow - JAX artifact| on 8 images: {diff:.2e}")
+        if diff > 1e-4:
+            raise config_lib.ConfigError(
+                f"SavedModel output differs from JAX by {diff:.2e} (> 1e-4)"
+            )
     return 0
