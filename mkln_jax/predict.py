@@ -193,13 +193,19 @@ class Prediction:
 
     def _saliency_row(self, width: int, height: int) -> np.ndarray:
         """Each scored face crop with its saliency map laid over it (red = where the P(fake)
-        margin is most sensitive), left-aligned under the frames."""
+        margin is most sensitive), left-aligned under the frames, framed in its face's colour
+        when there are several."""
+        owners = [k for k, t in enumerate(self.tracks) for _ in t.scores]
         tiles = []
-        for crop, heat in zip(self.crops, self.saliency, strict=True):
+        for crop, heat, k in zip(self.crops, self.saliency, owners, strict=True):
             crop = cv2.resize(crop, (height, height))
             heat = cv2.resize((np.clip(heat, 0, 1) * 255).astype(np.uint8), (height, height))
             colour = cv2.cvtColor(cv2.applyColorMap(heat, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-            tiles.append(cv2.addWeighted(crop, 0.55, colour, 0.45, 0.0))
+            tile = cv2.addWeighted(crop, 0.55, colour, 0.45, 0.0)
+            if len(self.tracks) > 1:
+                edge = TRACK_COLOURS[k % len(TRACK_COLOURS)]
+                cv2.rectangle(tile, (1, 1), (height - 2, height - 2), edge, 3)
+            tiles.append(tile)
         row = np.concatenate(tiles, axis=1)[:, :width]
         return np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0)), constant_values=255)
 
