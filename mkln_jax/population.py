@@ -146,7 +146,25 @@ def make_mesh(population_size: int = 1, num_data: int = -1, num_fsdp: int = 1) -
             f"mesh {population_size} x {num_data} x {num_fsdp} needs {count} devices, "
             f"have {len(devices)}"
         )
-    grid = np.asarray(devices[:count]).reshape(population_size, num_data, num_fsdp)
+    processes = jax.process_count()
+    if processes == 1:
+        grid = np.asarray(devices[:count]).reshape(population_size, num_data, num_fsdp)
+        return Mesh(grid, (AXIS, *sharding.BATCH_AXES))
+    # Several processes (hosts): `population` and `fsdp` inside each host, `data` across
+    # hosts. Members never talk to each other, so the only cross-host traffic is each member's
+    # gradient all-reduce, every host holds a replica of every member (its metrics, checkpoints
+    # and validation need no gather of states), and each host reads only its own rows of
+    # every batch, as in a single-student run.
+    local = len(jax.local_devices())
+    inner = population_size * num_fsdp
+    if count != len(devices) or local % inner:
+        raise ValueError(
+            f"with {processes} processes of {local} devices, the population mesh must use "
+            f"every device and population.mesh x train.mesh_fsdp ({inner}) must divide {local}"
+        )
+    ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
+    grid = np.asarray(ordered).reshape(processes, population_size, local // inner, num_fsdp)
+    grid = grid.transpose(1, 0, 2, 3).reshape(population_size, num_data, num_fsdp)
     return Mesh(grid, (AXIS, *sharding.BATCH_AXES))
 
 

@@ -343,7 +343,7 @@ class RunningMeans:
         self.count += 1
 
     def pop(self) -> dict:
-        values = jax.tree.map(lambda x: np.asarray(x) / self.count, jax.device_get(self.total))
+        values = jax.tree.map(lambda x: x / self.count, sharding.to_host(self.total))
         self.total, self.count = None, 0
         return {k: (float(v) if np.ndim(v) == 0 else v) for k, v in values.items()}
 
@@ -357,11 +357,6 @@ class Members:
         self.config = config
         self.members = population.members(config)
         size = len(self.members)
-        if jax.process_count() > 1 and config.population.mesh > 1:
-            raise config_lib.ConfigError(
-                "population.mesh > 1 with several processes is not supported yet. Fix: "
-                "population.mesh=1 (members side by side on every device)."
-            )
         if size % config.population.mesh:
             raise config_lib.ConfigError(
                 f"population.mesh={config.population.mesh} must divide the {size} members"
@@ -397,7 +392,7 @@ class Members:
         return f"population of {len(self.members)} students in one step ({shared}):\n{names}"
 
     def check_finite(self, state, step: int) -> None:
-        counts = np.asarray(jax.device_get(state.nonfinite))
+        counts = sharding.to_host(state.nonfinite)
         for k in np.flatnonzero(counts):
             if int(k) not in self.frozen:
                 self.frozen[int(k)] = step
