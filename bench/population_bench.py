@@ -33,7 +33,7 @@ import time
 import jax
 import numpy as np
 
-from mkln_jax import experiment, population, sharding
+from mkln_jax import config_lib, experiment, population, sharding
 from mkln_jax import step as step_lib
 from mkln_jax.backends.cpu import hostmem
 from mkln_jax.configs import default
@@ -106,6 +106,7 @@ def measure(config, size: int, steps: int, teacher: bool = True) -> tuple[float,
         compiler_options=experiment.cpu_compiler_options(config, "student")
     )
     compile_s = time.perf_counter() - start
+    experiment.check_step_memory(compiled, "population", size)  # one line, not an OOM kill
     for _ in range(3):  # warm-up
         state, metrics = compiled(state, frozen, batch, hp)
     jax.block_until_ready(state)
@@ -152,7 +153,11 @@ def main() -> None:
         )
         print("|---|---|---|---|---|---|---|")
         for size in sizes:
-            compile_s, step_s = measure(config, size, args.steps)
+            try:
+                compile_s, step_s = measure(config, size, args.steps)
+            except config_lib.ConfigError as err:
+                print(f"| {size} | does not fit: {err} |||||", flush=True)
+                continue
             separate = size * single_step
             sweep_one = compile_s + args.run_steps * step_s
             sweep_separate = size * (single_compile + args.run_steps * single_step)

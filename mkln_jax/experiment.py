@@ -292,6 +292,68 @@ def count_params(tree) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
+def step_bytes(compiled) -> int | None:
+    """Bytes one device holds while the compiled step runs (arguments, outputs, temporaries),
+    or None where the backend does not say."""
+    try:
+        memory = compiled.memory_analysis()
+    except Exception:  # not every backend reports memory
+        return None
+    if memory is None:
+        return None
+    return int(
+        memory.argument_size_in_bytes
+        + memory.output_size_in_bytes
+        + memory.temp_size_in_bytes
+        - memory.alias_size_in_bytes
+    )
+
+
+def host_available_bytes() -> int | None:
+    """The kernel's estimate of memory available to new allocations (Linux), else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def check_step_memory(compiled, stage: str, population_size: int = 1) -> None:
+    """Refuses, in one line and before step one, a compiled step that cannot fit its devices
+    (rather than an out-of-memory kill partway through, or a swapping host). An accelerator's
+    whole step must fit its memory limit; on the CPU, the buffers the step adds to what is
+    already allocated (its arguments are) must fit the host's available memory, shared by this
+    process's CPU devices."""
+    need = step_bytes(compiled)
+    if need is None:
+        return
+    device = jax.local_devices()[0]
+    if device.platform == "cpu":
+        free = host_available_bytes()
+        if free is None:
+            return
+        memory = compiled.memory_analysis()
+        need = need - int(memory.argument_size_in_bytes)
+        need *= len(jax.local_devices())
+        where = "the host has"
+    else:
+        try:
+            free = int((device.memory_stats() or {})["bytes_limit"])
+        except Exception:  # not every backend reports memory
+            return
+        where = f"{device.platform}:{device.id} has"
+    if need <= free:
+        return
+    fixes = "a smaller train.batch_size or data.image_size, more devices (train.mesh_fsdp)"
+    if population_size > 1:
+        fixes += f", fewer than {population_size} members or a larger population.mesh"
+    raise config_lib.ConfigError(
+        f"[{stage}] the compiled step needs {need / 2**30:.1f} GiB and {where} "
+        f"{free / 2**30:.1f} GiB. Fix: {fixes}."
+    )
+
+
 def compiled_costs(compiled) -> str:
     """FLOPs and memory of the compiled step, where the backend reports them."""
     parts = []
@@ -307,19 +369,10 @@ def compiled_costs(compiled) -> str:
             parts.append(f"{analysis['flops'] / 1e9:.2f} GFLOP per step{note}")
     except Exception:  # not every backend reports costs
         pass
-    try:
-        memory = compiled.memory_analysis()
-        if memory is not None:
-            total = (
-                memory.argument_size_in_bytes
-                + memory.output_size_in_bytes
-                + memory.temp_size_in_bytes
-                - memory.alias_size_in_bytes
-            )
-            parts.append(
-                f"{total / 2**20:.0f} MiB per device "
-                f"(temporaries {memory.temp_size_in_bytes / 2**20:.0f} MiB)"
-            )
-    except Exception:  # not every backend reports memory
-        pass
+    total = step_bytes(compiled)
+    if total is not None:
+        temporaries = compiled.memory_analysis().temp_size_in_bytes
+        parts.append(
+            f"{total / 2**20:.0f} MiB per device (temporaries {temporaries / 2**20:.0f} MiB)"
+        )
     return ", " + ", ".join(parts) if parts else ""

@@ -180,6 +180,7 @@ def _train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
     costs = experiment.compiled_costs(compiled)
     if costs:  # a line of its own: the two together ran past 200 characters
         say(f"[{stage}] per step{costs.removeprefix(',')}")
+    experiment.check_step_memory(compiled, stage, len(pop.members) if pop else 1)
 
     logger = MetricLogger(
         out_dir / "logs",

@@ -3,6 +3,7 @@ augmented view and the teacher's forward pass computed once per batch."""
 
 import distill_setup
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -214,3 +215,21 @@ def test_the_population_benchmark_runs_at_a_tiny_size():
     assert done.returncode == 0, done.stderr[-3000:]
     row = next(line for line in done.stdout.splitlines() if line.startswith("| 2 |"))
     assert len(row.split("|")) == 9  # K, step, K single steps, ratios, compile, sweep ratio
+
+
+def test_a_step_too_large_for_the_host_is_refused_before_step_one(monkeypatch):
+    from mkln_jax import config_lib, experiment
+
+    compiled = jax.jit(lambda x: jnp.tanh(x @ x) @ x).lower(jnp.ones((256, 256))).compile()
+    need = experiment.step_bytes(compiled)
+    assert need and need >= 2 * 256 * 256 * 4  # the argument and the result at least
+    experiment.check_step_memory(compiled, "student", population_size=8)  # fits this host
+    monkeypatch.setattr(experiment, "host_available_bytes", lambda: 1024)
+    with pytest.raises(config_lib.ConfigError) as err:
+        experiment.check_step_memory(compiled, "student", population_size=8)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("[student] the compiled step needs")
+    assert "fewer than 8 members" in message and "Fix:" in message
+    with pytest.raises(config_lib.ConfigError) as err:
+        experiment.check_step_memory(compiled, "teacher")
+    assert "members" not in str(err.value)
