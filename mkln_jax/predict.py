@@ -264,16 +264,22 @@ def _load_frames(path: pathlib.Path, num_frames: int) -> tuple[list[np.ndarray],
 _PIPELINES: dict = {}  # one detector per pipeline (dlib's predictor loads in seconds)
 
 
-def face_pipeline(artifact: export.Artifact):
+def face_pipeline(artifact: export.Artifact, detector: str = ""):
     """(detector, preprocess.Settings) rebuilding the artifact's face pipeline, or PredictError
     naming what is missing. Artifacts from before the pipeline was recorded used Haar boxes
-    with square crops, which is what they get."""
+    with square crops, which is what they get. `detector` replaces the recorded detector
+    (the rest of the pipeline stays; dlib then brings its 68-point landmarks)."""
     recorded = artifact.metadata.get("face_pipeline") or {
         "detector": "haar",
         "shape_predictor": "",
         "align": False,
         "margin": artifact.metadata["face_crop"]["margin"],
     }
+    if detector and detector != recorded["detector"]:
+        if detector not in faces.DETECTORS:
+            raise PredictError(f"unknown detector {detector!r}; known: {sorted(faces.DETECTORS)}")
+        shape_predictor = "dlib68" if detector == "dlib" else ""
+        recorded = {**recorded, "detector": detector, "shape_predictor": shape_predictor}
     name = recorded["detector"]
     if name == "deepfakebench":
         raise PredictError(
@@ -331,6 +337,7 @@ def predict(
     num_frames: int,
     aggregate: str = "mean",
     explain: bool = False,
+    detector: str = "",
 ) -> Prediction:
     """Scores one image or video: every face found and tracked across the sampled frames,
     cropped by the artifact's own face pipeline (that of its training data), all crops in one
@@ -338,7 +345,7 @@ def predict(
     start = time.perf_counter()
     path = pathlib.Path(path)
     frames, indices, note = _load_frames(path, num_frames)
-    found, missing = face_crops(frames, indices, *face_pipeline(artifact))
+    found, missing = face_crops(frames, indices, *face_pipeline(artifact, detector))
     if not found:
         raise PredictError(f"{path}: no face found in {len(frames)} sampled frame(s)")
     crops = [c for track_crops, _, _ in found for c in track_crops]
@@ -426,6 +433,7 @@ def run(
     err=sys.stderr,
     aggregate: str = "",
     explain: bool = False,
+    detector: str = "",
 ) -> int:
     """`mkln predict`: scores every input, printing results as they come. Returns the exit
     status: 0 all scored, 1 some skipped, 2 none scored (or no input, or unusable outputs)."""
@@ -460,9 +468,16 @@ def run(
     except MklnError as problem:
         return error(str(problem))
     try:
-        face_pipeline(artifact)  # refused here, once, if it cannot be rebuilt
+        face_pipeline(artifact, detector)  # refused here, once, if it cannot be rebuilt
     except PredictError as problem:
         return error(f"{artifact_dir}: {problem}")
+    trained_on = (artifact.metadata.get("face_pipeline") or {}).get("detector", "haar")
+    if detector and detector != trained_on:
+        print(
+            f"note: faces found by {detector}, while the model was trained on {trained_on} "
+            "crops: its scores may shift",
+            file=err,
+        )
     if explain and not artifact.has_saliency:
         return error(f"{artifact_dir}: this artifact has no saliency program; re-export it")
     num_frames = num_frames or int(artifact.metadata["num_frames"])
@@ -472,7 +487,7 @@ def run(
     results, skipped = [], 0
     for path in inputs:
         try:
-            result = predict(artifact, path, num_frames, aggregate, explain)
+            result = predict(artifact, path, num_frames, aggregate, explain, detector)
         except PredictError as problem:
             print(f"skipped: {problem}", file=err)
             skipped += 1

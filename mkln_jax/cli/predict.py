@@ -9,7 +9,7 @@ from mkln_jax.cli import common
 SUMMARY = "score images, videos or folders with an exported artifact"
 USAGE = (
     "mkln predict PATH [PATH ...] --artifact=DIR [--report=FILE.csv|.json] [--strip=DIR] "
-    "[--aggregate=mean|max|confident] [--explain]"
+    "[--aggregate=mean|max|confident] [--explain] [--detector=haar|dlib|retinaface]"
 )
 EXAMPLE = "mkln predict clip.mp4 photos/ --artifact=runs/demo/export --report=scores.csv"
 TAKES_CONFIG = False
@@ -31,6 +31,12 @@ def define_flags() -> list[str]:
         flags.DEFINE_boolean(
             "explain", False, "Add input-gradient saliency maps over the face crops to --strip."
         )
+        flags.DEFINE_string(
+            "detector",
+            "",
+            "Find faces with this detector instead of the training data's (default: the "
+            "artifact's face pipeline; a note says the crops then differ from training).",
+        )
     return [
         *common.artifact(),
         *common.workdir(),
@@ -39,6 +45,7 @@ def define_flags() -> list[str]:
         "strip",
         "aggregate",
         "explain",
+        "detector",
     ]
 
 
@@ -54,4 +61,5 @@ def main(config, args: list[str]) -> int:
         FLAGS.strip,
         aggregate=FLAGS.aggregate,
         explain=FLAGS.explain,
+        detector=FLAGS.detector,
     )
