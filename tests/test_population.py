@@ -225,10 +225,11 @@ def test_a_step_too_large_for_the_host_is_refused_before_step_one(monkeypatch):
     assert need and need >= 2 * 256 * 256 * 4  # the argument and the result at least
     experiment.check_step_memory(compiled, "student", population_size=8)  # fits this host
     monkeypatch.setattr(experiment, "host_available_bytes", lambda: 1024)
+    monkeypatch.setattr(experiment, "_resident_bytes", lambda: 0)
     with pytest.raises(config_lib.ConfigError) as err:
         experiment.check_step_memory(compiled, "student", population_size=8)
     message = str(err.value)
-    assert "\n" not in message and message.startswith("[student] the compiled step needs")
+    assert "\n" not in message and message.startswith("[student] the compiled step needs about")
     assert "fewer than 8 members" in message and "Fix:" in message
     with pytest.raises(config_lib.ConfigError) as err:
         experiment.check_step_memory(compiled, "teacher")

@@ -61,3 +61,18 @@ def tune() -> bool:
             )
     _state["tuned"] = applied
     return applied
+
+
+def is_tuned() -> bool:
+    """Whether tune() changed the allocator in this process."""
+    return bool(_state["tuned"])
+
+
+def release() -> bool:
+    """Hand the heap's free memory back to the kernel now (glibc's malloc_trim), for a process
+    that runs several large programs one after another (a benchmark over sizes): tuned, the
+    heap otherwise keeps every peak. True if glibc released something."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
