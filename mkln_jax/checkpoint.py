@@ -145,20 +145,23 @@ class Checkpoints:
     """`latest` (keep N, resume) and `best` (keep 1, by validation AUC) of one stage. With
     `read_only`, nothing is created on disk, and a missing folder reads as no checkpoints."""
 
-    def __init__(self, directory: str | pathlib.Path, keep: int, *, read_only: bool = False):
+    def __init__(
+        self, directory: str | pathlib.Path, keep: int, *, read_only: bool = False, key: str = ""
+    ):
         self.directory = pathlib.Path(directory).absolute()
         self.read_only = read_only
 
         def manager(name: str, **options):
-            # Both managers may save the same step at once; with several processes their
-            # barriers must not share names, hence a key prefix each.
+            # Both managers may save the same step at once, and so may those of other
+            # population members (`key`); with several processes their barriers must not share
+            # names, hence a key prefix each.
             return ocp.CheckpointManager(
                 self.directory / name,
                 options=ocp.CheckpointManagerOptions(
                     create=not read_only,
                     read_only=read_only,
                     multiprocessing_options=ocp.options.MultiprocessingOptions(
-                        barrier_sync_key_prefix=name
+                        barrier_sync_key_prefix=f"{key}{name}"
                     ),
                     **options,
                 ),

@@ -379,7 +379,8 @@ class Members:
             for d in self.dirs
         ]
         self.ckpts = [
-            checkpoint.Checkpoints(d / "student" / "checkpoints", keep=1) for d in self.dirs
+            checkpoint.Checkpoints(d / "student" / "checkpoints", keep=1, key=f"member{k}_")
+            for k, d in enumerate(self.dirs)
         ]
         self.frozen: dict[int, int] = {}  # member -> step it was found non-finite
 
