@@ -82,6 +82,12 @@ def test_exported_artifact_matches_the_training_code_path(demo_run):
     assert artifact.metadata["model"] == config.student.model
     assert artifact.metadata["input_size"] == config.data.image_size
     assert jax.device_count() == 8
+    # lowered for GPU and TPU hosts too, whatever machine exported it
+    assert tuple(artifact.exported.platforms) == ("cpu", "cuda", "tpu")
+    assert artifact.metadata["platforms"] == ["cpu", "cuda", "tpu"]
+    assert (
+        artifact.metadata["face_crop"]["detector"] == artifact.metadata["face_pipeline"]["detector"]
+    )
 
 
 def test_mutual_student_from_another_runs_teachers_trains_evaluates_and_exports(demo_run, tmp_path):
