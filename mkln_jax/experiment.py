@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import pathlib
 
 import jax
@@ -310,24 +309,6 @@ def step_bytes(compiled) -> int | None:
     )
 
 
-def host_available_bytes() -> int | None:
-    """The kernel's estimate of memory available to new allocations (Linux), else None."""
-    try:
-        with open("/proc/meminfo") as f:
-            info = dict(line.split(":", 1) for line in f)
-        return int(info["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return None
-
-
-def _resident_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 # On the CPU, XLA's memory analysis leaves out what lives beside its buffers (the runtime, our
 # kernels' scratch) and the allocator keeping freed blocks (hostmem.tune). Measured on a 4-member
 # EfficientNet-B4 -> B0 population step (2026-12-07, this project's 2-core VM): resident size
@@ -346,10 +327,10 @@ def check_step_memory(compiled, stage: str, population_size: int = 1) -> None:
         return
     device = jax.local_devices()[0]
     if device.platform == "cpu":
-        available = host_available_bytes()
+        available = hostmem.available_bytes()
         if available is None:
             return
-        free = available + _resident_bytes()
+        free = available + hostmem.resident_bytes()
         overhead = CPU_OVERHEAD["tuned" if hostmem.is_tuned() else "system"]
         need = int(need * len(jax.local_devices()) * overhead)
         where = "the host has"

@@ -56,7 +56,6 @@ class Prediction:
     path: str
     tracks: list[Track]  # every face, longest track first (faces.tracks)
     sampled: list[int]  # every sampled frame index
-    frames_without_face: list[int]
     threshold: float
     seconds: float  # end to end: decoding, detection, scoring
     model_seconds: float = 0.0  # the artifact's share
@@ -68,6 +67,11 @@ class Prediction:
 
     def track_score(self, track: Track) -> float:
         return metrics.aggregate(track.scores, self.aggregate)
+
+    @property
+    def frames_without_face(self) -> list[int]:
+        seen = {i for t in self.tracks for i in t.frame_indices}
+        return [i for i in self.sampled if i not in seen]
 
     @property
     def score(self) -> float:
@@ -264,17 +268,22 @@ def _load_frames(path: pathlib.Path, num_frames: int) -> tuple[list[np.ndarray],
 _PIPELINES: dict = {}  # one detector per pipeline (dlib's predictor loads in seconds)
 
 
-def face_pipeline(artifact: export.Artifact, detector: str = ""):
-    """(detector, preprocess.Settings) rebuilding the artifact's face pipeline, or PredictError
-    naming what is missing. Artifacts from before the pipeline was recorded used Haar boxes
-    with square crops, which is what they get. `detector` replaces the recorded detector
-    (the rest of the pipeline stays; dlib then brings its 68-point landmarks)."""
-    recorded = artifact.metadata.get("face_pipeline") or {
+def recorded_pipeline(artifact: export.Artifact) -> dict:
+    """The face pipeline of the artifact's training data; artifacts from before it was
+    recorded used Haar boxes with square crops."""
+    return artifact.metadata.get("face_pipeline") or {
         "detector": "haar",
         "shape_predictor": "",
         "align": False,
         "margin": artifact.metadata["face_crop"]["margin"],
     }
+
+
+def face_pipeline(artifact: export.Artifact, detector: str = ""):
+    """(detector, preprocess.Settings) rebuilding the artifact's face pipeline, or PredictError
+    naming what is missing (recorded_pipeline). `detector` replaces the recorded detector
+    (the rest of the pipeline stays; dlib then brings its 68-point landmarks)."""
+    recorded = recorded_pipeline(artifact)
     if detector and detector != recorded["detector"]:
         if detector not in faces.DETECTORS:
             raise PredictError(f"unknown detector {detector!r}; known: {sorted(faces.DETECTORS)}")
@@ -314,9 +323,8 @@ def face_pipeline(artifact: export.Artifact, detector: str = ""):
 
 
 def face_crops(frames, indices, detector, settings):
-    """(tracks, frames without a face): every face tracked across the frames (faces.tracks),
-    each track a (crops, frame indices, boxes) triple, cropped as `prepare` crops
-    (preprocess.crop_face)."""
+    """Every face tracked across the frames (faces.tracks), each track a (crops, frame
+    indices, boxes) triple, cropped as `prepare` crops (preprocess.crop_face)."""
     found = faces.tracks([detector.detect(frame) for frame in frames])
     out = []
     for track in found:
@@ -327,8 +335,7 @@ def face_crops(frames, indices, detector, settings):
                 kept.append(index)
                 boxes.append(face.box)
         out.append((crops, kept, boxes))
-    seen = {i for _, kept, _ in out for i in kept}
-    return out, [i for i in indices if i not in seen]
+    return out
 
 
 def predict(
@@ -345,7 +352,7 @@ def predict(
     start = time.perf_counter()
     path = pathlib.Path(path)
     frames, indices, note = _load_frames(path, num_frames)
-    found, missing = face_crops(frames, indices, *face_pipeline(artifact, detector))
+    found = face_crops(frames, indices, *face_pipeline(artifact, detector))
     if not found:
         raise PredictError(f"{path}: no face found in {len(frames)} sampled frame(s)")
     crops = [c for track_crops, _, _ in found for c in track_crops]
@@ -362,7 +369,6 @@ def predict(
         str(path),
         tracks,
         list(indices),
-        missing,
         artifact.threshold,
         seconds,
         model_seconds,
@@ -471,7 +477,7 @@ def run(
         face_pipeline(artifact, detector)  # refused here, once, if it cannot be rebuilt
     except PredictError as problem:
         return error(f"{artifact_dir}: {problem}")
-    trained_on = (artifact.metadata.get("face_pipeline") or {}).get("detector", "haar")
+    trained_on = recorded_pipeline(artifact)["detector"]
     if detector and detector != trained_on:
         print(
             f"note: faces found by {detector}, while the model was trained on {trained_on} "

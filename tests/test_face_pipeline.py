@@ -54,7 +54,7 @@ def test_predict_crops_equal_the_prepared_ones(name, tmp_path, cache_dir):
         metadata={"num_frames": 5, "face_pipeline": {**recorded, "margin": 1.3}},
     )
     clip = video.read_sampled(path, 5)
-    found, _ = predict.face_crops(clip.frames, clip.indices, *predict.face_pipeline(artifact))
+    found = predict.face_crops(clip.frames, clip.indices, *predict.face_pipeline(artifact))
     assert len(found) == 1
     crops, kept, _ = found[0]
     assert kept == prepared.frame_indices

@@ -219,13 +219,14 @@ def test_the_population_benchmark_runs_at_a_tiny_size():
 
 def test_a_step_too_large_for_the_host_is_refused_before_step_one(monkeypatch):
     from mkln_jax import config_lib, experiment
+    from mkln_jax.backends.cpu import hostmem
 
     compiled = jax.jit(lambda x: jnp.tanh(x @ x) @ x).lower(jnp.ones((256, 256))).compile()
     need = experiment.step_bytes(compiled)
     assert need and need >= 2 * 256 * 256 * 4  # the argument and the result at least
     experiment.check_step_memory(compiled, "student", population_size=8)  # fits this host
-    monkeypatch.setattr(experiment, "host_available_bytes", lambda: 1024)
-    monkeypatch.setattr(experiment, "_resident_bytes", lambda: 0)
+    monkeypatch.setattr(hostmem, "available_bytes", lambda: 1024)
+    monkeypatch.setattr(hostmem, "resident_bytes", lambda: 0)
     with pytest.raises(config_lib.ConfigError) as err:
         experiment.check_step_memory(compiled, "student", population_size=8)
     message = str(err.value)

@@ -3,9 +3,9 @@ a bad file is skipped and counted, never fatal.
 
 Per video: `settings.num_frames` frames evenly spaced (only those are converted from the
 decoder), faces detected on each (any `faces.Detector`), one face tracked across frames
-(`faces.track`) or, with `every_face`, every face (`faces.tracks`), then a 5-point similarity alignment when landmarks exist (given with the data,
-or from the detector) or a square crop of `margin` x the box otherwise, resized to `crop_size`,
-encoded as PNG. FF++ masks are cropped with the same geometry. Each finished video is written
+(`faces.track`) or, with `every_face`, every face (`faces.tracks`), then a 5-point similarity
+alignment when landmarks exist (given with the data, or from the detector) or a square crop of
+`margin` x the box otherwise, resized to `crop_size`, encoded as PNG. FF++ masks are cropped with the same geometry. Each finished video is written
 atomically to `<work_dir>/<hash>.npz`, so a rerun (or a crash) skips what is done.
 """
 
@@ -359,10 +359,10 @@ def _worker(args):
     global _WORKER_DETECTOR
     entry, settings, path = args
     if _WORKER_DETECTOR is None:
-        args = detector_args(settings)
+        options = detector_args(settings)
         if settings.detector == "retinaface":
-            args["threads"] = 1  # one worker process per core
-        _WORKER_DETECTOR = faces.make_detector(settings.detector, **args)
+            options["threads"] = 1  # one worker process per core
+        _WORKER_DETECTOR = faces.make_detector(settings.detector, **options)
     cv2.setNumThreads(1)
     result = process_entry(entry, settings, _WORKER_DETECTOR)
     save(result, path)
