@@ -9,9 +9,12 @@ split.
 from __future__ import annotations
 
 import contextlib
+import os
 import pathlib
+import queue
 import shutil
 import signal
+import threading
 import time
 
 import jax
@@ -190,6 +193,7 @@ def _train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
     averages = RunningMeans()
     profiler = StepProfiler(out_dir / "profile", config.train.profile_steps, start)
     last_log = None  # (time, step) of the last log line
+    idle = IdleWatch()
     best = {}
     batch = first
     preemption = preemption or PreemptionWatch()
@@ -201,6 +205,7 @@ def _train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
                     batch = sharding.host_to_global(next(data_iter), mesh)
                 profiler.before(step)
                 state, step_metrics = compiled(state, teacher_vars, batch, scalars)
+                idle.dispatched(step_metrics)
                 profiler.after(step, state)
                 averages.add(step_metrics)
                 done = step + 1
@@ -214,12 +219,16 @@ def _train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
                     if pop is not None:
                         values = pop.log_train(done, values)
                     now, rates = time.time(), {}
+                    since = done - (last_log[1] if last_log else start)
+                    idle_share = idle.share(since, count=last_log is not None)
                     if last_log is not None:  # the first interval holds warm-up; no rate
                         rate = (done - last_log[1]) / max(now - last_log[0], 1e-9)
                         rates = {
                             "steps_per_second": rate,
                             "images_per_second": rate * section.batch_size,
                         }
+                        if idle_share is not None:
+                            rates["device_idle_share"] = idle_share
                     last_log = (now, done)
                     logger.write(done, {f"train/{k}": v for k, v in (values | rates).items()})
                     progress.report(done, values)
@@ -303,6 +312,8 @@ def _train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
                 pop.close()
             profiler.close()
             logger.close()
+            idle.close()
+    _say_if_idle(stage, idle.overall())
     return best
 
 
@@ -330,6 +341,82 @@ class StepProfiler:
         if self.active:
             self.active = False
             jax.profiler.stop_trace()
+
+
+# Above this share of idle accelerators, a stage's end says so and how to feed them faster. (On
+# a CPU the input and the step share the cores, so idle time there is not lost in the same way.)
+IDLE_WARNING = 0.1
+
+
+def _say_if_idle(stage: str, share: float | None) -> None:
+    if share is None or share <= IDLE_WARNING or jax.process_index() != 0:
+        return
+    if jax.devices()[0].platform == "cpu":
+        return
+    say(
+        f"[{stage}] the accelerators waited for the host {share:.0%} of the time "
+        "(train/device_idle_share in the logs): read with worker processes "
+        f"(data.read_workers; this host has {len(os.sched_getaffinity(0))} cores) or lighten "
+        "the host augmentations"
+    )
+
+
+class IdleWatch:
+    """How long the devices sat without a step to run: the share of each log interval between
+    one step's end and the next step's dispatch (the host still reading the next batch, or
+    dispatching). Steps run asynchronously, so the time the loop spends blocked on the loader
+    is not idle time while earlier steps are still queued; a watcher thread notes when each
+    step's metrics are ready instead. The gap into an interval's first step (logging,
+    validation, checkpoints) is not counted."""
+
+    def __init__(self):
+        self.pending = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.spans: list[tuple[float, float]] = []  # (dispatched, done) per step, this interval
+        self.totals = [0.0, 0.0]  # idle, elapsed over every interval read
+        self.thread = threading.Thread(target=self._watch, daemon=True, name="idle-watch")
+        self.thread.start()
+
+    def dispatched(self, output) -> None:
+        """Called right after a step is dispatched, with (a leaf of) its output."""
+        self.pending.put((time.perf_counter(), output))
+
+    def _watch(self) -> None:
+        while (item := self.pending.get()) is not None:
+            dispatched, output = item
+            with contextlib.suppress(Exception):  # a failed step is reported by the loop
+                jax.block_until_ready(output)
+            with self.lock:
+                self.spans.append((dispatched, time.perf_counter()))
+
+    def share(self, steps: int, count: bool = True) -> float | None:
+        """The idle share since the last call, once `steps` steps were dispatched since then
+        (the caller has just synchronised with them); None for fewer than two steps. With
+        count=False (the interval that holds warm-up) it is left out of `overall()`."""
+        deadline = time.perf_counter() + 10.0
+        while True:
+            with self.lock:
+                if len(self.spans) >= steps or time.perf_counter() > deadline:
+                    spans, self.spans = self.spans, []
+                    break
+            time.sleep(0.0005)
+        if len(spans) < 2:
+            return None
+        idle = sum(max(0.0, spans[k][0] - spans[k - 1][1]) for k in range(1, len(spans)))
+        elapsed = spans[-1][1] - spans[0][1]
+        if elapsed <= 0:
+            return None
+        if count:
+            self.totals[0] += idle
+            self.totals[1] += elapsed
+        return min(idle / elapsed, 1.0)
+
+    def overall(self) -> float | None:
+        return self.totals[0] / self.totals[1] if self.totals[1] > 0 else None
+
+    def close(self) -> None:
+        self.pending.put(None)
+        self.thread.join(timeout=30)
 
 
 class RunningMeans:

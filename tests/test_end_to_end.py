@@ -37,7 +37,9 @@ def test_demo_runs_every_stage_and_prints_the_results_table(demo_run):
     metrics = results["student"]["metrics"]
     assert {"all", "seen methods", "self_blend", "upsampler", "face_swap"} <= set(metrics)
     assert 0.0 <= metrics["all"]["frame"]["auc"] <= 1.0
-    assert (workdir / "student" / "logs" / "metrics.jsonl").exists()
+    rows = [json.loads(line) for line in (workdir / "student" / "logs" / "metrics.jsonl").open()]
+    timed = [r for r in rows if "train/images_per_second" in r]
+    assert timed and all(0.0 <= r["train/device_idle_share"] <= 1.0 for r in timed)
     assert list((workdir / "student" / "logs" / "tensorboard").glob("events.out.tfevents.*"))
 
 

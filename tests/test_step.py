@@ -1,5 +1,7 @@
 """The jitted, sharded train step: 8 devices reproduce 1 device; the teacher never changes."""
 
+import time
+
 import distill_setup
 import jax
 import jax.numpy as jnp
@@ -84,3 +86,37 @@ def test_without_teacher_the_step_is_cross_entropy_only():
     )
     assert "kd" not in metrics
     assert float(metrics["loss"]) == pytest.approx(float(metrics["ce"]))
+
+
+class _Step:
+    """A step on a simulated device that runs one step at a time, `seconds` each: its output
+    is ready once the steps queued before it and itself have run."""
+
+    device_free = 0.0
+
+    def __init__(self, seconds: float):
+        start = max(time.perf_counter(), _Step.device_free)
+        self.ready_at = _Step.device_free = start + seconds
+
+    def block_until_ready(self):
+        time.sleep(max(0.0, self.ready_at - time.perf_counter()))
+        return self
+
+
+@pytest.mark.parametrize("host_seconds, expected", [(0.004, 0.0), (0.08, 0.5)])
+def test_idle_share_counts_only_time_the_device_had_no_step(host_seconds, expected):
+    # A step of 40 ms. A host that hands over a batch every 4 ms keeps the device busy even
+    # though the loop sits in the loader most of the time; one that needs 80 ms leaves the
+    # device idle half of the time.
+    from mkln_jax.train import IdleWatch
+
+    watch, _Step.device_free = IdleWatch(), 0.0
+    try:
+        for _ in range(12):
+            time.sleep(host_seconds)  # the loader
+            watch.dispatched(_Step(0.04))
+        time.sleep(0.5)  # the loop synchronises at its log line
+        assert watch.share(12) == pytest.approx(expected, abs=0.12)
+        assert watch.overall() == pytest.approx(expected, abs=0.12)
+    finally:
+        watch.close()
