@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-import av
 import numpy as np
 
 # What `prepare` and `predict` both take: containers PyAV (FFmpeg) decodes, an animated GIF
@@ -50,8 +49,17 @@ def _existing(path: str | pathlib.Path) -> pathlib.Path:
     return path
 
 
+def _av():
+    """PyAV, imported by the first video read: training and evaluation read prepared records
+    only, so a training host needs no FFmpeg."""
+    import av
+
+    return av
+
+
 def decode_all(path: str | pathlib.Path) -> list[np.ndarray]:
     """All frames of a video as RGB uint8; raises VideoError with the reason."""
+    av = _av()
     path = _existing(path)
     frames = []
     try:
@@ -83,6 +91,7 @@ def read_sampled(path: str | pathlib.Path, num_frames: int) -> Clip:
     sequential; the colour conversion of the others is skipped). Falls back to decoding
     everything when the container does not state its frame count. A truncated file keeps the
     sampled frames that decoded. Raises VideoError with the reason when nothing is usable."""
+    av = _av()
     path = _existing(path)
     try:
         with av.open(str(path)) as container:
