@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: loading an ml_collections config file by path."""
+"""Shared by the benchmark scripts: loading an ml_collections config file by path, a config's
+student step, and a prepared face dataset written from given crops."""
 
 from __future__ import annotations
 
@@ -59,3 +60,65 @@ def student_step(config, *, teacher: bool = True, hparam_overrides: dict | None 
     )
     compiled = jax.jit(fn).lower(state, frozen, batch, hparams).compile()
     return compiled, state, frozen, batch, hparams
+
+
+def write_face_dataset(source, settings, data_dir, videos: int, make_crops):
+    """A `folder`-builder dataset of `videos` videos x settings.num_frames PNG crops from
+    `make_crops()` (called only to write; half real, half one fake method; train/val/test 8:1:1
+    by video), written under data_dir without reading any video: each record costs what a
+    prepared FF++ record costs to decode. Returns the builder; one already written is kept."""
+    import pathlib
+
+    from mkln_jax.input_pipeline.build import catalog, preprocess
+    from mkln_jax.input_pipeline.build.datasets import forgery
+
+    pathlib.Path(source.root, "real").mkdir(parents=True, exist_ok=True)
+    builder = forgery.FaceFolder(
+        source=source,
+        settings=settings,
+        progress=False,
+        data_dir=str(data_dir),
+        file_format="array_record",
+    )
+    if builder.is_prepared():
+        return builder
+    frames, crops = settings.num_frames, make_crops()
+    entries, results = [], {}
+    splits = ["train"] * 8 + ["val", "test"]
+    for v in range(videos):
+        method = "real" if v % 2 == 0 else "fake_method"
+        video_id = f"{method}/{v:05d}"
+        entries.append(
+            catalog.Entry(
+                "folder",
+                splits[(v // 2) % 10],  # pairs of videos: every split holds both labels
+                v % 2,
+                method,
+                video_id,
+                f"{v:05d}.mp4",
+                identity=str(v),
+            )
+        )
+        results[video_id] = preprocess.VideoResult(
+            video_id,
+            "ok",
+            frames_sampled=frames,
+            faces_per_frame=[1] * frames,
+            frame_indices=list(range(frames)),
+            crops=[crops[(v * 7 + i) % len(crops)] for i in range(frames)],
+            landmarks=[None] * frames,
+            masks=[None] * frames,
+        )
+    # The tree is synthetic: entries and crops come from here, not from files.
+    object.__setattr__(source, "entries", lambda: entries)
+
+    def run(entries, settings, work_dir, workers, progress):
+        return results, preprocess.Report(videos_total=len(entries), videos_done=len(entries))
+
+    original = preprocess.run
+    preprocess.run = run
+    try:
+        builder.download_and_prepare()
+    finally:
+        preprocess.run = original
+    return builder

@@ -2,7 +2,7 @@
 same script at tiny sizes on a CPU (tests/test_gpu_check.py), so it is known to work before it
 meets the device.
 
-    python bench/gpu_check.py [--out=results.json] [--budget=420]      # on the GPU machine
+    python bench/gpu_check.py --wheels=build/gpu_wheels [--out=results.json] [--budget=420]
     python bench/gpu_check.py --tiny                                     # on a CPU, seconds
 
 It measures, at 256 px and batch 128 (the FF++ config's crop size):
@@ -12,11 +12,13 @@ It measures, at 256 px and batch 128 (the FF++ config's crop size):
      distillation step (EfficientNet-B4 teacher forward + EfficientNet-B0 student + DCT
      augmentation + KD, consistent teaching). PyTorch runs in bench/torch_worker.py, a
      separate process, one side at a time on the device.
-  b. a training loop fed by the loader (grain, this process's rows, the FF++ config's host
-     augmentations, PNG crops decoded on the host) against the same step fed one resident
-     batch: end-to-end images/s, step-only images/s and the share of time the device waits for
-     input. (Not `mkln train` itself: that needs TFDS and the rest, which the GPU machine does
-     not have; this is its input path and step.)
+  b. `mkln train` end to end (train.train_and_evaluate in this process) with the FF++ config's
+     models, host augmentations and distillation, on a dataset written there in the forgery
+     builders' format (256 px PNG crops, made on the machine: it has no network), against the
+     same config's student step fed one resident batch: end-to-end images/s, step-only
+     images/s, and the share of time the device had no step to run (train/device_idle_share).
+     The machine lacks grain, TFDS and the rest: `python bench/gpu_wheels.py` puts their wheels
+     in build/gpu_wheels (carried with the run), and --wheels installs the missing ones.
   c. achieved FLOP/s against the device's datasheet peak (FLOPs per image from the CPU
      compilation of the same step: XLA's GPU cost analysis does not count cuDNN convolutions),
      and memory traffic against the peak bandwidth (XLA's "bytes accessed" of the GPU program,
@@ -39,11 +41,12 @@ import subprocess
 import sys
 import time
 
+# JAX would take 75% of the device's memory at start; the PyTorch worker shares the device.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 import jax
 import numpy as np
 import step_bench  # bench/step_bench.py: the step builder, timing and peaks
-
-from mkln_jax import sharding
 
 HERE = pathlib.Path(__file__).resolve().parent
 # (student, teacher); the distillation step's teacher sees the student's view.
@@ -149,65 +152,217 @@ def torch_python(requested: str) -> tuple[str, str]:
     return python, probe.stdout.strip()
 
 
-def e2e_case(name: str, batch: int, size: int, dtype: str, steps: int, threads, workers) -> dict:
-    """The step fed by the loader against the same step fed one resident batch."""
+def install_wheels(directory: str) -> list[str]:
+    """Installs the wheels in `directory` (made by bench/gpu_wheels.py) whose distributions
+    this Python lacks into a fresh folder at the end of sys.path; returns their names. What is
+    installed already is left as it is."""
+    import importlib.metadata
+    import tempfile
+
+    wanted = []
+    for wheel in sorted(pathlib.Path(directory).glob("*.whl")):
+        name = wheel.name.split("-")[0]
+        try:
+            importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            wanted.append(wheel)
+    if wanted:
+        target = tempfile.mkdtemp(prefix="gpu_check_site_")
+        pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index"]
+        subprocess.run([*pip, "--target", target, *map(str, wanted)], check=True)
+        sys.path.append(target)  # after the machine's own packages: nothing is shadowed
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (os.environ.get("PYTHONPATH", ""), target) if p
+        )
+        importlib.invalidate_caches()
+    return [w.name.split("-")[0] for w in wanted]
+
+
+def synthetic_crops(size: int, count: int = 64) -> list[bytes]:
+    """PNG crops like a prepared dataset's (smooth face-like gradients plus noise), made here:
+    the GPU machine has no network to fetch the demo's video."""
     import cv2
 
-    from mkln_jax.input_pipeline import loader
-
-    student, teacher = CASES[name]
-    compiled, args, _ = step_bench._build(
-        student, teacher, batch, size, dtype, teacher_input="view"
-    )
-    step_only = step_bench.measure(compiled, args, steps)
-    # PNG crops like a prepared dataset's: smooth faces-like gradients plus noise.
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:size, 0:size] / size
     pngs = []
-    for k in range(64):
+    for k in range(count):
         base = np.stack([yy * (80 + k), xx * (120 - k), (yy + xx) * 60], -1) + 60
         image = np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
         pngs.append(cv2.imencode(".png", image)[1].tobytes())
+    return pngs
 
-    class PngSource:
-        def __len__(self):
-            return 4096
 
-        def __getitem__(self, i):
-            image = cv2.imdecode(np.frombuffer(pngs[i % len(pngs)], np.uint8), cv2.IMREAD_COLOR)
-            return {"image": image[..., ::-1], "label": i % 2}
+def train_config(root: pathlib.Path, dtype: str, batch: int, size: int, steps: int, tiny: bool):
+    """The FF++ config (its models, augmentations and distillation) on a `folder` dataset
+    written under root: random initialisation (no network), a two-step teacher stage (the
+    student needs its checkpoint), `steps` student steps logged in four intervals."""
+    from mkln_jax import config_lib
 
-    ds = loader.train_batches(
-        PngSource(),
-        np.arange(4096),
-        global_batch_size=batch,
-        seed=0,
-        augment=loader.HostAugment(hflip=True),  # the FF++ config's host augmentations
+    config = config_lib.load("folder")
+    config.data.root = str(root / "tree")
+    config.data.data_dir = str(root / "tfds")
+    config.data.image_size = size
+    config.data.num_frames = 16
+    config.data.detector, config.data.shape_predictor = "haar", ""  # crops come ready-made
+    config.data.methods = config.data.train_methods = ("fake_method",)  # as written
+    config.cache_dir = str(root / "cache")
+    for stage in ("teacher", "student"):
+        config[stage].pretrained = ""
+        config[stage].batch_size = batch
+        config[stage].warmup_steps = 1
+        if tiny:
+            config[stage].model = "small_cnn"
+    config.teacher.steps = 2
+    config.student.steps = steps
+    config.train.log_every = max(steps // 4, 1)
+    config.train.eval_every = config.train.checkpoint_every = steps
+    config.train.compute_dtype = dtype
+    config.eval.batch_size = batch
+    return config
+
+
+def train_case(config, workdir: pathlib.Path, videos: int, threads: int, workers: int) -> dict:
+    """`mkln train` (train.train_and_evaluate, in this process) on a written dataset, against
+    the same config's student step fed one resident batch (step only, steps queued back to
+    back as training queues them)."""
+    import _common  # bench/_common.py
+    import tensorflow_datasets as tfds
+
+    from mkln_jax import train
+    from mkln_jax.input_pipeline import splits
+
+    config.data.read_threads, config.data.read_workers = threads, workers
+    tfds.disable_progress_bar()
+    start = time.perf_counter()
+    _common.write_face_dataset(
+        splits.forgery_source(config.data),
+        splits.preprocess_settings(config.data),
+        config.data.data_dir,
+        videos,
+        lambda: synthetic_crops(config.data.image_size),
     )
-    it = loader.iterate_from(ds, 0, threads, workers)
-    mesh = sharding.make_mesh(1)
-    state, frozen, _, hparams = args
-    for _ in range(3):  # fill the prefetch buffers
-        batch_data = sharding.host_to_global(next(it), mesh)
-        state, _ = compiled(state, frozen, batch_data, hparams)
-    jax.block_until_ready(state)
-    waited, start = 0.0, time.perf_counter()
+    written = time.perf_counter() - start
+
+    compiled, state, frozen, batch, hparams = _common.student_step(config)
+    for _ in range(3):
+        state, metrics = compiled(state, frozen, batch, hparams)
+    jax.block_until_ready(metrics)
+    steps = max(config.train.log_every, 10)
+    start = time.perf_counter()
     for _ in range(steps):
-        t0 = time.perf_counter()
-        host = next(it)
-        waited += time.perf_counter() - t0
-        state, metrics = compiled(state, frozen, sharding.host_to_global(host, mesh), hparams)
-    jax.block_until_ready(metrics["loss"])
+        state, metrics = compiled(state, frozen, batch, hparams)
+    jax.block_until_ready(metrics)
+    step_only = steps * config.student.batch_size / (time.perf_counter() - start)
+    del compiled, state, frozen, batch, metrics  # hand the device memory back to training
+
+    start = time.perf_counter()
+    train.train_and_evaluate(config, str(workdir))
     total = time.perf_counter() - start
+    log = workdir / "student" / "logs" / "metrics.jsonl"
+    rows = [json.loads(line) for line in log.open()]
+    timed = [r for r in rows if "train/images_per_second" in r]  # past the first interval
+    rate = statistics.median(r["train/images_per_second"] for r in timed)
+    idle = statistics.mean(r["train/device_idle_share"] for r in timed)
     return {
-        "end_to_end_images_per_s": round(steps * batch / total, 1),
-        "step_only_images_per_s": round(batch / step_only, 1),
-        "ratio": round((steps * batch / total) / (batch / step_only), 3),
-        "input_wait_share": round(waited / total, 3),
+        "end_to_end_images_per_s": round(rate, 1),
+        "step_only_images_per_s": round(step_only, 1),
+        "ratio": round(rate / step_only, 3),
+        "device_idle_share": round(idle, 3),
+        "student_steps": config.student.steps,
+        "train_s": round(total, 1),
+        "dataset_written_s": round(written, 1),
         "host_cores": len(os.sched_getaffinity(0)),
         "reader_threads": threads,
         "reader_workers": workers,
     }
+
+
+def step_rows(name, args, dtypes, peaks, bandwidth, torch, budget, results) -> None:
+    """a + c for one case: JAX at each precision, then each PyTorch variant."""
+    per_image = flops_per_image(name, args.size)
+    for dtype in dtypes:
+        if budget.left() < 30:
+            results["skipped"].append(f"jax {name} {dtype}: budget")
+            continue
+        row = jax_case(name, args.batch, args.size, dtype, args.steps)
+        achieved = per_image * row["images_per_s"]
+        row["tflops"] = round(achieved / 1e12, 2)
+        row["of_peak"] = round(achieved / peaks[dtype][0], 4)
+        row["gbytes_per_s"] = round(row["bytes_per_step"] / (row["ms_per_step"] / 1e3) / 1e9, 1)
+        row["of_bandwidth"] = round(row["gbytes_per_s"] * 1e9 / bandwidth, 4)
+        results["jax_steps"][f"{name}/{dtype}"] = row
+        print(
+            f"| {name} | jax | {dtype} | {row['compile_s']} | {row['images_per_s']:.0f} | "
+            f"{row['tflops']} | {row['of_peak']:.1%} | {row['gbytes_per_s']} |",
+            flush=True,
+        )
+    for precision, channels_last, mode in TORCH_VARIANTS if torch else ():
+        if (mode == "compile" and budget.left() < 120) or budget.left() < 30:
+            results["skipped"].append(f"torch {name} {precision} {mode}: budget")
+            continue
+        teacher = CASES[name][1]
+        request = {
+            "case": "distill" if teacher else name,
+            "teacher": teacher or "resnet18",
+            "teacher_input": "view",
+            "batch": args.batch,
+            "size": args.size,
+            "steps": args.steps,
+            "mode": mode,
+            "device": "cuda",
+            "precision": precision,
+            "channels_last": channels_last,
+            "warmup": 5,
+        }
+        start = time.perf_counter()
+        seconds = statistics.median(torch.run(request))
+        variant = f"{precision} {'NHWC' if channels_last else 'NCHW'} {mode}"
+        images = args.batch / seconds
+        results["torch_steps"][f"{name}/{variant}"] = {
+            "images_per_s": round(images, 1),
+            "first_call_s": round(time.perf_counter() - start, 1),
+            "tflops": round(per_image * images / 1e12, 2),
+        }
+        print(
+            f"| {name} | torch | {variant} | - | {images:.0f} | "
+            f"{per_image * images / 1e12:.2f} | - | - |",
+            flush=True,
+        )
+
+
+def train_rows(args, dtype: str, budget, results) -> None:
+    """b: `mkln train` end to end against its own step alone."""
+    missing = []
+    for module in ("grain", "array_record", "tensorflow_datasets", "ml_collections"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing or budget.left() < args.train_budget:
+        why = (
+            f"{', '.join(missing)} not installed (carry bench/gpu_wheels.py's wheels: --wheels)"
+            if missing
+            else "budget"
+        )
+        results["skipped"].append(f"mkln train end to end: {why}")
+        return
+    import tempfile
+
+    root = pathlib.Path(tempfile.mkdtemp(prefix="gpu_check_train_"))
+    config = train_config(root, dtype, args.batch, args.size, args.train_steps, args.tiny)
+    workers = args.workers if args.workers >= 0 else min(8, len(os.sched_getaffinity(0)) // 2)
+    e2e = train_case(config, root / "run", args.videos, args.threads, workers)
+    e2e["dtype"] = dtype
+    results["end_to_end"] = e2e
+    print(
+        f"\nmkln train end to end ({config.student.model} from {config.teacher.model}, {dtype}, "
+        f"{e2e['student_steps']} student steps, {workers} reader processes x {args.threads} "
+        f"threads, {e2e['host_cores']} host cores): {e2e['end_to_end_images_per_s']:.0f} "
+        f"images/s against {e2e['step_only_images_per_s']:.0f} step only ({e2e['ratio']:.0%}); "
+        f"the device waited for the host {e2e['device_idle_share']:.0%} of the time",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -220,17 +375,24 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--torch_python", default="")
     parser.add_argument("--budget", type=float, default=420.0, help="seconds; then stop")
-    parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--wheels", default="", help="bench/gpu_wheels.py's folder")
+    parser.add_argument("--train_steps", type=int, default=300, help="mkln train's student")
+    parser.add_argument("--train_budget", type=float, default=150.0, help="seconds it needs")
+    parser.add_argument("--videos", type=int, default=160, help="of the written dataset")
+    parser.add_argument("--threads", type=int, default=4, help="reader threads per process")
+    parser.add_argument("--workers", type=int, default=-1, help="reader processes (-1: auto)")
     parser.add_argument("--out", default="")
     parser.add_argument("--count_flops", action="store_true", help="print FLOPS_PER_IMAGE_256")
     args = parser.parse_args()
+    installed = install_wheels(args.wheels) if args.wheels else []
     from absl import flags
 
     flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
-    if args.tiny:  # the same code paths with the small CNN: a minute on 2 CPU cores
+    if args.tiny:  # the same code paths with the small CNN: a minute or two on 2 CPU cores
         args.batch, args.size, args.steps = 4, 32, 2
         args.cases, args.dtypes = "small_cnn,distill", "float32"
+        args.train_steps, args.train_budget, args.videos = 8, 0, 20
+        args.workers = 0 if args.workers < 0 else args.workers
         CASES["small_cnn"] = ("small_cnn", None)
         CASES["distill"] = ("small_cnn", "small_cnn")
     if args.count_flops:
@@ -246,11 +408,14 @@ def main() -> None:
         "batch": args.batch,
         "size": args.size,
         "steps": args.steps,
+        "installed_from_wheels": installed,
         "jax_steps": {},
         "torch_steps": {},
         "skipped": [],
     }
     print(f"{results['device']}, jax {jax.__version__}, batch {args.batch}, {args.size} px")
+    if installed:
+        print(f"installed from {args.wheels}: {', '.join(installed)}")
     cases = [c for c in args.cases.split(",") if c]
     dtypes = [d for d in args.dtypes.split(",") if d]
     peaks = {d: step_bench.device_peak(d) for d in dtypes}
@@ -261,85 +426,18 @@ def main() -> None:
     if python and device.platform != "gpu":
         results["torch"] = f"{torch_version} (not run: no GPU here)"
 
-    # a + c: JAX then PyTorch per case, most important case first.
+    # Most important first, so a short lease still returns it: the distillation step (a + c),
+    # then mkln train end to end (b), then the single models (a + c).
     print("\n| step | framework | variant | compile s | images/s | TFLOP/s | of peak | GB/s |")
     print("|---|---|---|---|---|---|---|---|")
+    if "distill" in cases:
+        step_rows("distill", args, dtypes, peaks, bandwidth, torch, budget, results)
+        train_rows(args, dtypes[-1], budget, results)
     for name in cases:
-        per_image = flops_per_image(name, args.size)
-        for dtype in dtypes:
-            if budget.left() < 30:
-                results["skipped"].append(f"jax {name} {dtype}: budget")
-                continue
-            row = jax_case(name, args.batch, args.size, dtype, args.steps)
-            achieved = per_image * row["images_per_s"]
-            row["tflops"] = round(achieved / 1e12, 2)
-            row["of_peak"] = round(achieved / peaks[dtype][0], 4)
-            row["gbytes_per_s"] = round(row["bytes_per_step"] / (row["ms_per_step"] / 1e3) / 1e9, 1)
-            row["of_bandwidth"] = round(row["gbytes_per_s"] * 1e9 / bandwidth, 4)
-            results["jax_steps"][f"{name}/{dtype}"] = row
-            print(
-                f"| {name} | jax | {dtype} | {row['compile_s']} | {row['images_per_s']:.0f} | "
-                f"{row['tflops']} | {row['of_peak']:.1%} | {row['gbytes_per_s']} |",
-                flush=True,
-            )
-        for precision, channels_last, mode in TORCH_VARIANTS if torch else ():
-            if (mode == "compile" and budget.left() < 120) or budget.left() < 30:
-                results["skipped"].append(f"torch {name} {precision} {mode}: budget")
-                continue
-            teacher = CASES[name][1]
-            request = {
-                "case": "distill" if teacher else name,
-                "teacher": teacher or "resnet18",
-                "teacher_input": "view",
-                "batch": args.batch,
-                "size": args.size,
-                "steps": args.steps,
-                "mode": mode,
-                "device": "cuda",
-                "precision": precision,
-                "channels_last": channels_last,
-                "warmup": 5,
-            }
-            start = time.perf_counter()
-            seconds = statistics.median(torch.run(request))
-            variant = f"{precision} {'NHWC' if channels_last else 'NCHW'} {mode}"
-            images = args.batch / seconds
-            results["torch_steps"][f"{name}/{variant}"] = {
-                "images_per_s": round(images, 1),
-                "first_call_s": round(time.perf_counter() - start, 1),
-                "tflops": round(per_image * images / 1e12, 2),
-            }
-            print(
-                f"| {name} | torch | {variant} | - | {images:.0f} | "
-                f"{per_image * images / 1e12:.2f} | - | - |",
-                flush=True,
-            )
+        if name != "distill":
+            step_rows(name, args, dtypes, peaks, bandwidth, torch, budget, results)
     if torch:
         torch.close()
-
-    # b: the loader feeding the distillation step (grain: carry its wheels where it is missing).
-    try:
-        import grain  # noqa: F401
-
-        missing = ""
-    except ImportError:
-        missing = "grain is not installed (pip install --no-deps grain array_record portpicker)"
-    if missing or budget.left() < 45 or "distill" not in cases:
-        results["skipped"].append(f"end to end: {missing or 'budget, or no distill case'}")
-    else:
-        dtype = dtypes[-1]
-        results["end_to_end"] = e2e_case(
-            "distill", args.batch, args.size, dtype, max(args.steps, 3), args.threads, args.workers
-        )
-        results["end_to_end"]["dtype"] = dtype
-        e2e = results["end_to_end"]
-        print(
-            f"\nend to end (distill, {dtype}, loader with {args.threads} threads, "
-            f"{args.workers} workers, {e2e['host_cores']} host cores): "
-            f"{e2e['end_to_end_images_per_s']:.0f} images/s against "
-            f"{e2e['step_only_images_per_s']:.0f} step-only ({e2e['ratio']:.0%}); the device "
-            f"waited for input {e2e['input_wait_share']:.0%} of the time"
-        )
     for item in results["skipped"]:
         print(f"skipped: {item}")
     print(f"\n{budget.seconds - budget.left():.0f} s in all")

@@ -21,6 +21,7 @@ import os
 import pathlib
 import time
 
+import _common  # bench/_common.py
 import cv2
 import numpy as np
 import tensorflow_datasets as tfds
@@ -28,7 +29,7 @@ from absl import flags
 
 from mkln_jax import config_lib, fetch
 from mkln_jax.input_pipeline import loader, splits, video
-from mkln_jax.input_pipeline.build import catalog, preprocess
+from mkln_jax.input_pipeline.build import preprocess
 from mkln_jax.input_pipeline.build.datasets import forgery
 
 
@@ -49,52 +50,9 @@ def _crops(size: int, count: int = 64) -> list[bytes]:
 
 
 def build(root: pathlib.Path, videos: int, frames: int, size: int) -> forgery.FaceFolder:
-    settings = preprocess.Settings(num_frames=frames, crop_size=size)
     source = forgery.Source("folder", str(root / "tree"))
-    (root / "tree" / "real").mkdir(parents=True, exist_ok=True)
-    builder = forgery.FaceFolder(
-        source=source,
-        settings=settings,
-        progress=False,
-        data_dir=str(root / "tfds"),
-        file_format="array_record",
-    )
-    if builder.is_prepared():
-        return builder
-    crops = _crops(size)
-    entries, results = [], {}
-    splits = ["train"] * 8 + ["val", "test"]
-    for v in range(videos):
-        method = "real" if v % 2 == 0 else "fake_method"
-        video_id = f"{method}/{v:05d}"
-        entries.append(
-            catalog.Entry(
-                "folder", splits[v % 10], v % 2, method, video_id, f"{v:05d}.mp4", identity=str(v)
-            )
-        )
-        results[video_id] = preprocess.VideoResult(
-            video_id,
-            "ok",
-            frames_sampled=frames,
-            faces_per_frame=[1] * frames,
-            frame_indices=list(range(frames)),
-            crops=[crops[(v * 7 + i) % len(crops)] for i in range(frames)],
-            landmarks=[None] * frames,
-            masks=[None] * frames,
-        )
-    # The tree is synthetic: entries and crops come from here, not from files.
-    object.__setattr__(source, "entries", lambda: entries)
-
-    def run(entries, settings, work_dir, workers, progress):
-        return results, preprocess.Report(videos_total=len(entries), videos_done=len(entries))
-
-    original = preprocess.run
-    preprocess.run = run
-    try:
-        builder.download_and_prepare()
-    finally:
-        preprocess.run = original
-    return builder
+    settings = preprocess.Settings(num_frames=frames, crop_size=size)
+    return _common.write_face_dataset(source, settings, root / "tfds", videos, lambda: _crops(size))
 
 
 def loader_rate(builder, batch: int, batches: int, threads: int, workers: int) -> float:

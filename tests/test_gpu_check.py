@@ -28,7 +28,10 @@ def test_the_gpu_check_runs_at_tiny_sizes_on_the_cpu(tmp_path):
     assert set(results["jax_steps"]) == {"small_cnn/float32", "distill/float32"}
     for row in results["jax_steps"].values():
         assert row["images_per_s"] > 0 and row["tflops"] > 0
+    # b: `mkln train` ran its stages on the dataset the check wrote, its student logged rates.
     e2e = results["end_to_end"]
-    assert e2e["end_to_end_images_per_s"] > 0 and 0 <= e2e["input_wait_share"] <= 1
+    assert e2e["end_to_end_images_per_s"] > 0 and e2e["step_only_images_per_s"] > 0
+    assert 0 <= e2e["device_idle_share"] <= 1 and e2e["student_steps"] == 8
     assert not results["skipped"]
     assert "| distill | jax | float32 |" in done.stdout
+    assert "[student] step 8 validation: auc" in done.stdout
