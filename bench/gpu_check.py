@@ -390,7 +390,8 @@ def main() -> None:
     flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
     if args.tiny:  # the same code paths with the small CNN: a minute or two on 2 CPU cores
         args.batch, args.size, args.steps = 4, 32, 2
-        args.cases, args.dtypes = "small_cnn,distill", "float32"
+        args.cases = args.cases if args.cases != ",".join(CASES) else "distill"
+        args.dtypes = "float32"
         args.train_steps, args.train_budget, args.videos = 8, 0, 20
         args.workers = 0 if args.workers < 0 else args.workers
         CASES["small_cnn"] = ("small_cnn", None)

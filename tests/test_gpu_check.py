@@ -25,7 +25,7 @@ def test_the_gpu_check_runs_at_tiny_sizes_on_the_cpu(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert set(results["jax_steps"]) == {"small_cnn/float32", "distill/float32"}
+    assert set(results["jax_steps"]) == {"distill/float32"}  # the single models: same code
     for row in results["jax_steps"].values():
         assert row["images_per_s"] > 0 and row["tflops"] > 0
     # b: `mkln train` ran its stages on the dataset the check wrote, its student logged rates.
