@@ -58,10 +58,12 @@ lint: setup
 	$(VENV)/bin/ruff check mkln_jax configs tests bench launch
 	$(VENV)/bin/ruff format --check mkln_jax configs tests bench launch
 
-# Two pytest-xdist workers, whole files to each (a module's fixtures run once): XLA compiles on
-# one thread, so the second core is mostly idle in a serial run (tests/conftest.py warms the
-# shared caches first). TEST_WORKERS=0 runs serially.
-TEST_WORKERS ?= 2
+# Three pytest-xdist workers on two cores, whole files to each (a module's fixtures run once):
+# XLA compiles on one thread and many tests wait on `mkln` subprocesses, so two workers left a
+# quarter of the cores idle (clean-clone runs, 2-core VM, 2026-12-07: 1.46 cores busy with two
+# workers, 1.78 with three; four were slower). tests/conftest.py warms the shared caches first.
+# TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 3
 test: lint
 	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 

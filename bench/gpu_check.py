@@ -153,11 +153,13 @@ def torch_python(requested: str) -> tuple[str, str]:
 
 
 def install_wheels(directory: str) -> list[str]:
-    """Installs the wheels in `directory` (made by bench/gpu_wheels.py) whose distributions
+    """Unpacks the wheels in `directory` (made by bench/gpu_wheels.py) whose distributions
     this Python lacks into a fresh folder at the end of sys.path; returns their names. What is
-    installed already is left as it is."""
+    installed already is left as it is. A wheel is a zip of what goes into site-packages
+    (these carry no scripts or data), so no pip is needed on the machine."""
     import importlib.metadata
     import tempfile
+    import zipfile
 
     wanted = []
     for wheel in sorted(pathlib.Path(directory).glob("*.whl")):
@@ -168,8 +170,9 @@ def install_wheels(directory: str) -> list[str]:
             wanted.append(wheel)
     if wanted:
         target = tempfile.mkdtemp(prefix="gpu_check_site_")
-        pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index"]
-        subprocess.run([*pip, "--target", target, *map(str, wanted)], check=True)
+        for wheel in wanted:
+            with zipfile.ZipFile(wheel) as archive:
+                archive.extractall(target)
         sys.path.append(target)  # after the machine's own packages: nothing is shadowed
         os.environ["PYTHONPATH"] = os.pathsep.join(
             p for p in (os.environ.get("PYTHONPATH", ""), target) if p

@@ -15,8 +15,9 @@ population size K, times the median step (after warm-up) and the compilation, an
     host-augments each batch once instead of K times, so the real saving is larger.
 
 Cases: the demo config (EfficientNet-Lite0 teacher, small CNN student, 96 px) and the pair the
-FF++ config is to use, an EfficientNet-B4 teacher with an EfficientNet-B0 student at 128 px.
-Members differ in distillation temperature; their views and teacher pass are shared.
+FF++ config is to use, an EfficientNet-B4 teacher with an EfficientNet-B0 student at 128 px;
+`tiny` (small CNNs, 32 px) is the test suite's smoke run. Members differ in distillation
+temperature; their views and teacher pass are shared.
 
     python bench/population_bench.py                      # both cases, K = 1, 2, 4, 8
     python bench/population_bench.py --cases=demo --sizes=1,4 --steps=5
@@ -50,8 +51,11 @@ def case_config(name: str, size: int = 0, batch: int = 0, dtype: str = ""):
         config.teacher.model = "efficientnet_b4"
         config.student.model = "efficientnet_b0"
         config.data.image_size = 128
+    elif name == "tiny":  # small CNNs for teacher and student: the test suite's run
+        config.teacher.model = config.student.model = "small_cnn"
+        config.data.image_size = 32
     elif name != "demo":
-        raise SystemExit(f"unknown case {name!r}: demo or b4_b0")
+        raise SystemExit(f"unknown case {name!r}: demo, b4_b0 or tiny")
     config.data.image_size = size or config.data.image_size
     config.student.batch_size = batch or config.student.batch_size
     config.train.compute_dtype = dtype or config.train.compute_dtype

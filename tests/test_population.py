@@ -200,7 +200,7 @@ def test_the_population_benchmark_runs_at_a_tiny_size():
         [
             sys.executable,
             "bench/population_bench.py",
-            "--cases=demo",
+            "--cases=tiny",
             "--sizes=2",
             "--steps=1",
             "--size=32",
