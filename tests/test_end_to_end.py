@@ -5,11 +5,18 @@ import json
 import pathlib
 import shutil
 
+import cli
 import numpy as np
 import pytest
-from cli import mkln
 
 pytestmark = pytest.mark.slow  # trains or runs `mkln` in subprocesses
+
+
+def mkln(*args, **kwargs):
+    """`mkln` on one CPU device, as `make demo` runs it (sharding has its own tests, in
+    test_step.py and test_scale.py; eight fake devices made the demo run 1.4x slower)."""
+    kwargs.setdefault("devices", 1)
+    return cli.mkln(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")
