@@ -371,7 +371,7 @@ class IdleWatch:
 
     def __init__(self):
         self.pending = queue.SimpleQueue()
-        self.lock = threading.Lock()
+        self.ready = threading.Condition()
         self.spans: list[tuple[float, float]] = []  # (dispatched, done) per step, this interval
         self.totals = [0.0, 0.0]  # idle, elapsed over every interval read
         self.thread = threading.Thread(target=self._watch, daemon=True, name="idle-watch")
@@ -386,20 +386,17 @@ class IdleWatch:
             dispatched, output = item
             with contextlib.suppress(Exception):  # a failed step is reported by the loop
                 jax.block_until_ready(output)
-            with self.lock:
+            with self.ready:
                 self.spans.append((dispatched, time.perf_counter()))
+                self.ready.notify()
 
     def share(self, steps: int, count: bool = True) -> float | None:
         """The idle share since the last call, once `steps` steps were dispatched since then
         (the caller has just synchronised with them); None for fewer than two steps. With
         count=False (the interval that holds warm-up) it is left out of `overall()`."""
-        deadline = time.perf_counter() + 10.0
-        while True:
-            with self.lock:
-                if len(self.spans) >= steps or time.perf_counter() > deadline:
-                    spans, self.spans = self.spans, []
-                    break
-            time.sleep(0.0005)
+        with self.ready:
+            self.ready.wait_for(lambda: len(self.spans) >= steps, timeout=10.0)
+            spans, self.spans = self.spans, []
         if len(spans) < 2:
             return None
         idle = sum(max(0.0, spans[k][0] - spans[k - 1][1]) for k in range(1, len(spans)))
