@@ -5,8 +5,9 @@ Per video: `settings.num_frames` frames evenly spaced (only those are converted 
 decoder), faces detected on each (any `faces.Detector`), one face tracked across frames
 (`faces.track`) or, with `every_face`, every face (`faces.tracks`), then a 5-point similarity
 alignment when landmarks exist (given with the data, or from the detector) or a square crop of
-`margin` x the box otherwise, resized to `crop_size`, encoded as PNG. FF++ masks are cropped with the same geometry. Each finished video is written
-atomically to `<work_dir>/<hash>.npz`, so a rerun (or a crash) skips what is done.
+`margin` x the box otherwise, resized to `crop_size`, encoded as PNG. FF++ masks are cropped
+with the same geometry. Each finished video is written atomically to `<work_dir>/<hash>.npz`,
+so a rerun (or a crash) skips what is done.
 """
 
 from __future__ import annotations
