@@ -23,7 +23,16 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mkln_jax import checkpoint, config_lib, experiment, population, scoring, sharding, tracking
+from mkln_jax import (
+    checkpoint,
+    config_lib,
+    distributed,
+    experiment,
+    population,
+    scoring,
+    sharding,
+    tracking,
+)
 from mkln_jax import metrics as metrics_lib
 from mkln_jax import step as step_lib
 from mkln_jax import workdir as workdir_lib
@@ -667,6 +676,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     else:
         workdir_lib.ensure_writable(workdir)
     mesh = experiment.make_mesh(config)
+    print(distributed.describe(mesh), flush=True)
     results = {}
     # Watch for SIGTERM from the start, so a preemption during set-up or compilation is
     # honoured at the first step.

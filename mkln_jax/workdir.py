@@ -1,8 +1,10 @@
 """The run folder: one writer at a time, and clear errors when it cannot be used.
 
-`mkln train` holds `<workdir>/.mkln.lock` (process id, host, start time, command) while it runs.
-A second `train` on the same folder is refused, naming the holder; a lock left by a process
-that no longer exists on this host is taken over with a note. Read-only commands (evaluate,
+`mkln train` holds `<workdir>/.mkln.lock` (process id, host, start time, command, and under
+Slurm the job id and restart count) while it runs. A second `train` on the same folder is
+refused, naming the holder. A lock is taken over, with a note, when its holder is known dead: a
+process that no longer exists on this host, or an earlier run of this same Slurm job (a
+requeued job restarts on any node, and Slurm starts it again only once the earlier run ended). Read-only commands (evaluate,
 export) take no lock and create nothing until they write their own outputs.
 """
 
@@ -73,6 +75,9 @@ class WorkdirLock:
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "command": " ".join(["mkln", command, *sys.argv[2:]])[:300],
         }
+        if os.environ.get("SLURM_JOB_ID"):
+            self.record["slurm_job"] = os.environ["SLURM_JOB_ID"]
+            self.record["slurm_restart"] = _int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         self.held = False
 
     def _holder(self) -> dict | None:
@@ -107,7 +112,7 @@ class WorkdirLock:
             if holder is None:
                 continue  # released between our two looks
             pid, host = holder.get("pid"), holder.get("host")
-            stale = (
+            stale = self._earlier_run_of_this_job(holder) or (
                 host == self.record["host"]
                 and isinstance(pid, int)
                 and pid != os.getpid()
@@ -125,11 +130,21 @@ class WorkdirLock:
                     f"delete {self.path}"
                 )
             self.log(
-                f"note: taking over {self.path}, left by pid {pid} (started "
+                f"note: taking over {self.path}, left by pid {pid} on {host} (started "
                 f"{holder.get('started')}), which is no longer running"
             )
             self.path.unlink(missing_ok=True)
         raise WorkdirError(f"workdir {self.workdir}: could not take {self.path}")
+
+    def _earlier_run_of_this_job(self, holder: dict) -> bool:
+        job = self.record.get("slurm_job")
+        restart = holder.get("slurm_restart")
+        return (
+            job is not None
+            and holder.get("slurm_job") == job
+            and isinstance(restart, int)
+            and restart < self.record["slurm_restart"]
+        )
 
     def release(self) -> None:
         if self.held:
@@ -143,6 +158,13 @@ class WorkdirLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return 0
 
 
 def is_disk_full(err: BaseException) -> bool:

@@ -59,11 +59,13 @@ def test_slurm_dry_run_prints_a_requeueable_multi_node_script(capsys):
         "#SBATCH --nodes=4",
         "#SBATCH --ntasks-per-node=1",
         "#SBATCH --gpus-per-node=8",
-        "#SBATCH --signal=TERM@120",
+        "#SBATCH --signal=B:USR1@120",
         "#SBATCH --requeue",
         "#SBATCH --partition=gpu",
         "make setup PLATFORM=cuda12",
-        "srun .venv/bin/mkln train --config=configs/demo.py --workdir=/shared/run",
+        "srun --kill-on-bad-exit=1 .venv/bin/mkln train --config=configs/demo.py "
+        "--workdir=/shared/run &",
+        "scontrol requeue $SLURM_JOB_ID",
         "[dry-run] sbatch /shared/run/mkln.sbatch",
     ):
         assert expected in out

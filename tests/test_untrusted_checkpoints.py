@@ -174,6 +174,35 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_note(tmp_path):
         assert f"left by pid {dead.pid}" in notes[0]
 
 
+def _lock_of(workdir_path, monkeypatch, job: str, restart: int, host: str):
+    monkeypatch.setenv("SLURM_JOB_ID", job)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", str(restart))
+    lock = workdir.WorkdirLock(workdir_path)
+    lock.record["host"], lock.record["pid"] = host, 1  # a live pid, on another node
+    return lock
+
+
+def test_a_requeued_slurm_job_takes_over_its_own_earlier_lock_on_another_node(
+    tmp_path, monkeypatch
+):
+    _lock_of(tmp_path, monkeypatch, "4242", 0, "gpu-node-07").acquire()  # killed, lock left
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    notes = []
+    with workdir.WorkdirLock(tmp_path, log=notes.append) as lock:
+        assert "gpu-node-07" in notes[0] and lock.record["slurm_restart"] == 1
+
+
+@pytest.mark.parametrize(
+    "job,restart", [("4242", 1), ("9999", 0)], ids=["same-run", "another-job"]
+)
+def test_a_live_jobs_lock_on_another_node_is_never_taken(tmp_path, monkeypatch, job, restart):
+    _lock_of(tmp_path, monkeypatch, job, restart, "gpu-node-07").acquire()
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    with pytest.raises(WorkdirError, match="in use by .*gpu-node-07"):
+        workdir.WorkdirLock(tmp_path).acquire()
+
+
 @pytest.mark.parametrize("kind", ["file", "read_only"])
 def test_an_unusable_workdir_is_one_clear_error(tmp_path, kind):
     target = tmp_path / "run"
