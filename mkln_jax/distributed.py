@@ -86,8 +86,8 @@ def _slurm_plan(env: Mapping[str, str]) -> Plan:
     per_node = _expand_counts(env.get("SLURM_STEP_TASKS_PER_NODE", "")) or _expand_counts(
         env.get("SLURM_TASKS_PER_NODE", "")
     )
-    tasks_here = per_node[node] if node < len(per_node) else int(
-        env.get("SLURM_NTASKS_PER_NODE", "1")
+    tasks_here = (
+        per_node[node] if node < len(per_node) else int(env.get("SLURM_NTASKS_PER_NODE", "1"))
     )
     # jax's rule for the port, so a job that mixes our processes with plain jax ones agrees.
     port = env.get("JAX_COORDINATOR_PORT") or str(int(job) % 2**12 + (65535 - 2**12 + 1))
@@ -106,9 +106,8 @@ def _slurm_plan(env: Mapping[str, str]) -> Plan:
             ids = tuple(range(expected))  # Slurm bound this task to its own GPUs already
         else:
             ids = tuple(range(local_id * expected, (local_id + 1) * expected))
-    detail = (
-        f"job {job}, {len(per_node) or '?'} node(s), {tasks_here} task(s) on node {node}"
-        + (f", {gpus_here} GPUs on the node" if gpus_here else "")
+    detail = f"job {job}, {len(per_node) or '?'} node(s), {tasks_here} task(s) on node {node}" + (
+        f", {gpus_here} GPUs on the node" if gpus_here else ""
     )
     return Plan("slurm", detail, coordinator, ntasks, process_id, ids, expected)
 
@@ -128,12 +127,18 @@ def plan(
                 f"--coordinator needs --num_processes >= 1 and 0 <= --process_id < num_processes "
                 f"(got {num_processes}, {process_id})"
             )
-        return Plan("explicit", f"--coordinator={coordinator}", coordinator, num_processes,
-                    process_id)
+        return Plan(
+            "explicit", f"--coordinator={coordinator}", coordinator, num_processes, process_id
+        )
     slurm_step = all(
         name in env
-        for name in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
-                     "SLURM_LOCALID")
+        for name in (
+            "SLURM_JOB_ID",
+            "SLURM_STEP_NODELIST",
+            "SLURM_NTASKS",
+            "SLURM_PROCID",
+            "SLURM_LOCALID",
+        )
     )
     if slurm_step and int(env["SLURM_NTASKS"]) > 1:
         return _slurm_plan(env)

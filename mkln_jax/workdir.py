@@ -4,8 +4,9 @@
 Slurm the job id and restart count) while it runs. A second `train` on the same folder is
 refused, naming the holder. A lock is taken over, with a note, when its holder is known dead: a
 process that no longer exists on this host, or an earlier run of this same Slurm job (a
-requeued job restarts on any node, and Slurm starts it again only once the earlier run ended). Read-only commands (evaluate,
-export) take no lock and create nothing until they write their own outputs.
+requeued job restarts on any node, and Slurm starts it again only once the earlier run ended).
+Read-only commands (evaluate, export) take no lock and create nothing until they write their
+own outputs.
 """
 
 from __future__ import annotations

@@ -63,6 +63,7 @@ LONGEST_FIRST = (
     "test_end_to_end.py",
     "test_population_run.py",
     "test_scale.py",
+    "test_clusters.py",
     "test_datasets.py",
     "test_models.py",
     "test_native.py",

@@ -3,6 +3,7 @@
 import json
 import pathlib
 import shlex
+import subprocess
 
 import pytest
 
@@ -31,7 +32,7 @@ def test_tpu_pod_dry_run_ships_the_source_and_installs_jax_for_tpu(capsys):
         "[dry-run] gcloud compute tpus tpu-vm ssh pod-a --zone=us-west4-a --worker=all"
     )
     assert (
-        "make setup PLATFORM=tpu && .venv/bin/mkln train --config=configs/demo.py "
+        "bash mkln_jax/launch/setup_host.sh tpu && .venv/bin/mkln train --config=configs/demo.py "
         "--workdir=/mnt/runs/x --config.distill.temperature=4"
     ) in lines[2]
 
@@ -239,3 +240,46 @@ def test_a_population_sweep_on_slurm_is_one_job_after_the_setup_job(capsys, tmp_
     assert out.count("[dry-run] sbatch") == 2  # the setup job, then the population
     assert "#SBATCH --dependency=afterok:<setup-job-id>" in out
     assert "#SBATCH --job-name=mkln-population-sw" in out
+
+
+def test_a_tpu_vm_with_python_3_10_gets_python_3_12_from_uv_before_make_setup(tmp_path):
+    # Stand-ins: `python3` of a TPU VM image (3.10), pip installing uv, uv installing 3.12,
+    # and make recording its arguments.
+    bin_dir, home = tmp_path / "bin", tmp_path / "home"
+    bin_dir.mkdir()
+    home.mkdir()
+    log = tmp_path / "calls"
+    scripts = {
+        "python3": f"""case "$*" in
+  --version) echo "Python 3.10.12";;
+  "-c "*) exit 1;;  # the version check: 3.10 < 3.11
+  "-m pip install -q --user uv")
+    mkdir -p "$HOME/.local/bin"
+    printf '#!/bin/bash\\necho "uv $*" >> {log}\\n' > "$HOME/.local/bin/uv"
+    printf '[ "$1 $2" = "python find" ] && echo /opt/uv/python3.12\\nexit 0\\n' \\
+        >> "$HOME/.local/bin/uv"
+    chmod +x "$HOME/.local/bin/uv"; echo "pip $*" >> {log};;
+  *) exit 2;;
+esac""",
+        "make": f'echo "make $*" >> {log}',
+    }
+    for name, body in scripts.items():
+        (bin_dir / name).write_text("#!/bin/bash\n" + body + "\n")
+        (bin_dir / name).chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "HOME": str(home),
+        "MKLN_PYTHON_CANDIDATES": "python3",
+    }
+    script = pathlib.Path(tpu_pod.__file__).with_name("setup_host.sh")
+    done = subprocess.run(
+        ["bash", str(script), "tpu"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no Python >= 3.11 here (Python 3.10.12); installing 3.12 with uv" in done.stdout
+    assert log.read_text().splitlines() == [
+        "pip -m pip install -q --user uv",
+        "uv python install 3.12",
+        "uv python find 3.12",
+        "make setup PLATFORM=tpu PYTHON=/opt/uv/python3.12",
+    ]

@@ -192,14 +192,12 @@ def test_a_requeued_slurm_job_takes_over_its_own_earlier_lock_on_another_node(
         assert "gpu-node-07" in notes[0] and lock.record["slurm_restart"] == 1
 
 
-@pytest.mark.parametrize(
-    "job,restart", [("4242", 1), ("9999", 0)], ids=["same-run", "another-job"]
-)
+@pytest.mark.parametrize("job,restart", [("4242", 1), ("9999", 0)], ids=["same-run", "another-job"])
 def test_a_live_jobs_lock_on_another_node_is_never_taken(tmp_path, monkeypatch, job, restart):
     _lock_of(tmp_path, monkeypatch, job, restart, "gpu-node-07").acquire()
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    with pytest.raises(WorkdirError, match="in use by .*gpu-node-07"):
+    with pytest.raises(WorkdirError, match=r"in use by .*gpu-node-07"):
         workdir.WorkdirLock(tmp_path).acquire()
 
 

@@ -62,7 +62,7 @@ def sbatch_script(args: argparse.Namespace) -> str:
         "step=$!",
         "requeue=0",
         "# USR1: the time limit is two minutes away. The tasks checkpoint on SIGTERM and exit.",
-        "trap 'requeue=1; echo \"mkln: time limit near: checkpointing\"; "
+        'trap \'requeue=1; echo "mkln: time limit near: checkpointing"; '
         "kill -TERM $step 2>/dev/null || true' USR1",
         "# TERM (preemption) reaches the tasks from Slurm itself; this shell waits for them.",
         "trap 'echo \"mkln: SIGTERM: the tasks checkpoint and exit\"' TERM",

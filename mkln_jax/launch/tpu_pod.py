@@ -7,9 +7,12 @@ itself).
 
 What ships is the checkout's tracked files as they are now (`git archive` of `git stash
 create`, so uncommitted edits travel too), never `.venv/`, `runs/` or caches: each worker
-builds its own `.venv` with `make setup PLATFORM=tpu` (libtpu at the locked jax version). The
-workdir must be storage every worker sees (a Filestore / GCS FUSE mount): orbax writes the
-checkpoint from all processes.
+builds its own `.venv` (mkln_jax/launch/setup_host.sh: TPU VM images ship Python 3.10, so where
+no Python 3.11+ is found, uv installs 3.12 first; then `make setup PLATFORM=tpu`, libtpu at the
+locked jax version). `--no_setup` skips that on workers already set up. Every worker runs the
+same `mkln train`; `mkln_jax/distributed.py` recognises the TPU VM as jax does and joins the
+slice. The workdir must be storage every worker sees (docs/scaling.md: where data, workdir and
+caches live on a pod).
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ def commands(args: argparse.Namespace, tree: str = "HEAD") -> list[list[str]]:
     if args.project:
         target.append(f"--project={args.project}")
     train = mkln_command("train", args.config, args.workdir, args.overrides, ".venv/bin/mkln")
+    setup = "" if args.no_setup else "bash mkln_jax/launch/setup_host.sh tpu && "
     unpack = (
         f"mkdir -p {args.remote_dir} && tar -xzf {ARCHIVE} -C {args.remote_dir} && "
-        f"cd {args.remote_dir} && make setup PLATFORM=tpu && {quoted(train)}"
+        f"cd {args.remote_dir} && {setup}{quoted(train)}"
     )
     project = [f"--project={args.project}"] if args.project else []
     return [
@@ -65,6 +69,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--workdir", required=True, help="shared storage seen by every worker")
     p.add_argument("--remote_dir", default="mkln_jax")
+    p.add_argument("--no_setup", action="store_true", help="the workers' .venv is set up")
     p.add_argument("--archive", default=f"/tmp/{ARCHIVE}", help="where the archive is built")
     p.add_argument("--dry_run", action="store_true", help="print the commands only")
     return p
