@@ -24,9 +24,13 @@ It measures, at 256 px and batch 128 (the FF++ config's crop size):
      and memory traffic against the peak bandwidth (XLA's "bytes accessed" of the GPU program,
      without cuDNN's own traffic: a lower bound).
 
-Cases are run in order of importance and skipped once --budget seconds are spent, so a short
-device lease still returns the most important figures. Everything printed is also written to
---out as JSON.
+Cases are run in order of importance (the distillation step in JAX, `mkln train` end to end,
+PyTorch eager, then torch.compile and the single models), each capped at --case_cap seconds
+(a PyTorch case past it is stopped and its worker restarted) and skipped once --budget seconds
+are spent, so a short device lease still returns the most important figures. The JSON (--out,
+default $OUT/gpu_check.json) is rewritten after every case, so a run cut short keeps what it
+measured. XLA's persistent compilation cache is on (as in `mkln`), so a rerun on the same
+machine compiles nothing again.
 """
 
 from __future__ import annotations
@@ -96,21 +100,21 @@ def flops_per_image(name: str, size: int) -> float:
         return step_bench.step_flops_here(student, teacher, 2, size) / 2
 
 
-def jax_case(name: str, batch: int, size: int, dtype: str, steps: int) -> dict:
+def jax_case(name: str, batch: int, size: int, dtype: str, steps: int, cap: float) -> dict:
     student, teacher = CASES[name]
     start = time.perf_counter()
     compiled, args, _ = step_bench._build(
         student, teacher, batch, size, dtype, teacher_input="view"
     )
     compile_s = time.perf_counter() - start
-    seconds = step_bench.measure(compiled, args, steps)
+    seconds = step_bench.measure(compiled, args, steps, max_seconds=cap)
     analysis = compiled.cost_analysis()
     if isinstance(analysis, list):
         analysis = analysis[0] if analysis else {}
-    return {
-        "compile_s": round(compile_s, 1),
-        "ms_per_step": round(seconds * 1e3, 2),
-        "images_per_s": round(batch / seconds, 1),
+    return {  # unrounded: the printed table rounds
+        "compile_s": compile_s,
+        "ms_per_step": seconds * 1e3,
+        "images_per_s": batch / seconds,
         "bytes_per_step": float((analysis or {}).get("bytes accessed", float("nan"))),
     }
 
@@ -126,9 +130,20 @@ class Torch:
             text=True,
         )
 
-    def run(self, request: dict) -> list[float]:
+    def run(self, request: dict, cap: float) -> list[float] | None:
+        """The request's step times, or None when it ran past `cap` seconds (the worker is then
+        stopped and started again for the next request)."""
+        import select
+
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
+        ready, _, _ = select.select([self.process.stdout], [], [], cap)
+        if not ready:
+            python = self.process.args[0]
+            self.process.kill()
+            self.process.wait()
+            self.__init__(python)
+            return None
         line = self.process.stdout.readline()
         if not line:
             raise RuntimeError("the PyTorch worker stopped (see its stderr above)")
@@ -140,16 +155,25 @@ class Torch:
 
 
 def torch_python(requested: str) -> tuple[str, str]:
-    """(a python with torch, torchvision and timm, or "", why not)."""
+    """(a python with torch, torchvision and timm, or "", which of them it lacks)."""
     python = requested or sys.executable
     probe = subprocess.run(
-        [python, "-c", "import torch, torchvision, timm; print(torch.__version__)"],
+        [
+            python,
+            "-c",
+            "import importlib.util as u; print(*[m for m in ('torch', 'torchvision', 'timm') "
+            "if u.find_spec(m) is None])",
+        ],
         capture_output=True,
         text=True,
     )
-    if probe.returncode:
-        return "", f"no torch / torchvision / timm in {python}"
-    return python, probe.stdout.strip()
+    missing = probe.stdout.split() if probe.returncode == 0 else ["python"]
+    if missing:
+        return "", f"{python} lacks {', '.join(missing)}: the PyTorch comparison is skipped"
+    version = subprocess.run(
+        [python, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True
+    )
+    return python, version.stdout.strip()
 
 
 def install_wheels(directory: str) -> list[str]:
@@ -268,13 +292,13 @@ def train_case(config, workdir: pathlib.Path, videos: int, threads: int, workers
     rate = statistics.median(r["train/images_per_second"] for r in timed)
     idle = statistics.mean(r["train/device_idle_share"] for r in timed)
     return {
-        "end_to_end_images_per_s": round(rate, 1),
-        "step_only_images_per_s": round(step_only, 1),
-        "ratio": round(rate / step_only, 3),
-        "device_idle_share": round(idle, 3),
+        "end_to_end_images_per_s": rate,
+        "step_only_images_per_s": step_only,
+        "ratio": rate / step_only,
+        "device_idle_share": idle,
         "student_steps": config.student.steps,
-        "train_s": round(total, 1),
-        "dataset_written_s": round(written, 1),
+        "train_s": total,
+        "dataset_written_s": written,
         "host_cores": len(os.sched_getaffinity(0)),
         "reader_threads": threads,
         "reader_workers": workers,
@@ -289,16 +313,17 @@ def step_rows(name, args, dtypes, peaks, bandwidth, torch, budget, results, mode
         if budget.left() < 30:
             results["skipped"].append(f"jax {name} {dtype}: budget")
             continue
-        row = jax_case(name, args.batch, args.size, dtype, args.steps)
+        row = jax_case(name, args.batch, args.size, dtype, args.steps, args.case_cap)
         achieved = per_image * row["images_per_s"]
-        row["tflops"] = round(achieved / 1e12, 2)
-        row["of_peak"] = round(achieved / peaks[dtype][0], 4)
-        row["gbytes_per_s"] = round(row["bytes_per_step"] / (row["ms_per_step"] / 1e3) / 1e9, 1)
-        row["of_bandwidth"] = round(row["gbytes_per_s"] * 1e9 / bandwidth, 4)
+        row["tflops"] = achieved / 1e12
+        row["of_peak"] = achieved / peaks[dtype][0]
+        row["gbytes_per_s"] = row["bytes_per_step"] / (row["ms_per_step"] / 1e3) / 1e9
+        row["of_bandwidth"] = row["gbytes_per_s"] * 1e9 / bandwidth
         results["jax_steps"][f"{name}/{dtype}"] = row
+        save(results)
         print(
-            f"| {name} | jax | {dtype} | {row['compile_s']} | {row['images_per_s']:.0f} | "
-            f"{row['tflops']} | {row['of_peak']:.1%} | {row['gbytes_per_s']} |",
+            f"| {name} | jax | {dtype} | {row['compile_s']:.1f} | {row['images_per_s']:.0f} | "
+            f"{row['tflops']:.2f} | {row['of_peak']:.1%} | {row['gbytes_per_s']:.1f} |",
             flush=True,
         )
     for precision, channels_last, mode in TORCH_VARIANTS if torch else ():
@@ -322,14 +347,19 @@ def step_rows(name, args, dtypes, peaks, bandwidth, torch, budget, results, mode
             "warmup": 5,
         }
         start = time.perf_counter()
-        seconds = statistics.median(torch.run(request))
         variant = f"{precision} {'NHWC' if channels_last else 'NCHW'} {mode}"
-        images = args.batch / seconds
+        times = torch.run(request, min(args.case_cap, budget.left()))
+        if times is None:
+            results["skipped"].append(f"torch {name} {variant}: past {args.case_cap:.0f} s")
+            save(results)
+            continue
+        images = args.batch / statistics.median(times)
         results["torch_steps"][f"{name}/{variant}"] = {
-            "images_per_s": round(images, 1),
-            "first_call_s": round(time.perf_counter() - start, 1),
-            "tflops": round(per_image * images / 1e12, 2),
+            "images_per_s": images,
+            "first_call_s": time.perf_counter() - start,
+            "tflops": per_image * images / 1e12,
         }
+        save(results)
         print(
             f"| {name} | torch | {variant} | - | {images:.0f} | "
             f"{per_image * images / 1e12:.2f} | - | - |",
@@ -352,6 +382,7 @@ def train_rows(args, dtype: str, budget, results) -> None:
             else "budget"
         )
         results["skipped"].append(f"mkln train end to end: {why}")
+        save(results)
         return
     import tempfile
 
@@ -361,6 +392,7 @@ def train_rows(args, dtype: str, budget, results) -> None:
     e2e = train_case(config, root / "run", args.videos, args.threads, workers)
     e2e["dtype"] = dtype
     results["end_to_end"] = e2e
+    save(results)
     print(
         f"\nmkln train end to end ({config.student.model} from {config.teacher.model}, {dtype}, "
         f"{e2e['student_steps']} student steps, {workers} reader processes x {args.threads} "
@@ -369,6 +401,20 @@ def train_rows(args, dtype: str, budget, results) -> None:
         f"the device waited for the host {e2e['device_idle_share']:.0%} of the time",
         flush=True,
     )
+
+
+OUT_PATH: list[pathlib.Path] = []
+
+
+def save(results: dict) -> None:
+    """Rewrites the JSON (atomically): a run cut short keeps every case it finished."""
+    if not OUT_PATH:
+        return
+    text = io.StringIO()
+    json.dump(results, text, indent=2)
+    partial = OUT_PATH[0].with_suffix(".partial")
+    partial.write_text(text.getvalue())
+    partial.replace(OUT_PATH[0])
 
 
 def main() -> None:
@@ -387,12 +433,19 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=160, help="of the written dataset")
     parser.add_argument("--threads", type=int, default=4, help="reader threads per process")
     parser.add_argument("--workers", type=int, default=-1, help="reader processes (-1: auto)")
-    parser.add_argument("--out", default="")
+    parser.add_argument("--case_cap", type=float, default=150.0, help="seconds per case")
+    parser.add_argument(
+        "--out", default=str(pathlib.Path(os.environ.get("OUT", ".")) / "gpu_check.json")
+    )
     parser.add_argument("--count_flops", action="store_true", help="print FLOPS_PER_IMAGE_256")
     args = parser.parse_args()
     installed = install_wheels(args.wheels) if args.wheels else []
+    OUT_PATH[:] = [pathlib.Path(args.out)] if args.out else []
     from absl import flags
 
+    from mkln_jax.cli.main import compilation_cache
+
+    compilation_cache()  # as every `mkln` command: a rerun on this machine compiles nothing
     flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
     if args.tiny:  # the same code paths with the small CNN: a minute or two on 2 CPU cores
         args.batch, args.size, args.steps = 4, 32, 2
@@ -429,20 +482,24 @@ def main() -> None:
     bandwidth = next((v for k, v in GPU_BANDWIDTH.items() if k in kind), float("nan")) * 1e12
     python, torch_version = torch_python(args.torch_python)
     results["torch"] = torch_version
+    if not python:
+        print(f"skipped: {torch_version}", flush=True)
     torch = Torch(python) if python and device.platform == "gpu" else None
     if python and device.platform != "gpu":
         results["torch"] = f"{torch_version} (not run: no GPU here)"
 
-    # Most important first, so a short lease still returns it: the distillation step (a + c;
-    # torch.compile, slow to start, later), mkln train end to end (b), the distillation step
-    # under torch.compile, then the single models (JAX and eager first, then torch.compile).
+    # Most important first, so a short lease still returns it: the distillation step in JAX
+    # (a + c), mkln train end to end (b), the same step in eager PyTorch, then under
+    # torch.compile (slow to start), then the single models (JAX and eager, then compile).
     print("\n| step | framework | variant | compile s | images/s | TFLOP/s | of peak | GB/s |")
     print("|---|---|---|---|---|---|---|---|")
     common = (args, dtypes, peaks, bandwidth, torch, budget, results)
     others = [name for name in cases if name != "distill"]
+    save(results)
     if "distill" in cases:
-        step_rows("distill", *common, modes=("jax", "eager"))
+        step_rows("distill", *common, modes=("jax",))
         train_rows(args, dtypes[-1], budget, results)
+        step_rows("distill", *common, modes=("eager",))
         step_rows("distill", *common, modes=("compile",))
     for name in others:
         step_rows(name, *common, modes=("jax", "eager"))
@@ -452,11 +509,9 @@ def main() -> None:
         torch.close()
     for item in results["skipped"]:
         print(f"skipped: {item}")
-    print(f"\n{budget.seconds - budget.left():.0f} s in all")
-    if args.out:
-        text = io.StringIO()
-        json.dump(results, text, indent=2)
-        pathlib.Path(args.out).write_text(text.getvalue())
+    results["total_s"] = budget.seconds - budget.left()
+    save(results)
+    print(f"\n{results['total_s']:.0f} s in all")
 
 
 if __name__ == "__main__":

@@ -149,13 +149,20 @@ def step_flops_here(student, teacher, batch, size) -> float:
     return _flops(compiled)
 
 
-def measure(compiled, args, steps: int) -> float:
+def measure(compiled, args, steps: int, max_seconds: float = float("inf")) -> float:
+    """Median seconds per step; after `max_seconds` (warm-up included) it stops early, with at
+    least one timed step."""
     state = args[0]
+    begin = time.perf_counter()
     for _ in range(15):  # warm-up: XLA:CPU's first ~10 executions of a step run slower
         state, _ = compiled(state, *args[1:])
+        if time.perf_counter() - begin > max_seconds / 2:
+            break
     jax.block_until_ready(state)
     times = []
     for _ in range(steps):
+        if times and time.perf_counter() - begin > max_seconds:
+            break
         start = time.perf_counter()
         state, metrics = compiled(state, *args[1:])
         jax.block_until_ready(metrics["loss"])
