@@ -48,7 +48,7 @@ def main() -> None:
     artifact = export.Artifact(pathlib.Path(args.workdir) / "export")
     mesh = sharding.make_mesh(1)
     model, frozen, _ = experiment.load_best(config, args.workdir, "student", mesh)
-    eval_step = scoring.jit_eval_step(model, mesh)
+    eval_step = scoring.jit_eval_step(model, mesh, (frozen.params, frozen.batch_stats))
     size = config.data.image_size
     rng = np.random.default_rng(0)
     print(

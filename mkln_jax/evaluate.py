@@ -42,7 +42,9 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str, split: str | N
         else:
             model, frozen, best_step = experiment.load_best(config, workdir, stage, mesh)
             description = experiment.describe_model(config, stage)
-        eval_step = scoring.jit_eval_step(model, mesh, with_margin=True)
+        eval_step = scoring.jit_eval_step(
+            model, mesh, (frozen.params, frozen.batch_stats), with_margin=True
+        )
         scored = scoring.predict_source(
             eval_step,
             frozen.params,
@@ -574,7 +576,9 @@ def robustness_run(config: ml_collections.ConfigDict, workdir: str, split: str |
     for name in config.eval.perturbations:
         rows = []
         for severity, level in enumerate(perturb.LEVELS[name]):
-            step_fn = scoring.jit_perturbed_eval_step(model, mesh, name, severity)
+            step_fn = scoring.jit_perturbed_eval_step(
+                model, mesh, (frozen.params, frozen.batch_stats), name, severity
+            )
             probs = scoring.predict_source(
                 step_fn,
                 frozen.params,

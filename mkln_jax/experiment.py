@@ -71,12 +71,16 @@ def _end(end: float, start: float) -> float:
     return start if end < 0 else end
 
 
-def method(config: ml_collections.ConfigDict, stage: str) -> step_lib.Method:
-    """The static choices of a stage's step (see step.Method)."""
+def method(config: ml_collections.ConfigDict, stage: str, members=()) -> step_lib.Method:
+    """The static choices of a stage's step (see step.Method); `members`: the configs of a
+    population's members, whose traced settings may switch on what the base config leaves off."""
     distilling = stage == "student"
+    augs = [c.freq_aug for c in (config, *members)]
     return step_lib.Method(
         frequency_augment=config[stage].frequency_augment,
         augment_block=config.freq_aug.block,
+        augment_mix=any(a.prob > 0 and a.mix_prob > 0 and a.mix_strength != 0 for a in augs),
+        augment_noise=any(a.prob > 0 and a.noise_prob > 0 and a.noise_std != 0 for a in augs),
         teacher_input=config.distill.teacher_input,
         schedule=config.distill.schedule,
         mutual=distilling and config.mutual.enabled,

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from mkln_jax import config_lib, experiment, fileio, metrics, models, scoring, sharding
 from mkln_jax.backends.cpu import native
@@ -79,14 +80,20 @@ def config_hash(config: ml_collections.ConfigDict) -> str:
 def export_stage(
     config: ml_collections.ConfigDict, workdir: str, out_dir: str, stage: str = "student"
 ) -> pathlib.Path:
-    """Exports the best checkpoint of `stage` to `out_dir`; returns the folder."""
-    mesh = sharding.make_mesh(1)
+    """Exports the best checkpoint of `stage` to `out_dir`; returns the folder.
+
+    Every process of a multi-host run takes part (each restores and scores its share of the
+    validation split for calibration); the weights are gathered to every host and process 0
+    alone writes the files, the others waiting at a barrier."""
+    # All devices, parameters replicated: an FSDP-trained checkpoint is resharded on restore,
+    # so export runs on any host, whatever mesh trained the model.
+    mesh = sharding.make_mesh(-1, 1)
     model, frozen, best_step = experiment.load_best(config, workdir, stage, mesh)
-    params = nnx.to_pure_dict(jax.device_get(frozen.params))
-    batch_stats = nnx.to_pure_dict(jax.device_get(frozen.batch_stats))
+    host = sharding.to_host(frozen)
+    params_template, stats_template = host.params, host.batch_stats
+    params = nnx.to_pure_dict(params_template)
+    batch_stats = nnx.to_pure_dict(stats_template)
     variables = {"params": params, "batch_stats": batch_stats}
-    params_template = jax.device_get(frozen.params)
-    stats_template = jax.device_get(frozen.batch_stats)
 
     calibration = calibrate(config, model, frozen, mesh)
     temperature = calibration.get("temperature", 1.0)
@@ -130,6 +137,15 @@ def export_stage(
         )
 
     out = pathlib.Path(out_dir)
+    if jax.process_index() == 0:
+        _write(out, config, stage, best_step, exported, explained, flat, calibration)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("mkln export written")
+    return out
+
+
+def _write(out: pathlib.Path, config, stage, best_step, exported, explained, flat, calibration):
+    size = config.data.image_size
     out.mkdir(parents=True, exist_ok=True)
     # Each file replaced atomically, metadata (with the checksums) last: an interrupted export
     # leaves the old artifact or one that fails its checksums, never a silently mixed one.
@@ -163,7 +179,6 @@ def export_stage(
         "sha256": {name: _sha256(out / name) for name in (PROGRAM, WEIGHTS, EXPLAIN)},
     }
     fileio.atomic_write(out / METADATA, json.dumps(metadata, indent=2) + "\n")
-    return out
 
 
 def calibrate(config: ml_collections.ConfigDict, model, frozen, mesh) -> dict:

@@ -140,12 +140,21 @@ AUGMENT_DEFAULTS = {
 }
 
 
+# Mixing partners are drawn within consecutive groups of this many images. A device's shard of
+# the batch is a run of consecutive rows, so while the per-device batch is a multiple of the
+# group, partners never cross devices and the step moves no image between them (a partner from
+# anywhere in the global batch made every device gather the whole batch's spectra).
+MIX_GROUP = 8
+
+
 def frequency_augment(
     key: jax.Array,
     x: jax.Array,
     *,
     labels: jax.Array | None = None,
     block: int = 0,
+    mix: bool = True,
+    noise: bool = True,
     **strengths: float | jax.Array,
 ) -> jax.Array:
     """Frequency-texture augmentation: four operations on the F3-Net bands, one transform pair.
@@ -156,12 +165,15 @@ def frequency_augment(
         with probability `band_drop_prob` (the low band carries the face and is never dropped);
       - high-frequency noise injection: Gaussian noise of std `noise_std` on the high band;
       - low/high-pass mixing: the middle and high bands become (1 - s) own + s partner, where the
-        partner is another image of the batch with the same label (`labels`; without labels, or
-        when the drawn partner's label differs, the image is left unmixed), s = `mix_strength`.
+        partner is another image of its group of MIX_GROUP consecutive images (a random cyclic
+        order within each group) with the same label (`labels`; without labels, or when the
+        partner's label differs, the image is left unmixed), s = `mix_strength`.
     Strength 0 (or probability 0) makes an operation the identity. Keyword names and defaults:
-    AUGMENT_DEFAULTS; all may be traced scalars. `block` = 0 works on the full-image spectrum,
-    8 on JPEG's 8 x 8 block spectra. x: float[B, H, W, C] -> float32[B, H, W, C], computed in
-    float32 whatever x's dtype. Deterministic given `key`.
+    AUGMENT_DEFAULTS; all may be traced scalars. `mix` / `noise` = False leave those two
+    operations out of the program (static: callers pass False where their probability is 0).
+    `block` = 0 works on the full-image spectrum, 8 on JPEG's 8 x 8 block spectra.
+    x: float[B, H, W, C] -> float32[B, H, W, C], computed in float32 whatever x's dtype.
+    Deterministic given `key`.
     """
     unknown = set(strengths) - set(AUGMENT_DEFAULTS)
     if unknown:
@@ -188,17 +200,43 @@ def frequency_augment(
     gain_map = jnp.einsum("bk,khw->bhw", gains, masks)[..., None]
 
     spectrum = forward(x)
-    upper = (masks[1] + masks[2])[None, :, :, None]  # middle + high
-    partner = jax.random.permutation(keys[4], batch)
-    same = jnp.zeros((batch,), bool) if labels is None else labels[partner] == labels
-    mix = (apply[:, 0] & chance(keys[5], hp["mix_prob"])[:, 0] & same).astype(jnp.float32)
-    weight = (hp["mix_strength"] * mix)[:, None, None, None]
-    spectrum = spectrum + weight * upper * (spectrum[partner] - spectrum)
+    if mix and labels is not None:
+        partner = group_partners(keys[4], batch)  # [B / G, G, G] one-hot
+        mixed = _in_groups(partner, spectrum)
+        same = _in_groups(partner, labels.astype(jnp.float32)) == labels
+        chosen = apply[:, 0] & chance(keys[5], hp["mix_prob"])[:, 0] & same
+        weight = (hp["mix_strength"] * chosen.astype(jnp.float32))[:, None, None, None]
+        upper = (masks[1] + masks[2])[None, :, :, None]  # middle + high
+        spectrum = spectrum + weight * upper * (mixed - spectrum)
+    spectrum = spectrum * gain_map
+    if noise:
+        noisy = (apply[:, 0] & chance(keys[6], hp["noise_prob"])[:, 0]).astype(jnp.float32)
+        draw = jax.random.normal(keys[7], spectrum.shape, jnp.float32)
+        spectrum = spectrum + (
+            draw * (hp["noise_std"] * noisy)[:, None, None, None] * masks[2][None, :, :, None]
+        )
+    return inverse(spectrum)
 
-    noisy = (apply[:, 0] & chance(keys[6], hp["noise_prob"])[:, 0]).astype(jnp.float32)
-    noise = jax.random.normal(keys[7], spectrum.shape, jnp.float32)
-    noise = noise * (hp["noise_std"] * noisy)[:, None, None, None] * masks[2][None, :, :, None]
-    return inverse(spectrum * gain_map + noise)
+
+def group_partners(key: jax.Array, batch: int, group: int = MIX_GROUP) -> jax.Array:
+    """Each image's mixing partner within its group of `group` consecutive images (the batch's
+    largest divisor not above it): a random cyclic order per group, each image partnered with
+    the next in it, so nobody is its own partner. float32[B / g, g, g], one-hot rows."""
+    group = max(d for d in range(1, min(group, batch) + 1) if batch % d == 0)
+    keys = jax.random.split(key, batch // group)
+    order = jax.vmap(lambda k: jax.random.permutation(k, group))(keys)  # [B / g, g]
+    following = jnp.roll(order, -1, axis=1)
+    partner = jax.vmap(lambda o, f: jnp.zeros((group,), jnp.int32).at[o].set(f))(order, following)
+    return jax.nn.one_hot(partner, group, dtype=jnp.float32)
+
+
+def _in_groups(partner: jax.Array, values: jax.Array) -> jax.Array:
+    """values[partner] within each group, as a small matrix product per group (an exact copy:
+    one-hot rows, HIGHEST precision), which stays on the device holding the group."""
+    groups, size = partner.shape[:2]
+    grouped = values.reshape(groups, size, -1)
+    out = jnp.einsum("gij,gjk->gik", partner, grouped, precision=jax.lax.Precision.HIGHEST)
+    return out.reshape(values.shape)
 
 
 @functools.lru_cache(maxsize=8)

@@ -162,7 +162,7 @@ def make_mesh(population_size: int = 1, num_data: int = -1, num_fsdp: int = 1) -
             f"with {processes} processes of {local} devices, the population mesh must use "
             f"every device and population.mesh x train.mesh_fsdp ({inner}) must divide {local}"
         )
-    ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
+    ordered = sharding.by_process(devices)
     grid = np.asarray(ordered).reshape(processes, population_size, local // inner, num_fsdp)
     grid = grid.transpose(1, 0, 2, 3).reshape(population_size, num_data, num_fsdp)
     return Mesh(grid, (AXIS, *sharding.BATCH_AXES))
@@ -255,7 +255,7 @@ def jit_eval_step(model: step_lib.ModelFn, mesh, param_shardings, stat_shardings
         return jax.vmap(single, in_axes=(0, 0, None))(params, batch_stats, images).T
 
     return jax.jit(
-        eval_step,
+        sharding.variables_gathered(eval_step, (param_shardings, stat_shardings)),
         in_shardings=(param_shardings, stat_shardings, sharding.batch_sharding(mesh)),
         out_shardings=sharding.batch_sharding(mesh),
     )

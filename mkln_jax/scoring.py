@@ -15,19 +15,30 @@ from mkln_jax.input_pipeline import loader, splits
 from mkln_jax.logging_utils import ProgressLine
 
 
-def jit_eval_step(model: step_lib.ModelFn, mesh, with_margin: bool = False):
-    repl = sharding.replicated(mesh)
+def _shardings(variables):
+    """The shardings of a model's variables (arrays, or shardings already): replicated for
+    data parallelism, split over `fsdp` where the train state is, and evaluation keeps them so."""
+    return jax.tree.map(
+        lambda x: x if isinstance(x, jax.sharding.Sharding) else x.sharding, variables
+    )
+
+
+def jit_eval_step(model: step_lib.ModelFn, mesh, variables, with_margin: bool = False):
+    """eval(params, batch_stats, images uint8) -> P(fake); `variables`: (params, batch_stats)
+    as arrays or their shardings, which the compiled step takes as they are."""
+    variables = (_shardings(variables[0]), _shardings(variables[1]))
     return jax.jit(
-        step_lib.make_eval_step(model, with_margin),
-        in_shardings=(repl, repl, sharding.batch_sharding(mesh)),
+        sharding.variables_gathered(step_lib.make_eval_step(model, with_margin), variables),
+        in_shardings=(*variables, sharding.batch_sharding(mesh)),
         out_shardings=sharding.batch_sharding(mesh),
     )
 
 
-def jit_perturbed_eval_step(model: step_lib.ModelFn, mesh, name: str, severity: int):
+def jit_perturbed_eval_step(model: step_lib.ModelFn, mesh, variables, name: str, severity: int):
     """eval(params, batch_stats, images uint8, key) -> P(fake), the images perturbed on the
     device first (mkln_jax/perturb.py)."""
     repl = sharding.replicated(mesh)
+    variables = (_shardings(variables[0]), _shardings(variables[1]))
     plain = step_lib.make_eval_step(model)
 
     def eval_step(params, batch_stats, images, key):
@@ -36,8 +47,8 @@ def jit_perturbed_eval_step(model: step_lib.ModelFn, mesh, name: str, severity: 
         return plain(params, batch_stats, jnp.round(x * 255.0).astype(jnp.uint8))
 
     return jax.jit(
-        eval_step,
-        in_shardings=(repl, repl, sharding.batch_sharding(mesh), repl),
+        sharding.variables_gathered(eval_step, variables),
+        in_shardings=(*variables, sharding.batch_sharding(mesh), repl),
         out_shardings=sharding.batch_sharding(mesh),
     )
 
@@ -83,7 +94,7 @@ def predict_source(
 def predict_margins(model: step_lib.ModelFn, frozen, source, mesh, batch_size: int) -> np.ndarray:
     """Logit margins (fake minus real) for every example of `source`: float32[N]."""
     return predict_source(
-        jit_eval_step(model, mesh, with_margin=True),
+        jit_eval_step(model, mesh, (frozen.params, frozen.batch_stats), with_margin=True),
         frozen.params,
         frozen.batch_stats,
         source,

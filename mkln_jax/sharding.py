@@ -18,9 +18,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 BATCH_AXES = ("data", "fsdp")
 
 
-def make_mesh(num_data: int = -1, num_fsdp: int = 1) -> Mesh:
-    """A (data, fsdp) mesh over the first data * fsdp devices; num_data = -1 takes the rest."""
-    devices = jax.devices()
+def by_process(devices) -> list:
+    """Devices ordered by (process, id): each process's devices are consecutive along the batch,
+    so its rows of a global batch are one contiguous block (what evaluation's row order and
+    `host_to_global` rely on), and an `fsdp` group that divides a host's devices stays inside
+    that host. jax's own device order gives this only by default, not by contract."""
+    return sorted(devices, key=lambda d: (d.process_index, d.id))
+
+
+def make_mesh(num_data: int = -1, num_fsdp: int = 1, devices=None) -> Mesh:
+    """A (data, fsdp) mesh over the first data * fsdp devices (`by_process` order); num_data =
+    -1 takes the rest. `devices`: default jax.devices() (another topology's, to compile for)."""
+    devices = by_process(jax.devices() if devices is None else devices)
     if num_data == -1:
         num_data = len(devices) // num_fsdp
     count = num_data * num_fsdp
@@ -53,6 +62,59 @@ def state_shardings(tree, mesh: Mesh, min_size: int = 2**14):
     """NamedShardings for every leaf of a (possibly abstract) pytree, by the rule above."""
     fsdp = mesh.shape["fsdp"]
     return jax.tree.map(lambda x: NamedSharding(mesh, leaf_spec(x.shape, fsdp, min_size)), tree)
+
+
+def without_fsdp(shardings):
+    """The same shardings with the `fsdp` axis dropped from every spec."""
+
+    def drop(s: NamedSharding) -> NamedSharding:
+        def keep(entry):
+            if entry == "fsdp":
+                return None
+            if isinstance(entry, tuple):
+                rest = tuple(a for a in entry if a != "fsdp")
+                return rest if len(rest) > 1 else (rest[0] if rest else None)
+            return entry
+
+        return NamedSharding(s.mesh, PartitionSpec(*(keep(e) for e in s.spec)))
+
+    return jax.tree.map(drop, shardings)
+
+
+def gathered_at_use(step_fn, state_shardings, teacher_shardings=None):
+    """`step_fn(state, teacher_vars, *rest)` with the trained model's parameters and BatchNorm
+    statistics, and the teachers' variables, constrained whole (their `fsdp` split dropped) as
+    the step starts. FSDP stores them split and computes with them gathered, so activations
+    stay split by batch alone: left to itself, XLA's partitioner split some layers by channel
+    to follow a split kernel, moving activations between devices (all-to-alls whose size grows
+    with the batch). The gradients' transpose is the reduction back to the split state."""
+    if all(s.mesh.shape.get("fsdp", 1) == 1 for s in jax.tree.leaves(state_shardings)):
+        return step_fn
+    whole = without_fsdp((state_shardings.params, state_shardings.batch_stats))
+    teachers_whole = None if teacher_shardings is None else without_fsdp(teacher_shardings)
+
+    def step(state, teacher_vars, *rest):
+        params, stats = jax.lax.with_sharding_constraint((state.params, state.batch_stats), whole)
+        state = state.replace(params=params, batch_stats=stats)
+        if teacher_vars is not None and teachers_whole is not None:
+            teacher_vars = jax.lax.with_sharding_constraint(teacher_vars, teachers_whole)
+        return step_fn(state, teacher_vars, *rest)
+
+    return step
+
+
+def variables_gathered(eval_fn, variable_shardings):
+    """`eval_fn(params, batch_stats, *rest)` with both constrained whole at the start (see
+    `gathered_at_use`); `variable_shardings`: their (params, batch_stats) shardings."""
+    if all(s.mesh.shape.get("fsdp", 1) == 1 for s in jax.tree.leaves(variable_shardings)):
+        return eval_fn
+    whole = without_fsdp(variable_shardings)
+
+    def fn(params, batch_stats, *rest):
+        params, batch_stats = jax.lax.with_sharding_constraint((params, batch_stats), whole)
+        return eval_fn(params, batch_stats, *rest)
+
+    return fn
 
 
 def place(tree, shardings):

@@ -158,10 +158,15 @@ class Method:
     mutual: the trained model is a `Peers` pair, both updated by Deep Mutual Learning.
     feature_loss: "" (off), "cosine" or "l2": the trained model's `feature_projectors` map its
         pooled features onto each teacher's.
+    augment_mix, augment_noise: whether the program holds frequency mixing and high-band noise
+        at all (experiment.method turns them off where their probability is 0 for every
+        model trained, so they cost nothing; their numbers stay traced).
     """
 
     frequency_augment: bool = False
     augment_block: int = 0
+    augment_mix: bool = True
+    augment_noise: bool = True
     teacher_input: str = "clean"
     schedule: str = "constant"
     mutual: bool = False
@@ -200,6 +205,8 @@ def _step_parts(student, tx, teachers, method):
                 clean,
                 labels=batch["label"],
                 block=method.augment_block,
+                mix=method.augment_mix,
+                noise=method.augment_noise,
                 **hp.augment_settings(),
             )
             view = jnp.clip(view, 0.0, 1.0)

@@ -139,13 +139,16 @@ def _train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
         say(f"[{stage}] already trained ({start} steps); skipping")
         return {"best_step": ckpts.best_step()} if pop is None else pop.best_steps()
 
-    method = experiment.method(config, stage)
+    members = () if pop is None else [m.config for m in pop.members]
+    method = experiment.method(config, stage, members)
     if pop is None:
         step_fn = step_lib.make_train_step(student, tx, teachers=teachers, method=method)
         host_scalars = experiment.hparams(config, stage)
         scalar_shardings = jax.tree.map(lambda _: repl, host_scalars)
         metric_sharding = repl
-        eval_step = scoring.jit_eval_step(student, mesh)
+        eval_step = scoring.jit_eval_step(
+            student, mesh, (state_shardings.params, state_shardings.batch_stats)
+        )
     else:
         step_fn = step_lib.make_population_step(
             student, tx, teachers=teachers, method=method, shared_augment=pop.shared_augment
@@ -158,7 +161,7 @@ def _train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
         )
         say(f"[{stage}] {pop.describe()}")
     train_step = jax.jit(
-        step_fn,
+        sharding.gathered_at_use(step_fn, state_shardings, teacher_vars and teacher_shardings),
         in_shardings=(
             state_shardings,
             teacher_shardings,

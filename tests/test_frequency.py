@@ -132,10 +132,74 @@ def test_mixing_takes_only_same_label_partners_and_keeps_the_low_band():
         )
         low_out, low_x = frequency.band_decompose(out)[:, 0], frequency.band_decompose(x)[:, 0]
         np.testing.assert_allclose(low_out, low_x, atol=1e-5)
+        # Nobody is its own partner: in a group of two, each takes the other's upper bands.
+        x_bands, out_bands = frequency.band_decompose(x), frequency.band_decompose(out)
+        np.testing.assert_allclose(out_bands[0, 1:], x_bands[1, 1:], atol=1e-5)
+        np.testing.assert_allclose(out_bands[1, 1:], x_bands[0, 1:], atol=1e-5)
+
+
+def _partners(seed: int, batch: int) -> np.ndarray:
+    onehot = np.asarray(frequency.group_partners(jax.random.key(seed), batch))
+    assert np.all(onehot.sum(-1) == 1)
+    group = onehot.shape[1]
+    return (np.argmax(onehot, -1) + np.arange(batch // group)[:, None] * group).reshape(-1)
+
+
+def test_mixing_partners_are_drawn_within_groups_uniformly_among_the_others():
+    batch, group = 32, frequency.MIX_GROUP
+    counts = np.zeros((batch, batch))
+    for seed in range(400):
+        partner = _partners(seed, batch)
+        assert sorted(partner) == list(range(batch))  # a permutation ...
+        assert np.all(partner != np.arange(batch))  # ... without fixed points ...
+        assert np.all(partner // group == np.arange(batch) // group)  # ... inside each group
+        counts[np.arange(batch), partner] += 1
+    # Each of the 7 others of a group is drawn with chance 1/7 (400 draws: 57 +- 7 each).
+    others = counts[np.arange(batch) // group == np.arange(batch)[:, None] // group]
+    others = others[others > 0]
+    assert len(others) == batch * (group - 1) and 25 < others.min() and others.max() < 95
+    assert _partners(0, 6).tolist() != list(range(6))  # a batch of 6: one group of 6
+
+
+def test_mixing_blends_only_same_label_partners_of_the_group():
+    x = _images(11, batch=16)
+    labels = jnp.asarray([0, 1, 1, 0, 0, 1, 0, 1] * 2)
+    out = frequency.frequency_augment(
+        jax.random.key(5), x, labels=labels, prob=1.0, mix_prob=1.0, mix_strength=1.0
+    )
     x_bands, out_bands = frequency.band_decompose(x), frequency.band_decompose(out)
-    swapped = np.allclose(out_bands[0, 1:], x_bands[1, 1:], atol=1e-5)
-    kept = np.allclose(out_bands[0, 1:], x_bands[0, 1:], atol=1e-5)
-    assert swapped or kept
+    mixed = 0
+    for i in range(16):
+        if np.allclose(out_bands[i, 1:], x_bands[i, 1:], atol=1e-5):
+            continue  # its drawn partner had the other label
+        sources = [
+            j
+            for j in range(16)
+            if j != i and np.allclose(out_bands[i, 1:], x_bands[j, 1:], atol=1e-5)
+        ]
+        assert len(sources) == 1 and labels[sources[0]] == labels[i]
+        assert sources[0] // frequency.MIX_GROUP == i // frequency.MIX_GROUP
+        mixed += 1
+    assert mixed > 0
+
+
+def test_leaving_mixing_and_noise_out_of_the_program_equals_probability_zero():
+    x = _images(12)
+    on = {"prob": 1.0, "jitter": 0.5, "mix_strength": 0.7, "noise_std": 0.1}
+    zero = frequency.frequency_augment(
+        jax.random.key(1), x, labels=LABELS, mix_prob=0.0, noise_prob=0.0, **on
+    )
+    left_out = frequency.frequency_augment(
+        jax.random.key(1),
+        x,
+        labels=LABELS,
+        mix=False,
+        noise=False,
+        mix_prob=1.0,
+        noise_prob=1.0,
+        **on,
+    )
+    np.testing.assert_array_equal(left_out, zero)
 
 
 def test_augmentation_runs_in_float32_for_bfloat16_inputs():
