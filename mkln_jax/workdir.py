@@ -28,9 +28,22 @@ def _describe(err: OSError) -> str:
     return err.strerror or type(err).__name__
 
 
+def refuse_url(path: str | os.PathLike, what: str = "workdir") -> None:
+    """Object-store URLs are refused in one line: the run folder is read and written through
+    local paths (docs/scaling.md says where a pod's workdir lives), and `pathlib` would turn
+    gs://bucket/run into a local folder ./gs:/bucket/run on every host."""
+    text = os.fspath(path)
+    if "://" in text:
+        raise WorkdirError(
+            f"{what} {text} is a URL; the {what} must be a folder every host mounts (NFS, "
+            "Filestore, Lustre). Fix: mount the storage and give its path (docs/scaling.md)"
+        )
+
+
 def ensure_writable(path: str | os.PathLike, what: str = "workdir") -> pathlib.Path:
     """Creates `path` as a folder if needed; WorkdirError if it is a file, cannot be created or
     is not writable."""
+    refuse_url(path, what)
     path = pathlib.Path(path)
     if path.exists() and not path.is_dir():
         raise WorkdirError(f"{what} {path} is a file, not a folder; give a folder path")
@@ -45,6 +58,7 @@ def ensure_writable(path: str | os.PathLike, what: str = "workdir") -> pathlib.P
 
 def require_existing(path: str | os.PathLike, what: str = "workdir") -> pathlib.Path:
     """For read-only commands: the folder must exist already; nothing is created."""
+    refuse_url(path, what)
     path = pathlib.Path(path)
     if not path.exists():
         raise WorkdirError(f"{what} {path} does not exist. Fix: run `mkln train` into it first")
@@ -67,6 +81,7 @@ class WorkdirLock:
     """`with WorkdirLock(workdir):` holds the folder for one writer."""
 
     def __init__(self, workdir: str | os.PathLike, command: str = "train", log=print):
+        refuse_url(workdir)
         self.workdir = pathlib.Path(workdir)
         self.path = self.workdir / LOCK_NAME
         self.command, self.log = command, log

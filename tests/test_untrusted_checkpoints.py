@@ -201,6 +201,18 @@ def test_a_live_jobs_lock_on_another_node_is_never_taken(tmp_path, monkeypatch, 
         workdir.WorkdirLock(tmp_path).acquire()
 
 
+@pytest.mark.parametrize("url", ["gs://bucket/run", "s3://bucket/run"])
+def test_an_object_store_workdir_is_refused_in_one_line_and_nothing_is_created(
+    tmp_path, monkeypatch, url
+):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WorkdirError, match="is a URL; the workdir must be a folder every host"):
+        workdir.WorkdirLock(url).acquire()
+    with pytest.raises(WorkdirError, match="is a URL"):
+        workdir.require_existing(url)
+    assert not list(tmp_path.iterdir())  # not ./gs:/bucket/run
+
+
 @pytest.mark.parametrize("kind", ["file", "read_only"])
 def test_an_unusable_workdir_is_one_clear_error(tmp_path, kind):
     target = tmp_path / "run"
