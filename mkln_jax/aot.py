@@ -38,12 +38,12 @@ def _abstract_teacher(config, source: config_lib.TeacherSource):
     if source.kind == "weights":
         model = nnx.eval_shape(
             lambda: models.build(
-                source.model, experiment.NUM_CLASSES, dtype=config.train.compute_dtype
+                source.model, experiment.NUM_CLASSES, dtype=config_lib.compute_dtype(config)
             )
         )
         graphdef, params, stats = step_lib.split_model(model)
         spec = models.spec(source.model)
-        dtype = models.DTYPES[config.train.compute_dtype]
+        dtype = models.DTYPES[config_lib.compute_dtype(config)]
         return step_lib.ModelFn(graphdef, spec.mean, spec.std, dtype), step_lib.Frozen(
             params, stats
         )

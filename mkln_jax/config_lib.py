@@ -139,10 +139,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _positive_int(config.data.clip_frames, "data.clip_frames", errors)
     _positive_int(config.data.read_threads, "data.read_threads", errors)
     workers = config.data.read_workers
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
-        errors.append(f"data.read_workers must be an integer >= 0, got {workers!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < -1:
+        errors.append(f"data.read_workers must be an integer >= 0 (or -1: auto), got {workers!r}")
     if config.data.margin < 1.0:
         errors.append(f"data.margin must be >= 1.0, got {config.data.margin}")
+    reference = config.train.reference_devices
+    if not isinstance(reference, int) or isinstance(reference, bool) or reference < 0:
+        errors.append(f"train.reference_devices must be an integer >= 0, got {reference!r}")
     mesh_data, mesh_fsdp = config.train.mesh_data, config.train.mesh_fsdp
     if not isinstance(mesh_fsdp, int) or mesh_fsdp < 1 or num_devices % mesh_fsdp:
         errors.append(
@@ -168,7 +171,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             errors.append(f"{stage}.pretrained: {problem}")
         _positive_int(section.steps, f"{stage}.steps", errors)
         _positive_int(section.batch_size, f"{stage}.batch_size", errors)
-        if isinstance(section.batch_size, int) and devices_used > 0:
+        reference = config.train.reference_devices
+        if isinstance(section.batch_size, int) and isinstance(reference, int) and reference > 0:
+            if section.batch_size % reference:
+                errors.append(
+                    f"{stage}.batch_size={section.batch_size} is for train.reference_devices="
+                    f"{reference} devices and must be a multiple of it"
+                )
+        elif isinstance(section.batch_size, int) and devices_used > 0:
             if section.batch_size % devices_used:
                 errors.append(
                     f"{stage}.batch_size={section.batch_size} is not divisible by the "
@@ -176,9 +186,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                 )
         if section.learning_rate <= 0:
             errors.append(f"{stage}.learning_rate must be > 0, got {section.learning_rate}")
-    if config.train.compute_dtype not in models.DTYPES:
+    if config.train.compute_dtype not in (*models.DTYPES, "auto"):
         errors.append(
-            f"train.compute_dtype must be one of {tuple(models.DTYPES)}, got "
+            f"train.compute_dtype must be one of {(*models.DTYPES, 'auto')}, got "
             f"{config.train.compute_dtype!r}"
         )
     for key in ("convolutions", "dots"):
@@ -422,6 +432,57 @@ def cache_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
         if config.cache_dir
         else (fetch.default_cache_dir())
     )
+
+
+def for_devices(config: ml_collections.ConfigDict, devices: int) -> ml_collections.ConfigDict:
+    """`config` for a run on `devices` devices: with train.reference_devices = N > 0, each
+    stage's global batch and learning rate scaled by devices / N (the one place that rule
+    lives); otherwise `config` itself. A batch that does not scale to whole examples per
+    device is a ConfigError."""
+    reference = config.train.reference_devices
+    if not reference or devices == reference:
+        return config
+    scaled = copy(config)
+    with scaled.unlocked():
+        for stage in ("teacher", "student"):
+            section = scaled[stage]
+            if (section.batch_size * devices) % reference:
+                raise ConfigError(
+                    f"{stage}.batch_size={section.batch_size} is for {reference} devices and does "
+                    f"not scale to {devices}. Fix: a device count that it divides, or "
+                    "train.reference_devices=0 (batch sizes as given)"
+                )
+            section.batch_size = section.batch_size * devices // reference
+            section.learning_rate = section.learning_rate * devices / reference
+    return scaled
+
+
+ACCELERATORS = ("gpu", "tpu", "cuda", "rocm")
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> str:
+    """train.compute_dtype, "auto" resolved: bfloat16 on GPUs and TPUs (their matrix units'
+    type; parameters, optimiser state and statistics stay float32), float32 on CPUs."""
+    dtype = config.train.compute_dtype
+    if dtype != "auto":
+        return dtype
+    import jax
+
+    return "bfloat16" if jax.default_backend() in ACCELERATORS else "float32"
+
+
+def read_workers(config: ml_collections.ConfigDict) -> int:
+    """data.read_workers, -1 resolved: none on a CPU host (the devices are its cores), else
+    half the host's cores up to 8 (an accelerator host's cores only decode and augment)."""
+    if config.data.read_workers >= 0:
+        return config.data.read_workers
+    import os
+
+    import jax
+
+    if jax.default_backend() not in ACCELERATORS:
+        return 0
+    return max(1, min(8, len(os.sched_getaffinity(0)) // 2))
 
 
 def data_dir(config: ml_collections.ConfigDict) -> pathlib.Path:

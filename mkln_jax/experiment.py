@@ -100,7 +100,7 @@ def build_model(config, stage: str, *, with_weights: bool = True) -> nnx.Module:
             stream=stream,
             image_size=config.data.image_size,
             seed=seed,
-            dtype=config.train.compute_dtype,
+            dtype=config_lib.compute_dtype(config),
             pretrained=pretrained if with_weights else "",
             cache_dir=config_lib.cache_dir(config),
         )
@@ -121,7 +121,7 @@ def build_model(config, stage: str, *, with_weights: bool = True) -> nnx.Module:
         model.feature_projectors = detectors.FeatureProjectors(
             model.feature_dim,
             dims,
-            dtype=models.DTYPES[config.train.compute_dtype],
+            dtype=models.DTYPES[config_lib.compute_dtype(config)],
             rngs=nnx.Rngs(params=config.seed + 2),
         )
     return model
@@ -133,7 +133,7 @@ def model_fn(config, stage: str, graphdef) -> step_lib.ModelFn:
     mean, std = spec.mean, spec.std
     if stage == "student" and config.mutual.enabled:
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    return step_lib.ModelFn(graphdef, mean, std, models.DTYPES[config.train.compute_dtype])
+    return step_lib.ModelFn(graphdef, mean, std, models.DTYPES[config_lib.compute_dtype(config)])
 
 
 def describe_model(config, stage: str) -> str:
@@ -178,7 +178,7 @@ def _saved_best_config(path: str, stage: str) -> dict:
 def teacher_feature_dim(config, source: config_lib.TeacherSource) -> int:
     if source.kind == "weights":
         model = nnx.eval_shape(
-            lambda: models.build(source.model, NUM_CLASSES, dtype=config.train.compute_dtype)
+            lambda: models.build(source.model, NUM_CLASSES, dtype=config_lib.compute_dtype(config))
         )
     else:
         cfg = source_config(config, source)
@@ -195,14 +195,16 @@ def load_weights(config, source: config_lib.TeacherSource, mesh):
         source.path,
         num_classes=NUM_CLASSES,
         image_size=config.data.image_size,
-        dtype=config.train.compute_dtype,
+        dtype=config_lib.compute_dtype(config),
         cache_dir=config_lib.cache_dir(config),
     )
     graphdef, params, batch_stats = step_lib.split_model(model)
     variables = step_lib.Frozen(params, batch_stats)
     variables = sharding.place(variables, shardings_of(config, variables, mesh))
     spec = models.spec(source.model)
-    fn = step_lib.ModelFn(graphdef, spec.mean, spec.std, models.DTYPES[config.train.compute_dtype])
+    fn = step_lib.ModelFn(
+        graphdef, spec.mean, spec.std, models.DTYPES[config_lib.compute_dtype(config)]
+    )
     return fn, variables, description
 
 

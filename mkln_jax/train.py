@@ -181,7 +181,7 @@ def _train_stage(config, workdir, stage: str, mesh, preemption=None) -> dict:
         augment=loader.HostAugment.from_config(config.data),
     )
     data_iter = loader.iterate_from(
-        batches, start, config.data.read_threads, config.data.read_workers
+        batches, start, config.data.read_threads, config_lib.read_workers(config)
     )
     first = sharding.host_to_global(next(data_iter), mesh)
     t0 = time.time()
@@ -669,6 +669,16 @@ class PreemptionWatch:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
     """Runs the configured stages in order; returns each stage's best validation result."""
     config_lib.validate(config)
+    scaled = config_lib.for_devices(config, jax.device_count())
+    if scaled is not config:
+        for stage in ("teacher", "student"):
+            say(
+                f"[{stage}] {jax.device_count()} devices: batch {scaled[stage].batch_size}, "
+                f"learning rate {scaled[stage].learning_rate:.3g} (the config's "
+                f"{config[stage].batch_size} and {config[stage].learning_rate:.3g} are for "
+                f"{config.train.reference_devices}; train.reference_devices)"
+            )
+        config = scaled
     if population.enabled(config) and "student" in config.stages:
         for member in population.members(config):  # every member's settings, before compiling
             config_lib.validate(member.config)

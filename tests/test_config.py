@@ -1,5 +1,7 @@
 """Bad configs fail with a clear message before anything compiles."""
 
+import os
+
 import pytest
 from cli import mkln
 
@@ -178,3 +180,42 @@ def test_library_logs_default_to_warning_before_any_double_dash():
     assert quiet_logs(["mkln", "train", "-v", "1"]) == ["mkln", "train", "-v", "1"]
     # A --verbosity after "--" is an argument, not the flag.
     assert "--verbosity=-1" in quiet_logs(["mkln", "train", "--", "--verbosity=0"])
+
+
+@pytest.mark.parametrize(
+    "backend,dtype,workers", [("cpu", "float32", 0), ("gpu", "bfloat16", 8), ("tpu", "bfloat16", 8)]
+)
+def test_auto_settings_follow_the_platform_and_explicit_ones_stay(
+    monkeypatch, backend, dtype, workers
+):
+    import jax
+
+    from mkln_jax.configs import default
+
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    config = default.get_config()
+    assert config.train.compute_dtype == "auto" and config.data.read_workers == -1
+    assert config_lib.compute_dtype(config) == dtype
+    assert config_lib.read_workers(config) == workers
+    config.train.compute_dtype, config.data.read_workers = "float32", 3
+    assert config_lib.compute_dtype(config) == "float32" and config_lib.read_workers(config) == 3
+
+
+def test_the_ffpp_config_scales_batch_and_learning_rate_with_the_devices():
+    from mkln_jax.configs import ffpp
+
+    config = ffpp.get_config()
+    assert config.train.reference_devices == 16
+    assert config_lib.for_devices(config, 16) is config
+    pod = config_lib.for_devices(config, 64)
+    assert (pod.teacher.batch_size, pod.student.batch_size) == (512, 1024)
+    assert pod.teacher.learning_rate == pytest.approx(8e-4)
+    host = config_lib.for_devices(config, 8)
+    assert host.teacher.batch_size == 64 and host.teacher.learning_rate == pytest.approx(1e-4)
+    assert config.teacher.batch_size == 128  # the config itself is unchanged
+    config.teacher.batch_size = 100  # 6.25 per device: refused before anything compiles
+    with pytest.raises(config_lib.ConfigError, match="must be a multiple of it"):
+        config_lib.validate(config, num_devices=8)
+    with pytest.raises(config_lib.ConfigError, match="does not scale to 3"):
+        config_lib.for_devices(config, 3)

@@ -49,6 +49,9 @@ def compile_only(config, topology: str) -> int:
             )
         aot.use_libtpu()
         devices, chip = aot.topology_devices(topology), aot.CHIPS[kind]
+        if config.train.compute_dtype == "auto":  # what "auto" is on the TPU, not on this host
+            with config.unlocked():
+                config.train.compute_dtype = "bfloat16"
     else:
         import jax
 
@@ -56,6 +59,7 @@ def compile_only(config, topology: str) -> int:
     if population.enabled(config):
         print("note: a population's step is compiled as its single student's")
     mesh = sharding.make_mesh(config.train.mesh_data, config.train.mesh_fsdp, devices=devices)
+    config = config_lib.for_devices(config, mesh.devices.size)  # as `mkln train` would run it
     where = topology or f"{devices[0].platform}"
     code = 0
     for stage in config.stages:

@@ -52,9 +52,10 @@ def get_config() -> ml_collections.ConfigDict:
     # (Shiohara & Yamasaki, CVPR 2022); data.train_methods are then ignored for training.
     config.data.sbi = False
     config.data.read_threads = 4  # grain reader threads (per worker process, if any)
-    # grain worker processes for training batches; 0 = read in the training process. Threads
-    # already use 2 cores for PNG decoding; workers help when Python augmentations dominate.
-    config.data.read_workers = 0
+    # grain worker processes for training batches; 0 = read in the training process, -1 = auto:
+    # 0 on a CPU host (its cores are the devices), half the host's cores (up to 8) beside GPUs
+    # or TPUs (config_lib.read_workers).
+    config.data.read_workers = -1
 
     # Stage 1: fine-tune the teacher from ImageNet weights (cross-entropy only).
     config.teacher = ml_collections.ConfigDict()
@@ -133,7 +134,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.population.mesh = 1  # devices on the `population` mesh axis (the rest on `data`)
 
     config.train = ml_collections.ConfigDict()
-    config.train.compute_dtype = "float32"  # or "bfloat16" (params stay float32)
+    # "auto": bfloat16 on GPUs and TPUs, float32 on CPUs; or "float32" / "bfloat16". Parameters,
+    # optimiser state and BatchNorm statistics stay float32 either way.
+    config.train.compute_dtype = "auto"
     config.train.log_every = 25
     config.train.eval_every = 100  # validation (and a checkpoint, ranked for `best`)
     config.train.checkpoint_every = 100  # checkpoint for resuming
@@ -145,6 +148,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.mesh_data = -1  # devices on the `data` axis; -1 = all (after fsdp)
     config.train.mesh_fsdp = 1  # devices on the `fsdp` axis (parameter sharding)
     config.train.fsdp_min_size = 16384  # leaves with fewer elements stay replicated
+    # Batch sizes and learning rates are global. With reference_devices = N > 0 they are those
+    # of an N-device run, and on D devices both are scaled by D / N (config_lib.for_devices:
+    # the linear scaling rule of Goyal et al. 2017, with the configured warmup), so the batch
+    # per device and the step per example stay the same as the pod grows.
+    config.train.reference_devices = 0
     # XLA:CPU only (ignored on GPU and TPU): the train step's libraries (backends/cpu/).
     config.train.cpu = ml_collections.ConfigDict()
     # Convolutions: "auto" (the model's own choice, Eigen for ResNets), "ynnpack" or "eigen".

@@ -1,6 +1,10 @@
 """FaceForensics++ (c23, the four classic methods, NeuralTextures held out by default), the
-field's protocol: 32 frames per video, 256x256 crops with margin 1.3. For a pod: the batch is
-global and split over all devices.
+field's protocol: 32 frames per video, 256x256 crops with margin 1.3.
+
+Batches and learning rates are those of a 16-device run (train.reference_devices = 16): global
+batches of 128 (teacher) and 256 (student), 8 and 16 images per device, Adam at 2e-4. On D
+devices `mkln train` scales both by D / 16 (config_lib.for_devices, the linear scaling rule): a
+v5e-64 slice trains the teacher at batch 512 and 8e-4, one 8-GPU host at batch 64 and 1e-4.
 
     mkln prepare ffpp --config=configs/ffpp.py --config.data.root=/data/FaceForensics++
     mkln train --config=configs/ffpp.py --config.data.root=/data/FaceForensics++ --workdir=runs/ff
@@ -39,6 +43,7 @@ def get_config():
     config.student.steps = 20000
     config.student.batch_size = 256
     config.student.warmup_steps = 1000
+    config.train.reference_devices = 16  # batch sizes and learning rates below are for 16
     config.train.eval_every = 1000
     config.train.checkpoint_every = 1000
     config.train.log_every = 100

@@ -173,20 +173,38 @@ def eval_batches(
     batch_size: int,
     process_index: int | None = None,
     process_count: int | None = None,
+    threads: int = 4,
 ) -> Iterator[tuple[dict, int]]:
     """Every example once, in order, as (this process's rows of a global batch, valid count of
     the global batch). A global batch is `batch_size` consecutive examples, the last one padded
     by repeating the final example so shapes stay static; process p of P reads only its rows
-    [p*b, (p+1)*b), b = batch_size / P."""
+    [p*b, (p+1)*b), b = batch_size / P. Records are decoded by `threads` threads, and the next
+    batch is read while the caller works on this one (the devices score it)."""
+    import collections
+    from concurrent.futures import ThreadPoolExecutor
+
     index, processes = _processes(process_index, process_count)
     if batch_size % processes:
         raise ValueError(f"batch size {batch_size} not divisible by {processes} processes")
     rows = batch_size // processes
     total = len(source)
-    for start in range(0, total, batch_size):
-        valid = min(batch_size, total - start)
-        first = start + index * rows
-        wanted = [min(i, total - 1) for i in range(first, first + rows)]
-        records = [source[i] for i in wanted]
-        batch = {"image": np.stack([np.asarray(r["image"], np.uint8) for r in records])}
-        yield batch, valid
+
+    def image(i: int) -> np.ndarray:
+        return np.asarray(source[i]["image"], np.uint8)
+
+    with ThreadPoolExecutor(max(threads, 1)) as decode, ThreadPoolExecutor(1) as ahead:
+
+        def read(start: int) -> tuple[dict, int]:
+            first = start + index * rows
+            wanted = [min(i, total - 1) for i in range(first, first + rows)]
+            return {"image": np.stack(list(decode.map(image, wanted)))}, min(
+                batch_size, total - start
+            )
+
+        pending = collections.deque()
+        for start in range(0, total, batch_size):
+            pending.append(ahead.submit(read, start))
+            if len(pending) > 1:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
