@@ -24,7 +24,7 @@ LAYERS = {
         "mkln_jax.predict",
         "mkln_jax.input_pipeline.prepare",
     ),
-    4: ("mkln_jax.experiment", "mkln_jax.scoring", "mkln_jax.population"),
+    4: ("mkln_jax.experiment", "mkln_jax.scoring", "mkln_jax.population", "mkln_jax.aot"),
     3: ("mkln_jax.config_lib", "mkln_jax.configs"),
     2: (
         "mkln_jax.step",
