@@ -129,6 +129,7 @@ def main() -> int:
             results["rows"].append(row)
             save()
             counts = ", ".join(f"{n} {op}" for op, n in row["collective_count"].items())
+            counts += f" ({row['batchnorm_all_reduces']} BatchNorm)"
             fits = "-" if chip is None else ("yes" if row["fits"] else "NO")
             roof = f"{row['roofline_s'] * 1e3:.1f}" if chip is not None else "-"
             print(

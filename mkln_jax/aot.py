@@ -144,6 +144,17 @@ class Collective:
     op: str
     arrays: tuple[tuple[str, tuple[int, ...]], ...]
     group: int = 0
+    op_name: str = ""  # the jax operation it came from (HLO metadata)
+
+    @property
+    def batchnorm(self) -> bool:
+        """A reduction of per-channel sums (BatchNorm's batch statistics, forward, or its
+        backward pass's two sums), not of gradients: 1-D arrays from a `reduce_sum`."""
+        return (
+            self.op == "all-reduce"
+            and "reduce_sum" in self.op_name
+            and all(len(shape) == 1 for _, shape in self.arrays)
+        )
 
     @property
     def bytes(self) -> int:
@@ -203,7 +214,10 @@ def collectives(hlo_text: str) -> list[Collective]:
         if match.group(2) in ("all-gather", "collective-permute") and "-start" in line:
             # an async start's result is (operand, result[, contexts]): keep the result
             arrays = arrays[1:2] or arrays
-        found.append(Collective(match.group(2), arrays, _group_size(line)))
+        name = re.search(r'op_name="([^"]*)"', line)
+        found.append(
+            Collective(match.group(2), arrays, _group_size(line), name.group(1) if name else "")
+        )
     return found
 
 
@@ -320,6 +334,7 @@ def cost_report(compiled, devices: int, chip: Chip | None = None) -> dict:
             if any(c.op == op for c in found)
         },
         "bytes_sent": float(sum(c.bytes_sent(devices) for c in found)),
+        "batchnorm_all_reduces": sum(c.batchnorm for c in found),
     }
     report["memory_bytes"] = (
         report["argument_bytes"]

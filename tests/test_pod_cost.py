@@ -93,4 +93,7 @@ def test_pod_cost_reports_a_tpu_slice_beside_a_cpu_mesh(libtpu, tmp_path):
     assert tpu["fits"] and tpu["memory_bytes"] > 0 and tpu["flops"] > 0
     assert tpu["roofline_s"] > 0 and tpu["bytes_sent"] > 0 and cpu["bytes_sent"] > 0
     assert set(tpu["collective_count"]) == {"all-reduce"}
+    # Each BatchNorm layer reduces its statistics forward and its two sums backward; the
+    # gradients go in a few combined all-reduces.
+    assert 0 < tpu["batchnorm_all_reduces"] < tpu["collective_count"]["all-reduce"]
     assert "| student | v5e:4x4 | 16 | 2 |" in done.stdout
