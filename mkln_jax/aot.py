@@ -249,6 +249,9 @@ def use_libtpu() -> str:
     downloaded once and unpacked into the cache. MklnError, saying why, where none can be had."""
     from jax._src import cloud_tpu_init
 
+    # Compiling needs no chip: let several processes load libtpu at once (it takes a lock
+    # file, /tmp/libtpu_lockfile, meant for processes sharing the chips of a VM).
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     found = cloud_tpu_init.get_tpu_library_path()
     if found:
         return found

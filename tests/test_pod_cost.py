@@ -27,7 +27,8 @@ SMALL = [
 
 @pytest.fixture(scope="module")
 def libtpu():
-    saved = {k: os.environ.get(k) for k in ("TPU_LIBRARY_PATH", "TPU_ACCELERATOR_TYPE")}
+    names = ("TPU_LIBRARY_PATH", "TPU_ACCELERATOR_TYPE", "ALLOW_MULTIPLE_LIBTPU_LOAD")
+    saved = {k: os.environ.get(k) for k in names}
     try:
         yield aot.use_libtpu()
     except MklnError as err:
