@@ -64,8 +64,11 @@ def inside(folder: str | os.PathLike, name: str) -> pathlib.Path:
         or "\x00" in name
     ):
         raise UnsafeInputError(f"{folder}: {name!r} is not a plain file name inside the folder")
-    resolved = (folder / relative).resolve()
-    if not resolved.is_relative_to(folder.resolve()):
+    try:
+        inside = (folder / relative).resolve().is_relative_to(folder.resolve())
+    except (RuntimeError, OSError):  # a symlink loop
+        raise UnsafeInputError(f"{folder}: {name!r} is a symlink loop") from None
+    if not inside:
         raise UnsafeInputError(f"{folder}: {name!r} points outside the folder")
     return folder / relative
 
@@ -87,13 +90,22 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> pathlib.Path:
     return path
 
 
+def resolved(path: str | os.PathLike) -> pathlib.Path:
+    """`path` made absolute with its links followed, as far as they go: a symlink loop (which
+    `Path.resolve` raises on, RuntimeError on Python 3.12) stays as the absolute path given."""
+    try:
+        return pathlib.Path(path).resolve()
+    except (RuntimeError, OSError):
+        return pathlib.Path(os.path.abspath(path))
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """True when `a` and `b` name one file (through links or different spellings)."""
     a, b = pathlib.Path(a), pathlib.Path(b)
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:
-        return a.resolve() == b.resolve()
+        return resolved(a) == resolved(b)
 
 
 def check_writable_output(
@@ -102,9 +114,9 @@ def check_writable_output(
     """Refuses, before any work, an output that is one of the inputs, is a folder, or whose
     folder cannot be created or written. Creates the folder."""
     path = pathlib.Path(path)
-    resolved = path.resolve()
+    full = resolved(path)
     for item in inputs:
-        if same_file(path, item) or resolved == pathlib.Path(item).resolve():
+        if same_file(path, item) or full == resolved(item):
             raise UnsafeInputError(f"{what} {path} is also an input; choose another output path")
     if path.is_dir():
         raise UnsafeInputError(f"{what} {path} is a folder; give a file name")

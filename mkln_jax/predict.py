@@ -229,11 +229,11 @@ def expand(paths: list[str]) -> tuple[list[pathlib.Path], list[pathlib.Path]]:
                 else:
                     not_taken.append(p)
                     continue
-                if found.resolve() not in seen:
-                    seen.add(found.resolve())
+                if fileio.resolved(found) not in seen:
+                    seen.add(fileio.resolved(found))
                     out.append(found)
-        elif item.resolve() not in seen:
-            seen.add(item.resolve())
+        elif fileio.resolved(item) not in seen:
+            seen.add(fileio.resolved(item))
             out.append(item)
     return out, not_taken
 
@@ -414,7 +414,7 @@ def write_rows(predictions: list[Prediction], path: str | pathlib.Path) -> pathl
 def strip_names(inputs: list[pathlib.Path]) -> dict[pathlib.Path, str]:
     """A strip file name per input, from its path relative to the inputs' common folder with
     "/" as "__" (a/x.mp4 and b/x.png get a__x.mp4.strip.png and b__x.png.strip.png)."""
-    resolved = [p.resolve() for p in inputs]
+    resolved = [fileio.resolved(p) for p in inputs]
     parents = [str(p.parent) for p in resolved]
     common = pathlib.Path(os.path.commonpath(parents)) if parents else pathlib.Path("/")
     names, used = {}, set()

@@ -81,3 +81,19 @@ def test_a_truncated_video_is_scored_on_the_frames_it_has_and_says_so(tmp_path):
             assert note.startswith(f"decoded {len(frames)} of the 8 frames sampled")
             return
     pytest.skip("no cut of this file decoded some but not all frames")
+
+
+def test_a_symlink_loop_among_the_inputs_is_one_skipped_input(tmp_path):
+    good = tmp_path / "face.png"
+    good.write_bytes(b"not read here")
+    loop_a, loop_b = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    loop_a.symlink_to(loop_b)
+    loop_b.symlink_to(loop_a)
+    inputs, not_taken = predict.expand([str(loop_a), str(good), str(tmp_path)])
+    assert inputs == [loop_a, good] and not_taken == [loop_a, loop_b]  # the folder's loop
+    assert set(predict.strip_names(inputs).values()) == {"a.mp4.strip.png", "face.png.strip.png"}
+    fileio.check_writable_output(tmp_path / "out" / "report.csv", inputs, "--report")
+    with pytest.raises(UnsafeInputError, match="symbolic links"):
+        fileio.require_regular_file(loop_a)
+    with pytest.raises(UnsafeInputError, match="symlink loop"):
+        fileio.inside(tmp_path, "a.mp4")
