@@ -13,6 +13,8 @@ resuming falls back to the newest intact step, setting the broken one aside unde
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import pathlib
 import shutil
@@ -31,6 +33,27 @@ from mkln_jax.errors import CheckpointError
 BEST_METRIC = "val_auc"
 INTEGRITY_FORMAT = 1
 _ITEMS = ("state", "config", "integrity")
+# None: a step without its integrity record is refused; a list: allowed, and each such step
+# used is recorded there (`allowing_unverified`, the --allow_unverified of evaluate / export).
+_UNVERIFIED: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "mkln_unverified", default=None
+)
+
+
+@contextlib.contextmanager
+def allowing_unverified(allowed: bool = True):
+    """Within: restoring a step that has no integrity record is allowed (named in one warning
+    line and recorded: `unverified_used`), instead of refused."""
+    token = _UNVERIFIED.set([] if allowed else None)
+    try:
+        yield
+    finally:
+        _UNVERIFIED.reset(token)
+
+
+def unverified_used() -> list[str]:
+    """The steps restored without verification in the current `allowing_unverified` scope."""
+    return list(_UNVERIFIED.get() or [])
 
 
 # The fingerprint of one array, defined once and computed two ways with identical results: in
@@ -225,7 +248,18 @@ class Checkpoints:
                 f"({_first_line(err)})"
             ) from None
         saved = self._integrity(manager, step, where)
-        if saved is not None:
+        if saved is None:
+            used = _UNVERIFIED.get()
+            if used is None:
+                raise CheckpointError(
+                    f"checkpoint {where} has no integrity record (written before checkpoints "
+                    "carried fingerprints, or the record was deleted), so it cannot be verified. "
+                    "Fix: train it again, or pass --allow_unverified to use it as it is (the "
+                    "artifact says so)"
+                )
+            used.append(str(where))
+            print(f"warning: checkpoint {where} used unverified (--allow_unverified)", flush=True)
+        else:
             found = fingerprints(restored.state)
             changed = sorted(k for k in saved | found if saved.get(k) != found.get(k))
             if changed:
@@ -239,7 +273,7 @@ class Checkpoints:
     @staticmethod
     def _integrity(manager, step: int, where: pathlib.Path) -> dict | None:
         if not (where / "integrity").is_dir():
-            return None  # written before checkpoints carried fingerprints
+            return None  # no record: refused unless `allowing_unverified`
         try:
             saved = manager.restore(
                 step, args=ocp.args.Composite(integrity=ocp.args.JsonRestore())

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from mkln_jax import config_lib, experiment, fileio, metrics, models, scoring, sharding
+from mkln_jax import checkpoint, config_lib, experiment, fileio, metrics, models, scoring, sharding
 from mkln_jax.backends.cpu import native
 from mkln_jax.errors import MklnError
 from mkln_jax.input_pipeline import splits
@@ -162,6 +162,8 @@ def _write(out: pathlib.Path, config, stage, best_step, exported, explained, fla
         "architecture": experiment.describe_model(config, stage),
         "stage": stage,
         "checkpoint_step": best_step,
+        # False only with --allow_unverified, for a checkpoint that had no integrity record.
+        "checkpoint_verified": not checkpoint.unverified_used(),
         "config_hash": config_hash(config),
         "input_size": size,
         "input": "uint8 RGB face crops [b, S, S, 3]; normalisation is inside the program",

@@ -306,6 +306,18 @@ def test_export_refuses_a_corrupt_best_checkpoint_naming_its_step(demo_run, tmp_
     assert result.returncode == 2
     assert f"best/{best.name}" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "a" / "metadata.json").exists()
+    # Without its integrity record the flipped bit would pass unseen: the step is unverified,
+    # refused, and used only when asked, the artifact saying so.
+    shutil.rmtree(best / "integrity")
+    args = ["--config=configs/tiny.py", f"--workdir={copy}", f"--artifact={tmp_path / 'a'}"]
+    refused = mkln("export", *args)
+    assert refused.returncode == 2 and "has no integrity record" in refused.stderr
+    assert not (tmp_path / "a" / "metadata.json").exists()
+    allowed = mkln("export", *args, "--allow_unverified")
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    assert f"warning: checkpoint {best} used unverified" in allowed.stdout
+    metadata = json.loads((tmp_path / "a" / "metadata.json").read_text())
+    assert metadata["checkpoint_verified"] is False
 
 
 def test_read_only_commands_on_a_missing_workdir_create_nothing(tmp_path):

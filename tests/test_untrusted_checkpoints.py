@@ -3,6 +3,7 @@
 import errno
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -52,7 +53,7 @@ def test_a_flipped_bit_is_caught_on_restore_and_names_the_step(tmp_path):
     ckpts.close()
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "flip_unrecorded"])
 def test_resume_falls_back_to_the_newest_intact_step_and_sets_the_broken_one_aside(
     tmp_path, damage
 ):
@@ -62,8 +63,11 @@ def test_resume_falls_back_to_the_newest_intact_step_and_sets_the_broken_one_asi
         flip_bit(target)
     elif damage == "truncate":
         target.write_bytes(target.read_bytes()[:100])
-    else:
+    elif damage == "delete":
         target.unlink()
+    else:  # a flipped bit, and the record that would catch it deleted: unverified, not used
+        flip_bit(target)
+        shutil.rmtree(root / "latest" / "3" / "integrity")
     ckpts = checkpoint.Checkpoints(root, keep=5)
     lines = []
     step, state = ckpts.restore_latest_intact(_abstract(), lambda saved: None, lines.append)
@@ -78,6 +82,26 @@ def test_resume_falls_back_to_the_newest_intact_step_and_sets_the_broken_one_asi
     ckpts.save(3, _state(3), CONFIG, {})
     ckpts.wait()
     assert ckpts.latest.all_steps() == [1, 2, 3]
+    ckpts.close()
+
+
+def test_a_step_without_its_integrity_record_is_refused_unless_allowed_and_then_recorded(
+    tmp_path,
+):
+    root = _saved(tmp_path)
+    shutil.rmtree(root / "best" / "3" / "integrity")
+    ckpts = checkpoint.Checkpoints(root, keep=5, read_only=True)
+    with pytest.raises(
+        CheckpointError, match=r"best/3 has no integrity record.*--allow_unverified"
+    ):
+        ckpts.restore("best", 3, _abstract())
+    with checkpoint.allowing_unverified():
+        restored = ckpts.restore("best", 3, _abstract())
+        assert checkpoint.unverified_used() == [str(root / "best" / "3")]
+    np.testing.assert_array_equal(restored["params"]["w"], _state(3)["params"]["w"])
+    assert checkpoint.unverified_used() == []  # the permission ends with its scope
+    with pytest.raises(CheckpointError, match="no integrity record"):
+        ckpts.restore("best", 3, _abstract())
     ckpts.close()
 
 

@@ -51,6 +51,18 @@ def distributed() -> list[str]:
     ]
 
 
+def allow_unverified() -> list[str]:
+    return [
+        _once(
+            "allow_unverified",
+            flags.DEFINE_bool,
+            False,
+            "Use a best checkpoint that has no integrity record (so cannot be verified) instead "
+            "of refusing it; the artifact's metadata records it as unverified.",
+        )
+    ]
+
+
 def artifact_dir() -> str:
     return FLAGS.artifact or str(pathlib.Path(FLAGS.workdir) / "export")
 

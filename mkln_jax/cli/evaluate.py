@@ -40,7 +40,14 @@ def define_flags() -> list[str]:
             "name or a file): one report per dataset and a summary table. The run's own dataset "
             "(same data.name) is evaluated with the run's data settings.",
         )
-    return [*common.workdir(), *common.split(), *common.member(), "protocol", "eval_datasets"]
+    return [
+        *common.workdir(),
+        *common.split(),
+        *common.member(),
+        *common.allow_unverified(),
+        "protocol",
+        "eval_datasets",
+    ]
 
 
 def apply_eval_data(config, other) -> None:

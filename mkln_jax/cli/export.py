@@ -24,7 +24,14 @@ def define_flags() -> list[str]:
             False,
             "Also write a TensorFlow SavedModel (the `savedmodel` extra) and check it.",
         )
-    return [*common.workdir(), *common.artifact(), *common.member(), "onnx", "savedmodel"]
+    return [
+        *common.workdir(),
+        *common.artifact(),
+        *common.member(),
+        *common.allow_unverified(),
+        "onnx",
+        "savedmodel",
+    ]
 
 
 def main(config, args: list[str]) -> int:

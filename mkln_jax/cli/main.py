@@ -226,7 +226,11 @@ def _with_config(module, args: list[str]) -> int:
         if hasattr(module, "configure"):
             module.configure(config, args)
         config_lib.validate(config)
-        return module.main(config, args)
+        from mkln_jax import checkpoint
+
+        allowed = "allow_unverified" in FLAGS and FLAGS.allow_unverified
+        with checkpoint.allowing_unverified(allowed):
+            return module.main(config, args)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
