@@ -245,6 +245,7 @@ def train_config(root: pathlib.Path, dtype: str, batch: int, size: int, steps: i
     config.train.log_every = max(steps // 4, 1)
     config.train.eval_every = config.train.checkpoint_every = steps
     config.train.compute_dtype = dtype
+    config.train.reference_devices = 0  # the batch as given, on this one device
     config.eval.batch_size = batch
     return config
 

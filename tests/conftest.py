@@ -60,10 +60,12 @@ def pytest_configure(config):
 # files to its workers in collection order, so a long file collected last leaves the others
 # workers idle at the end.
 LONGEST_FIRST = (
+    "test_fsdp.py",
     "test_end_to_end.py",
     "test_population_run.py",
     "test_scale.py",
     "test_clusters.py",
+    "test_collectives.py",
     "test_datasets.py",
     "test_models.py",
     "test_native.py",

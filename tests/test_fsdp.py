@@ -1,7 +1,8 @@
-"""FSDP everywhere: the same run with train.mesh_fsdp of 1, 2 and 4 on 8 CPU devices trains,
-validates, evaluates (standard and robustness protocols), exports and trains a population to
-the same results within float tolerance. Parameters really are split: fsdp_min_size is lowered
-so that the small CNN's kernels are sharded too."""
+"""FSDP everywhere: on 8 CPU devices, a run with train.mesh_fsdp = 2 trains, validates,
+evaluates (standard and robustness protocols) and exports, and a population with mesh_fsdp = 4
+trains and is evaluated, each to the results of the same with mesh_fsdp = 1 within float
+tolerance. Parameters really are split: fsdp_min_size is lowered so that the small CNN's
+kernels are sharded too."""
 
 import json
 import pathlib
@@ -18,7 +19,7 @@ from mkln_jax.configs import tiny
 pytestmark = pytest.mark.slow  # trains
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-MESHES = (1, 2, 4)
+SINGLE, POPULATION = (1, 2), (1, 4)  # the fsdp sizes each is run with
 
 
 def _config(fsdp: int):
@@ -27,7 +28,7 @@ def _config(fsdp: int):
     config.teacher.pretrained = ""
     config.train.mesh_fsdp = fsdp
     config.train.fsdp_min_size = 64
-    config.eval.perturbations = ("jpeg", "gaussian_blur")
+    config.eval.perturbations = ("jpeg",)
     config.eval.bootstrap = 0
     return config
 
@@ -52,19 +53,21 @@ def runs(tmp_path_factory, cache_dir):
     assert done.returncode == 0, done.stderr[-3000:]
     assert jax.device_count() == 8
     root = tmp_path_factory.mktemp("fsdp")
-    out = {}
-    for fsdp in MESHES:
+    out = {"single": {}, "population": {}}
+    for fsdp in SINGLE:
         workdir = root / f"fsdp{fsdp}"
         config = _config(fsdp)
         train.train_and_evaluate(config, str(workdir))
         evaluate.evaluate_run(config, str(workdir))
         evaluate.robustness_run(config, str(workdir))
         export.export_stage(config, str(workdir), str(workdir / "export"))
+        out["single"][fsdp] = workdir
+    for fsdp in POPULATION:  # distilled from the data-parallel run's teacher
         members = root / f"population{fsdp}"
-        pop = _population(_config(fsdp), workdir)
+        pop = _population(_config(fsdp), out["single"][1])
         train.train_and_evaluate(pop, str(members))
         evaluate.population_run(pop, str(members))
-        out[fsdp] = (workdir, members)
+        out["population"][fsdp] = members
     return out
 
 
@@ -88,9 +91,9 @@ def _close_losses(a, b, what: str) -> None:
 
 
 def test_fsdp_meshes_train_and_validate_like_data_parallelism(runs):
-    reference = runs[1][0]
-    for fsdp in MESHES[1:]:
-        workdir = runs[fsdp][0]
+    reference = runs["single"][1]
+    for fsdp in SINGLE[1:]:
+        workdir = runs["single"][fsdp]
         for stage in ("teacher", "student"):
             _close_losses(
                 _losses(workdir, stage), _losses(reference, stage), f"{stage} fsdp={fsdp}"
@@ -102,11 +105,11 @@ def test_fsdp_meshes_train_and_validate_like_data_parallelism(runs):
 
 
 def test_fsdp_meshes_evaluate_and_export_the_same_model(runs):
-    reference = runs[1][0]
+    reference = runs["single"][1]
     expected = json.loads((reference / "eval" / "test.json").read_text())
     weights = np.load(reference / "export" / export.WEIGHTS)
-    for fsdp in MESHES[1:]:
-        workdir = runs[fsdp][0]
+    for fsdp in SINGLE[1:]:
+        workdir = runs["single"][fsdp]
         got = json.loads((workdir / "eval" / "test.json").read_text())
         for stage in ("teacher", "student"):
             for level in ("frame", "video"):
@@ -120,7 +123,7 @@ def test_fsdp_meshes_evaluate_and_export_the_same_model(runs):
             _close(theirs[name], weights[name], f"exported {name}, fsdp={fsdp}")
         robust = json.loads((workdir / "eval" / "robustness_test.json").read_text())["curves"]
         ref = json.loads((reference / "eval" / "robustness_test.json").read_text())["curves"]
-        assert sorted(robust) == ["gaussian_blur", "jpeg"] and robust.keys() == ref.keys()
+        assert sorted(robust) == ["jpeg"] and robust.keys() == ref.keys()
         for name, points in robust.items():
             aucs = [p["frame_auc"] for p in points]
             assert len(aucs) == 6
@@ -130,11 +133,12 @@ def test_fsdp_meshes_evaluate_and_export_the_same_model(runs):
 
 
 def test_fsdp_meshes_train_a_population_like_data_parallelism(runs):
-    reference = runs[1][1]
+    reference = runs["population"][1]
     names = json.loads((reference / "members" / "members.json").read_text())["members"]
     assert len(names) == 2
-    for fsdp in MESHES[1:]:
-        members = runs[fsdp][1] / "members"
+    for fsdp in POPULATION[1:]:
+        members = runs["population"][fsdp] / "members"
+        assert (members.parent / "eval" / "population_test.json").exists()
         for name in names:
             _close_losses(
                 _losses(members / name, "student"),
