@@ -121,7 +121,7 @@ def test_slurm_one_task_per_node_trains_on_every_gpu_and_requeues_at_the_time_li
 ):
     env, state = cluster
     workdir = tmp_path / "run"
-    job = _slurm(env, workdir, "--nodes=2", "--gpus_per_node=4", steps=40)
+    job = _slurm(env, workdir, "--nodes=2", "--gpus_per_node=4", steps=24)
     _wait_for_steps(workdir / "teacher" / "logs" / "metrics.jsonl", job)
     # Two minutes before the time limit Slurm signals the batch shell (--signal=B:USR1@120).
     sbatch = next(
@@ -139,7 +139,7 @@ def test_slurm_one_task_per_node_trains_on_every_gpu_and_requeues_at_the_time_li
         assert "4 cpu device(s) here (ids 0-3), 8 in all, mesh data 8 x fsdp 1" in line
     stopped = next(x for x in output.splitlines() if "preempted (SIGTERM) at step" in x)
     step = int(stopped.split("at step ")[1].split(":")[0])
-    assert 0 < step < 40 and _latest_steps(workdir) == [step]
+    assert 0 < step < 24 and _latest_steps(workdir) == [step]
     assert "mkln: requeueing job 4242" in output
     assert (state / "requeued").read_text().split() == ["4242"]
 
@@ -158,7 +158,7 @@ def test_slurm_one_task_per_node_trains_on_every_gpu_and_requeues_at_the_time_li
     output = (workdir / "slurm-4242.out").read_text()
     assert "taking over" in output and "gpu-node-07" in output
     assert f"[teacher] resumed from step {step}" in output
-    assert _latest_steps(workdir)[-1] == 40
+    assert _latest_steps(workdir)[-1] == 24
 
 
 def test_slurm_one_task_per_gpu_puts_every_task_in_the_mesh(prepared, cluster, tmp_path):
@@ -215,7 +215,7 @@ def test_a_tpu_vm_slice_joins_as_jax_detects_it_and_resumes_after_a_preemption(
     for k in range(2):  # the workers' images are set up already (--no_setup)
         (state / f"worker{k}" / "mkln_jax").mkdir(parents=True)
         (state / f"worker{k}" / "mkln_jax" / ".venv").symlink_to(REPO / ".venv")
-    pod = _tpu_pod(env, tmp_path, workdir, steps=40)
+    pod = _tpu_pod(env, tmp_path, workdir, steps=24)
     _wait_for_steps(workdir / "teacher" / "logs" / "metrics.jsonl", pod)
     gcloud = next(
         int(p) for p in subprocess.check_output(["pgrep", "-f", "standins/gcloud.py"]).split()
@@ -231,10 +231,10 @@ def test_a_tpu_vm_slice_joins_as_jax_detects_it_and_resumes_after_a_preemption(
         assert "4 cpu device(s) here (ids all visible), 8 in all, mesh data 8 x fsdp 1" in line
     stops = [x for x in output.splitlines() if "preempted (SIGTERM) at step" in x]
     step = int(stops[0].split("at step ")[1].split(":")[0])
-    assert 0 < step < 40 and _latest_steps(workdir) == [step]
+    assert 0 < step < 24 and _latest_steps(workdir) == [step]
 
-    pod = _tpu_pod(env, tmp_path, workdir, steps=40)
+    pod = _tpu_pod(env, tmp_path, workdir, steps=24)
     output, _ = pod.communicate(timeout=300)
     assert pod.returncode == 0, output[-4000:]
     assert f"[teacher] resumed from step {step}" in output
-    assert _latest_steps(workdir)[-1] == 40
+    assert _latest_steps(workdir)[-1] == 24
