@@ -84,9 +84,10 @@ def main() -> int:
     targets = [(t, None) for t in topologies] + [(f"cpu:{n}", n) for n in cpu_sizes]
     print(
         "| step | target | chips | per-chip batch | memory / chip | fits | largest batch | "
-        "GFLOP / chip | GB accessed / chip | collectives | MB sent / chip | roofline ms |"
+        "GFLOP / chip | GB accessed / chip | collectives | payload MB / chip | MB sent / chip | "
+        "roofline ms |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for stage in [s for s in args.steps.split(",") if s]:
         for target, cpu_count in targets:
             config = load_config(args.config)
@@ -136,7 +137,7 @@ def main() -> int:
                 f"| {stage} | {target} | {chips} | {per_chip} | "
                 f"{row['memory_bytes'] / 2**30:.2f} GiB | {fits} | {largest} | "
                 f"{row['flops'] / 1e9:.1f} | {row['bytes_accessed'] / 1e9:.2f} | {counts} | "
-                f"{row['bytes_sent'] / 1e6:.1f} | {roof} |",
+                f"{row['collective_bytes'] / 1e6:.2f} | {row['bytes_sent'] / 1e6:.1f} | {roof} |",
                 flush=True,
             )
     return 0

@@ -336,6 +336,7 @@ def cost_report(compiled, devices: int, chip: Chip | None = None) -> dict:
             for op in COLLECTIVES
             if any(c.op == op for c in found)
         },
+        "collective_bytes": float(sum(c.bytes for c in found)),  # the arrays they carry
         "bytes_sent": float(sum(c.bytes_sent(devices) for c in found)),
         "batchnorm_all_reduces": sum(c.batchnorm for c in found),
     }
