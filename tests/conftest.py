@@ -88,6 +88,17 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 @pytest.fixture(scope="session")
+def tiny_dataset(cache_dir) -> None:
+    """The tiny config's dataset, prepared once (under xdist the controller did it already)."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "mkln_jax.cli", "prepare", "--config=configs/tiny.py"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.fixture(scope="session")
 def cache_dir() -> pathlib.Path:
     """Downloads (pinned wheels) are shared across tests and runs; see mkln_jax/fetch.py."""
     from mkln_jax import fetch

@@ -63,18 +63,6 @@ def cluster(tmp_path, cache_dir):
     return env, state
 
 
-@pytest.fixture(scope="module")
-def prepared(cache_dir):
-    done = subprocess.run(
-        [sys.executable, "-m", "mkln_jax.cli", "prepare", "--config=configs/tiny.py"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-
-
 def _launch(env, *args) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "mkln_jax.cli", "launch", *args],
@@ -117,7 +105,7 @@ def _slurm(env, workdir, *extra, steps: int) -> subprocess.Popen:
 
 
 def test_slurm_one_task_per_node_trains_on_every_gpu_and_requeues_at_the_time_limit(
-    prepared, cluster, tmp_path
+    tiny_dataset, cluster, tmp_path
 ):
     env, state = cluster
     workdir = tmp_path / "run"
@@ -161,7 +149,7 @@ def test_slurm_one_task_per_node_trains_on_every_gpu_and_requeues_at_the_time_li
     assert _latest_steps(workdir)[-1] == 24
 
 
-def test_slurm_one_task_per_gpu_puts_every_task_in_the_mesh(prepared, cluster, tmp_path):
+def test_slurm_one_task_per_gpu_puts_every_task_in_the_mesh(tiny_dataset, cluster, tmp_path):
     env, _ = cluster
     workdir = tmp_path / "run"
     job = _slurm(env, workdir, "--nodes=1", "--gpus_per_node=2", "--tasks_per_node=2", steps=2)
@@ -178,7 +166,7 @@ def test_slurm_one_task_per_gpu_puts_every_task_in_the_mesh(prepared, cluster, t
 
 
 def test_a_task_that_sees_fewer_gpus_than_slurm_gave_it_is_refused_before_compiling(
-    prepared, cluster, tmp_path
+    tiny_dataset, cluster, tmp_path
 ):
     env, _ = cluster
     workdir = tmp_path / "run"
@@ -188,8 +176,10 @@ def test_a_task_that_sees_fewer_gpus_than_slurm_gave_it_is_refused_before_compil
     output = (workdir / "slurm-4242.out").read_text()
     assert job.returncode != 0
     errors = [x for x in output.splitlines() if x.startswith("error:")]
-    assert len(errors) == 2 and "Traceback" not in output
-    assert "sees 2 device(s) but slurm gave it 4" in errors[0]
+    # Each task refuses in one line; the first to exit makes srun (--kill-on-bad-exit) stop
+    # the other, which may not have printed its own yet.
+    assert 1 <= len(errors) <= 2 and "Traceback" not in output
+    assert all("sees 2 device(s) but slurm gave it 4" in e for e in errors)
     assert "compiled" not in output and not (workdir / "teacher").exists()
 
 
@@ -208,7 +198,7 @@ def _tpu_pod(env, tmp_path, workdir, steps: int) -> subprocess.Popen:
 
 
 def test_a_tpu_vm_slice_joins_as_jax_detects_it_and_resumes_after_a_preemption(
-    prepared, cluster, tmp_path
+    tiny_dataset, cluster, tmp_path
 ):
     env, state = cluster
     workdir = tmp_path / "run"

@@ -6,8 +6,6 @@ kernels are sharded too."""
 
 import json
 import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -18,7 +16,6 @@ from mkln_jax.configs import tiny
 
 pytestmark = pytest.mark.slow  # trains
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 SINGLE, POPULATION = (1, 2), (1, 4)  # the fsdp sizes each is run with
 
 
@@ -43,15 +40,7 @@ def _population(config, teacher_run: pathlib.Path):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, cache_dir):
-    done = subprocess.run(
-        [sys.executable, "-m", "mkln_jax.cli", "prepare", "--config=configs/tiny.py"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+def runs(tmp_path_factory, tiny_dataset):
     assert jax.device_count() == 8
     root = tmp_path_factory.mktemp("fsdp")
     out = {"single": {}, "population": {}}
