@@ -58,12 +58,12 @@ lint: setup
 	$(VENV)/bin/ruff check mkln_jax configs tests bench launch
 	$(VENV)/bin/ruff format --check mkln_jax configs tests bench launch
 
-# Three pytest-xdist workers on two cores, whole files to each (a module's fixtures run once):
-# XLA compiles on one thread and many tests wait on `mkln` subprocesses, so two workers left a
-# quarter of the cores idle (clean-clone runs, 2-core VM, 2026-12-07: 1.46 cores busy with two
-# workers, 1.78 with three; four were slower). tests/conftest.py warms the shared caches first.
-# TEST_WORKERS=0 runs serially.
-TEST_WORKERS ?= 3
+# Four pytest-xdist workers on two cores, whole files to each (a module's fixtures run once):
+# XLA compiles on one thread and many tests wait on `mkln` subprocesses, so fewer workers leave
+# cores idle. With the cluster rehearsals and FSDP tests (clean-clone suite, 2-core VM,
+# 2026-12-08): three workers 18 min 34 s with the cores 1.57 of 2 busy, four 14 min 58 s.
+# tests/conftest.py warms the shared caches first. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 4
 test: lint
 	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 

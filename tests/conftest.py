@@ -36,7 +36,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config):
-    """With pytest-xdist (`make test` runs three workers), the controller fills the shared
+    """With pytest-xdist (`make test` runs four workers), the controller fills the shared
     download and dataset caches before any worker starts, so no two workers extract the same
     wheel or build the same TFDS dataset at once (fetch.py and TFDS rename whole folders)."""
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
